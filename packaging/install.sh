@@ -1,0 +1,57 @@
+#!/bin/bash
+# Installs vdsm-hook-bridge-isolation into DESTDIR (the RPM spec and the tests use this).
+#
+#   cargo build --release && packaging/install.sh --destdir DIR [--bindir target/release]
+#
+# Layout (all paths under DESTDIR):
+#   /usr/libexec/vdsm-hook-bridge-isolation/{vdsm-hook-bridge-isolation,bridge-isolation-helper}
+#   /usr/libexec/vdsm/hooks/<point>/50_bridge_isolation   (hard links to the hook binary, 0755)
+#   /usr/sbin/bridge-isolation                              (admin CLI)
+#   /etc/sudoers.d/50_vdsm_hook_bridge_isolation            (0440)
+#   /etc/vdsm-hook-bridge-isolation/bridge-isolation.conf
+#   /usr/lib/systemd/system/bridge-isolation-reconcile.service
+#   /var/lib/vdsm-hook-bridge-isolation/                    (state, 0755)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(dirname "$here")
+destdir=""
+bindir="$top/target/release"
+
+usage() { echo "usage: $0 --destdir DIR [--bindir DIR]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --destdir) destdir=${2:?}; shift 2 ;;
+        --bindir) bindir=${2:?}; shift 2 ;;
+        -h|--help) usage ;;
+        *) usage ;;
+    esac
+done
+[ -n "$destdir" ] || usage
+for b in vdsm-hook-bridge-isolation bridge-isolation-helper bridge-isolation; do
+    [ -x "$bindir/$b" ] || { echo "$0: $bindir/$b is missing: run 'cargo build --release' first" >&2; exit 1; }
+done
+
+libexec=/usr/libexec/vdsm-hook-bridge-isolation
+hooks=/usr/libexec/vdsm/hooks
+
+install -d -m 0755 "$destdir$libexec" "$destdir/usr/sbin" "$destdir/etc/sudoers.d" \
+    "$destdir/etc/vdsm-hook-bridge-isolation" "$destdir/usr/lib/systemd/system" \
+    "$destdir/var/lib/vdsm-hook-bridge-isolation"
+install -m 0755 "$bindir/vdsm-hook-bridge-isolation" "$destdir$libexec/vdsm-hook-bridge-isolation"
+install -m 0755 "$bindir/bridge-isolation-helper" "$destdir$libexec/bridge-isolation-helper"
+install -m 0755 "$bindir/bridge-isolation" "$destdir/usr/sbin/bridge-isolation"
+
+# Every hook point the binary serves; the list mirrors hooks/ in the source tree.
+# Never after_vm_dehibernate: VDSM passes a boolean there and any script breaks resume.
+for dir in "$top"/hooks/*/; do
+    point=$(basename "$dir")
+    [ "$point" != after_vm_dehibernate ] || { echo "$0: refusing to install into after_vm_dehibernate" >&2; exit 1; }
+    install -d -m 0755 "$destdir$hooks/$point"
+    ln -f "$destdir$libexec/vdsm-hook-bridge-isolation" "$destdir$hooks/$point/50_bridge_isolation" 2>/dev/null ||
+        install -m 0755 "$bindir/vdsm-hook-bridge-isolation" "$destdir$hooks/$point/50_bridge_isolation"
+done
+
+install -m 0440 "$here/sudoers" "$destdir/etc/sudoers.d/50_vdsm_hook_bridge_isolation"
+install -m 0644 "$here/bridge-isolation.conf" "$destdir/etc/vdsm-hook-bridge-isolation/bridge-isolation.conf"
+install -m 0644 "$here/bridge-isolation-reconcile.service" "$destdir/usr/lib/systemd/system/bridge-isolation-reconcile.service"

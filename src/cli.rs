@@ -1,0 +1,261 @@
+//! The administrator's CLI `bridge-isolation`: status, verify, reconcile, and the demo.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{self, Settings};
+use crate::error::{Error, Result};
+use crate::reconcile::{self, Plan, Role};
+use crate::state::{State, Store};
+use crate::{demo, logging};
+
+/// Isolate the VM ports of oVirt bridge networks from each other (VDSM hooks).
+#[derive(Debug, Parser)]
+#[command(name = "bridge-isolation", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every isolated bridge and port: role, isolation, drift.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the kernel match the recorded policy (root).
+    Reconcile,
+    /// Exit non-zero, listing each drift, when the kernel differs from the policy.
+    Verify,
+    /// Build a disposable netns lab, run the hooks as VDSM does, and show the
+    /// reachability matrix before and after isolation (root).
+    Demo(demo::DemoArgs),
+}
+
+/// Entry point of the CLI binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init("cli");
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    let settings = Settings::from_env()?;
+    let store = Store::new(&settings.state_dir);
+    match command {
+        Command::Status { json } => {
+            let report = StatusReport::gather(&settings, &store.read()?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let report = StatusReport::gather(&settings, &store.read()?)?;
+            let drifts: Vec<String> = report
+                .bridges
+                .iter()
+                .flat_map(|b| b.ports.iter().filter(|p| p.drift).map(move |p| (b, p)))
+                .map(|(b, p)| {
+                    format!(
+                        "drift: bridge {} port {} ({:?}) isolated={} expected={}",
+                        b.bridge, p.port, p.role, p.isolated, p.expected
+                    )
+                })
+                .chain(
+                    report
+                        .lifted
+                        .iter()
+                        .map(|b| format!("drift: bridge {b} still has to be cleared (isolation lifted)")),
+                )
+                .collect();
+            for d in &drifts {
+                println!("{d}");
+            }
+            if drifts.is_empty() {
+                let ports: usize = report.bridges.iter().map(|b| b.ports.len()).sum();
+                println!(
+                    "ok: {} isolated bridge(s), {ports} port(s), no drift ({})",
+                    report.bridges.len(),
+                    report.backend
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Reconcile => {
+            if !config::is_root() {
+                return Err(Error::Helper("reconcile must run as root".into()));
+            }
+            let mut locked = store.lock()?;
+            let outcome = reconcile::run(&mut locked.state, &settings)?;
+            locked.commit()?;
+            println!("{}: {} port(s) changed", outcome.backend, outcome.changes.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(&args).map(|_| ExitCode::SUCCESS),
+    }
+}
+
+/// Everything `status` shows, as data (its JSON form is `status --json`).
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// The backend that would act now.
+    pub backend: String,
+    /// The backend recorded as having done the work.
+    pub recorded_backend: Option<String>,
+    /// The state file.
+    pub state_file: String,
+    /// Isolated bridges.
+    pub bridges: Vec<BridgeStatus>,
+    /// Bridges whose isolation was lifted but not yet cleared.
+    pub lifted: Vec<String>,
+    /// Trusted vNICs: guest MAC and VM.
+    pub trusted: Vec<(String, String)>,
+}
+
+/// One isolated bridge.
+#[derive(Debug, Serialize)]
+pub struct BridgeStatus {
+    /// oVirt network.
+    pub network: String,
+    /// Linux bridge.
+    pub bridge: String,
+    /// Recorded uplink port.
+    pub uplink: Option<String>,
+    /// Whether the bridge exists.
+    pub present: bool,
+    /// Its ports.
+    pub ports: Vec<PortStatus>,
+}
+
+/// One port.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    /// Interface name.
+    pub port: String,
+    /// MAC address.
+    pub mac: Option<String>,
+    /// Role from the policy.
+    pub role: Role,
+    /// Whether the backend keeps it from the other VM ports now.
+    pub isolated: bool,
+    /// Whether it should.
+    pub expected: bool,
+    /// `isolated != expected`.
+    pub drift: bool,
+}
+
+impl StatusReport {
+    /// Reads the kernel and builds the report for `state`.
+    pub fn gather(settings: &Settings, state: &State) -> Result<StatusReport> {
+        let plan: Plan = reconcile::plan(state)?;
+        let mut backend = reconcile::select_backend(settings)?;
+        let observed = backend.observe(&plan)?;
+        let isolated = |b: &str, p: &str| observed.iter().any(|o| o.bridge == b && o.port == p && o.isolated);
+        let bridges = plan
+            .bridges
+            .iter()
+            .map(|b| BridgeStatus {
+                network: b.network.clone(),
+                bridge: b.bridge.clone(),
+                uplink: b.uplink.clone(),
+                present: b.present,
+                ports: b
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let now = isolated(&b.bridge, &p.port.name);
+                        PortStatus {
+                            port: p.port.name.clone(),
+                            mac: p.port.mac.map(|m| m.to_string()),
+                            role: p.role,
+                            isolated: now,
+                            expected: p.role.isolated(),
+                            drift: now != p.role.isolated(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(StatusReport {
+            backend: backend.kind().to_string(),
+            recorded_backend: state.backend.map(|b| b.to_string()),
+            state_file: Store::new(&settings.state_dir).path().display().to_string(),
+            bridges,
+            lifted: plan
+                .lifted
+                .iter()
+                .filter(|b| b.ports.iter().any(|p| p.port.isolated == Some(true)))
+                .map(|b| b.bridge.clone())
+                .collect(),
+            trusted: state
+                .trusted
+                .iter()
+                .map(|(m, t)| (m.to_string(), t.vm.clone()))
+                .collect(),
+        })
+    }
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let recorded = self.recorded_backend.as_deref().unwrap_or("none yet");
+        writeln!(
+            f,
+            "backend: {} (last used: {recorded})   state: {}",
+            self.backend, self.state_file
+        )?;
+        if self.bridges.is_empty() {
+            writeln!(f, "no isolated networks")?;
+        } else {
+            writeln!(
+                f,
+                "{:<15} {:<15} {:<15} {:<17} {:<8} {:<9} {:<9} DRIFT",
+                "NETWORK", "BRIDGE", "PORT", "MAC", "ROLE", "ISOLATED", "EXPECTED"
+            )?;
+        }
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        for b in &self.bridges {
+            if !b.present {
+                writeln!(f, "{:<15} {:<15} (bridge absent)", b.network, b.bridge)?;
+            }
+            for p in &b.ports {
+                let role = format!("{:?}", p.role).to_lowercase();
+                let drift = if p.drift { "DRIFT" } else { "-" };
+                let mac = p.mac.as_deref().unwrap_or("-");
+                writeln!(
+                    f,
+                    "{:<15} {:<15} {:<15} {mac:<17} {role:<8} {:<9} {:<9} {drift}",
+                    b.network,
+                    b.bridge,
+                    p.port,
+                    yn(p.isolated),
+                    yn(p.expected)
+                )?;
+            }
+        }
+        for l in &self.lifted {
+            writeln!(f, "bridge {l}: isolation lifted, flags not yet cleared (run reconcile)")?;
+        }
+        for (mac, vm) in &self.trusted {
+            writeln!(f, "trusted vNIC {mac} (VM {vm})")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,393 @@
+//! libvirt XML of the VM and device hook points: the whole domain, or one `<interface>`.
+//!
+//! Parsing keeps byte offsets so that [`rewrite`] can splice `<port isolated="yes"/>` in or
+//! out of an interface and leave every other byte of VDSM's document untouched.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::Reader;
+
+use crate::error::{Error, Result};
+use crate::mac::Mac;
+use crate::policy::{self, PROP_TRUSTED};
+
+/// One `<interface>` element of the document.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interface {
+    /// The `type` attribute (`bridge` for oVirt's Linux bridge networks).
+    pub kind: String,
+    /// `<source bridge=...>`.
+    pub bridge: Option<String>,
+    /// `<mac address=...>`: the guest MAC.
+    pub mac: Option<Mac>,
+    /// `<target dev=...>`: the tap, present in live XML only.
+    pub tap: Option<String>,
+    /// `<port isolated=...>`: `Some(true)` when libvirt is asked to isolate the tap.
+    pub port_isolated: Option<bool>,
+    spans: Spans,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Spans {
+    /// Where a new child goes: after the last child element, or before `</interface>`.
+    insert_at: usize,
+    /// Whitespace before the last child element, reused as indentation.
+    indent: Option<Range<usize>>,
+    /// The `<port>` element, with the whitespace before it.
+    port: Option<Range<usize>>,
+}
+
+impl Interface {
+    /// True for a vNIC on a Linux bridge, the only kind this project acts on.
+    pub fn on_bridge(&self) -> Option<&str> {
+        if self.kind == "bridge" {
+            self.bridge.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
+/// What a hook payload holds that matters here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Document {
+    /// The `<uuid>` of the domain, when the payload is a whole domain.
+    pub vm_id: Option<String>,
+    /// Every interface, in document order.
+    pub interfaces: Vec<Interface>,
+    /// `bridge_isolation_trusted` from the oVirt metadata, by guest MAC.
+    pub trusted: BTreeMap<Mac, bool>,
+}
+
+impl Document {
+    /// Whether the metadata marks this interface's vNIC as trusted.
+    pub fn is_trusted(&self, iface: &Interface) -> bool {
+        iface.mac.and_then(|m| self.trusted.get(&m).copied()).unwrap_or(false)
+    }
+}
+
+/// What the rewrite should make of one interface's `<port>` element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortWish {
+    /// Leave it as it is.
+    Keep,
+    /// Have `<port isolated="yes"/>`.
+    Isolated,
+    /// Have no isolation: drop `<port>` (a trusted vNIC on a natively isolated network).
+    Open,
+}
+
+/// Largest payload accepted; a libvirt domain is a few tens of KiB.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+/// Parses a domain or interface payload.
+pub fn parse(bytes: &[u8]) -> Result<Document> {
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(Error::Payload(format!(
+            "XML payload of {} bytes is too large",
+            bytes.len()
+        )));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::Payload(format!("XML is not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(Error::Payload("empty XML payload".into()));
+    }
+    Parser::default()
+        .run(text)
+        .map_err(|e| Error::Payload(format!("invalid XML: {e}")))
+}
+
+#[derive(Default)]
+struct Parser {
+    doc: Document,
+    /// Local names of the open elements.
+    stack: Vec<String>,
+    current: Option<Interface>,
+    /// Guest MAC of the open `<ovirt-vm:device>`.
+    meta_mac: Option<Mac>,
+    /// Byte range of the last whitespace-only text, and where it ended.
+    last_space: Option<Range<usize>>,
+}
+
+type ParseResult<T> = std::result::Result<T, String>;
+
+impl Parser {
+    fn run(mut self, text: &str) -> ParseResult<Document> {
+        let mut reader = Reader::from_str(text);
+        reader.config_mut().trim_text(false);
+        let mut text_acc = String::new();
+        loop {
+            let start = reader.buffer_position() as usize;
+            let event = reader.read_event().map_err(|e| format!("at byte {start}: {e}"))?;
+            let end = reader.buffer_position() as usize;
+            match event {
+                Event::DocType(_) => return Err("DOCTYPE is not allowed".into()),
+                Event::Start(e) => {
+                    self.open(&e, start)?;
+                    self.stack.push(local(&e));
+                    text_acc.clear();
+                    self.last_space = None;
+                }
+                Event::Empty(e) => {
+                    self.open(&e, start)?;
+                    self.stack.push(local(&e));
+                    self.close(start, end, "")?;
+                    self.last_space = None;
+                }
+                Event::End(_) => {
+                    self.close(start, end, text_acc.trim())?;
+                    text_acc.clear();
+                    self.last_space = None;
+                }
+                Event::Text(t) => {
+                    let s = t.unescape().map_err(|e| format!("at byte {start}: {e}"))?;
+                    if s.trim().is_empty() {
+                        self.last_space = Some(start..end);
+                    } else if self.stack.is_empty() {
+                        return Err("text outside the root element".into());
+                    }
+                    text_acc.push_str(&s);
+                }
+                Event::CData(c) => text_acc.push_str(&String::from_utf8_lossy(&c)),
+                Event::Eof => break,
+                _ => self.last_space = None,
+            }
+        }
+        if let Some(open) = self.stack.last() {
+            return Err(format!("element <{open}> is not closed"));
+        }
+        Ok(self.doc)
+    }
+
+    fn parent(&self) -> Option<&str> {
+        self.stack.last().map(String::as_str)
+    }
+
+    fn open(&mut self, e: &BytesStart, start: usize) -> ParseResult<()> {
+        let name = local(e);
+        let depth = self.stack.len();
+        if name == "interface" && (depth == 0 || self.parent() == Some("devices")) {
+            if self.current.is_some() {
+                return Err("nested <interface>".into());
+            }
+            self.current = Some(Interface {
+                kind: attr(e, "type")?.unwrap_or_default(),
+                ..Default::default()
+            });
+            return Ok(());
+        }
+        if let Some(iface) = self.current.as_mut() {
+            let in_iface = self.stack.last().map(String::as_str) == Some("interface");
+            if in_iface {
+                iface.spans.indent = self.last_space.clone();
+                match name.as_str() {
+                    "source" => iface.bridge = attr(e, "bridge")?,
+                    "mac" => {
+                        iface.mac = attr(e, "address")?.map(|m| m.parse()).transpose()?;
+                    }
+                    "target" => iface.tap = attr(e, "dev")?,
+                    "port" => {
+                        let from = self.last_space.as_ref().map_or(start, |ws| ws.start);
+                        iface.spans.port = Some(from..start);
+                        iface.port_isolated = match attr(e, "isolated")?.as_deref() {
+                            Some("yes") => Some(true),
+                            Some("no") => Some(false),
+                            None => None,
+                            Some(other) => return Err(format!("<port isolated={other:?}>")),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if name == "device" && self.stack.iter().any(|n| n == "metadata") {
+            self.meta_mac = attr(e, "mac_address")?.map(|m| m.parse()).transpose()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, start: usize, end: usize, text: &str) -> ParseResult<()> {
+        let name = self.stack.pop().ok_or("unbalanced end tag")?;
+        let depth = self.stack.len();
+        if name == "interface" && self.current.is_some() && (depth == 0 || self.parent() == Some("devices")) {
+            let mut iface = self.current.take().expect("checked");
+            if iface.spans.insert_at == 0 {
+                iface.spans.insert_at = start;
+            }
+            self.doc.interfaces.push(iface);
+            return Ok(());
+        }
+        let direct_child = self.parent() == Some("interface");
+        if let Some(iface) = self.current.as_mut() {
+            if direct_child {
+                iface.spans.insert_at = end;
+                if name == "port" {
+                    if let Some(span) = iface.spans.port.as_mut() {
+                        span.end = end;
+                    }
+                }
+            }
+        }
+        match name.as_str() {
+            "uuid" if depth == 1 && self.doc.vm_id.is_none() => self.doc.vm_id = Some(text.to_string()),
+            n if n == PROP_TRUSTED && self.stack.iter().any(|n| n == "metadata") => {
+                if let Some(mac) = self.meta_mac {
+                    let trusted = policy::parse_flag(text).map_err(|e| format!("{PROP_TRUSTED} of {mac}: {e}"))?;
+                    self.doc.trusted.insert(mac, trusted);
+                }
+            }
+            "device" if self.stack.iter().any(|n| n == "metadata") => self.meta_mac = None,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn local(e: &BytesStart) -> String {
+    String::from_utf8_lossy(e.local_name().as_ref()).into_owned()
+}
+
+fn attr(e: &BytesStart, key: &str) -> ParseResult<Option<String>> {
+    match e.try_get_attribute(key).map_err(|e| e.to_string())? {
+        Some(a) => Ok(Some(a.unescape_value().map_err(|e| e.to_string())?.into_owned())),
+        None => Ok(None),
+    }
+}
+
+/// Applies `wish` to every interface; returns the new document, or `None` when nothing changes.
+pub fn rewrite(original: &[u8], doc: &Document, wish: impl Fn(&Interface) -> PortWish) -> Option<Vec<u8>> {
+    const ISOLATED: &str = "<port isolated=\"yes\"/>";
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    for iface in &doc.interfaces {
+        let spans = &iface.spans;
+        match (wish(iface), iface.port_isolated, spans.port.clone()) {
+            (PortWish::Isolated, Some(true), _) | (PortWish::Open, None | Some(false), _) | (PortWish::Keep, _, _) => {}
+            (PortWish::Isolated, _, Some(span)) => {
+                let lead = text(original, &span)
+                    .chars()
+                    .take_while(|c| c.is_ascii_whitespace())
+                    .collect::<String>();
+                edits.push((span, format!("{lead}{ISOLATED}")));
+            }
+            (PortWish::Isolated, _, None) => {
+                let indent = spans.indent.as_ref().map_or("", |r| text(original, r));
+                edits.push((spans.insert_at..spans.insert_at, format!("{indent}{ISOLATED}")));
+            }
+            (PortWish::Open, Some(true), Some(span)) => edits.push((span, String::new())),
+            (PortWish::Open, Some(true), None) => unreachable!("a parsed <port> has a span"),
+        }
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = original.to_vec();
+    for (range, text) in edits {
+        out.splice(range, text.into_bytes());
+    }
+    Some(out)
+}
+
+fn text<'a>(original: &'a [u8], range: &Range<usize>) -> &'a str {
+    std::str::from_utf8(&original[range.clone()]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: &str = include_str!("../tests/fixtures/before_vm_start.xml");
+    const HOTPLUG: &str = include_str!("../tests/fixtures/nic_hotplug.xml");
+    const UPDATE: &str = include_str!("../tests/fixtures/update_device.xml");
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_a_domain() {
+        let doc = parse(START.as_bytes()).unwrap();
+        assert_eq!(doc.vm_id.as_deref(), Some("4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c0e11"));
+        let bridges: Vec<_> = doc.interfaces.iter().map(|i| i.on_bridge().unwrap()).collect();
+        assert_eq!(bridges, ["red", "red", "ovirtmgmt", "blue"]);
+        assert_eq!(doc.interfaces[0].mac, Some(mac("56:6f:1a:00:00:01")));
+        assert_eq!(doc.interfaces[3].port_isolated, Some(true));
+        assert_eq!(doc.interfaces[0].port_isolated, None);
+        assert!(!doc.is_trusted(&doc.interfaces[0]));
+        assert!(doc.is_trusted(&doc.interfaces[1]));
+        assert!(doc.is_trusted(&doc.interfaces[3]));
+    }
+
+    fn wish_for_red(doc: &Document) -> impl Fn(&Interface) -> PortWish + '_ {
+        move |i| match (i.on_bridge(), doc.is_trusted(i)) {
+            (_, true) => PortWish::Open,
+            (Some("red"), false) => PortWish::Isolated,
+            _ => PortWish::Keep,
+        }
+    }
+
+    #[test]
+    fn rewrite_adds_and_removes_only_what_it_must() {
+        let doc = parse(START.as_bytes()).unwrap();
+        let out = String::from_utf8(rewrite(START.as_bytes(), &doc, wish_for_red(&doc)).unwrap()).unwrap();
+        let expected = START
+            .replacen(
+                "            <alias name=\"ua-6c1e7d0a-0f7e-4a4e-9d53-1c0d4b1b0001\" />\n",
+                "            <alias name=\"ua-6c1e7d0a-0f7e-4a4e-9d53-1c0d4b1b0001\" />\n            <port isolated=\"yes\"/>\n",
+                1,
+            )
+            .replacen("            <port isolated=\"yes\" />\n", "", 1);
+        assert_eq!(out, expected);
+        let again = parse(out.as_bytes()).unwrap();
+        assert_eq!(again.interfaces[0].port_isolated, Some(true));
+        assert_eq!(again.interfaces[1].port_isolated, None);
+        assert_eq!(again.interfaces[3].port_isolated, None);
+        assert_eq!(
+            rewrite(out.as_bytes(), &again, wish_for_red(&again)),
+            None,
+            "idempotent"
+        );
+    }
+
+    #[test]
+    fn rewrite_of_one_interface() {
+        let doc = parse(HOTPLUG.as_bytes()).unwrap();
+        assert_eq!(doc.vm_id, None);
+        let out = rewrite(HOTPLUG.as_bytes(), &doc, |_| PortWish::Isolated).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("<alias name=\"ua-8b2d4f1e-3a6c-4d2e-b1f0-0a9c8e7d0009\" />\n    <port isolated=\"yes\"/>\n</interface>"), "{out}");
+        assert_eq!(rewrite(HOTPLUG.as_bytes(), &doc, |_| PortWish::Keep), None);
+        assert_eq!(rewrite(HOTPLUG.as_bytes(), &doc, |_| PortWish::Open), None);
+    }
+
+    #[test]
+    fn rewrite_flips_an_explicit_no() {
+        let doc = parse(UPDATE.as_bytes()).unwrap();
+        assert_eq!(doc.interfaces[0].port_isolated, Some(false));
+        let out = String::from_utf8(rewrite(UPDATE.as_bytes(), &doc, |_| PortWish::Isolated).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            UPDATE.replace("<port isolated=\"no\"/>", "<port isolated=\"yes\"/>")
+        );
+    }
+
+    #[test]
+    fn rejects_broken_and_hostile_xml() {
+        let cases = [
+            "",
+            "   \n",
+            "<interface type=\"bridge\"><source bridge=\"red\"/>",
+            "<interface><mac address=\"zz\"/></interface>",
+            "<domain><devices></domain>",
+            "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;\">]><domain>&lol2;</domain>",
+            "<domain>&xxe;</domain>",
+            "<interface type='bridge'><port isolated='maybe'/></interface>",
+        ];
+        for c in cases {
+            assert!(matches!(parse(c.as_bytes()), Err(Error::Payload(_))), "{c:?}");
+        }
+        assert!(parse(b"<interface>\xff</interface>").is_err());
+    }
+}

@@ -1,0 +1,502 @@
+//! The VDSM hook protocol: which point we run at, the payload file, exit codes, and what
+//! each point does.
+//!
+//! One binary serves every point; VDSM runs it as `<hooks>/<point>/50_bridge_isolation`, so
+//! the point is the name of the directory it was run from (or the first argument, by hand).
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::Settings;
+use crate::domain::{self, Document, PortWish};
+use crate::error::{Error, Result};
+use crate::policy::{self, NetworkChange, PROP_TRUSTED};
+use crate::state::{State, Store};
+use crate::vnic::{Event, Report, VnicFact};
+use crate::{helper, logging, reconcile, setup};
+
+/// The hook points this project installs into. Never `after_vm_dehibernate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Point {
+    /// Validate and record the network policy; abort the setup on bad input.
+    BeforeNetworkSetup,
+    /// Record the policy and reconcile the new bridges.
+    AfterNetworkSetup,
+    /// Restore the policy the failed setup replaced, and reconcile.
+    AfterNetworkSetupFail,
+    /// Write `<port isolated="yes"/>` into vNICs on isolated bridges.
+    BeforeVmStart,
+    /// Record trusted vNICs and reconcile.
+    AfterVmStart,
+    /// Write `<port isolated="yes"/>` into the plugged vNIC.
+    BeforeNicHotplug,
+    /// Record the vNIC and reconcile.
+    AfterNicHotplug,
+    /// Put back `<port isolated="yes"/>`, which VDSM's updateDevice drops.
+    BeforeUpdateDevice,
+    /// Record the vNIC and reconcile.
+    AfterUpdateDevice,
+    /// Reconcile the taps of an incoming VM (VDSM ignores hook output on the way in).
+    AfterVmMigrateDestination,
+    /// Forget the VM's records.
+    AfterVmDestroy,
+}
+
+impl Point {
+    /// Every point, in lifecycle order.
+    pub const ALL: [Point; 11] = [
+        Point::BeforeNetworkSetup,
+        Point::AfterNetworkSetup,
+        Point::AfterNetworkSetupFail,
+        Point::BeforeVmStart,
+        Point::AfterVmStart,
+        Point::BeforeNicHotplug,
+        Point::AfterNicHotplug,
+        Point::BeforeUpdateDevice,
+        Point::AfterUpdateDevice,
+        Point::AfterVmMigrateDestination,
+        Point::AfterVmDestroy,
+    ];
+
+    /// The directory name under VDSM's hook tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::BeforeNetworkSetup => "before_network_setup",
+            Point::AfterNetworkSetup => "after_network_setup",
+            Point::AfterNetworkSetupFail => "after_network_setup_fail",
+            Point::BeforeVmStart => "before_vm_start",
+            Point::AfterVmStart => "after_vm_start",
+            Point::BeforeNicHotplug => "before_nic_hotplug",
+            Point::AfterNicHotplug => "after_nic_hotplug",
+            Point::BeforeUpdateDevice => "before_update_device",
+            Point::AfterUpdateDevice => "after_update_device",
+            Point::AfterVmMigrateDestination => "after_vm_migrate_destination",
+            Point::AfterVmDestroy => "after_vm_destroy",
+        }
+    }
+
+    /// The point of that directory name.
+    pub fn from_name(name: &str) -> Option<Point> {
+        Point::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// True where VDSM aborts the operation on any non-zero exit.
+    pub fn aborts(self) -> bool {
+        matches!(
+            self,
+            Point::BeforeNetworkSetup | Point::BeforeVmStart | Point::BeforeNicHotplug | Point::BeforeUpdateDevice
+        )
+    }
+
+    /// True for the network points (JSON payload, run as root).
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            Point::BeforeNetworkSetup | Point::AfterNetworkSetup | Point::AfterNetworkSetupFail
+        )
+    }
+
+    /// The environment variable naming the payload file.
+    pub fn payload_var(self) -> &'static str {
+        if self.is_network() {
+            "_hook_json"
+        } else {
+            "_hook_domxml"
+        }
+    }
+
+    /// The exit code for a failure here: 2 where VDSM aborts (and we want our line reported),
+    /// 1 elsewhere (an error, but the other scripts still run).
+    pub fn failure_code(self) -> u8 {
+        if self.aborts() {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// The point from how we were run: `argv[1]` if given, else the directory of `argv[0]`.
+pub fn point_from_args(args: &[OsString]) -> Option<Point> {
+    if let Some(explicit) = args.get(1) {
+        return Point::from_name(explicit.to_str()?);
+    }
+    let dir = Path::new(args.first()?).parent()?.file_name()?;
+    Point::from_name(dir.to_str()?)
+}
+
+/// Entry point of the hook binary.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let Some(point) = point_from_args(&args) else {
+        logging::init("hook");
+        log::error!(
+            "cannot tell the hook point from {:?}: install as <hooks>/<point>/{} or pass the point as the argument",
+            args.first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            crate::paths::HOOK_NAME
+        );
+        return ExitCode::from(1);
+    };
+    logging::init(point.name());
+    match run(point) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(point.failure_code())
+        }
+    }
+}
+
+/// Runs the hook at `point` with this process's environment.
+pub fn run(point: Point) -> Result<()> {
+    let payload = Payload::from_env(point.payload_var())?;
+    let settings = Settings::from_env()?;
+    if point.is_network() && !settings.privileged {
+        return Err(Error::Helper(format!(
+            "{} must run as root, as VDSM runs network hooks",
+            point.name()
+        )));
+    }
+    match point {
+        Point::BeforeNetworkSetup | Point::AfterNetworkSetup | Point::AfterNetworkSetupFail => {
+            network_setup(point, &settings, &payload.bytes)
+        }
+        Point::BeforeVmStart | Point::BeforeNicHotplug | Point::BeforeUpdateDevice => {
+            rewrite(point, &settings, &payload)
+        }
+        Point::AfterVmStart | Point::AfterVmMigrateDestination | Point::AfterNicHotplug | Point::AfterUpdateDevice => {
+            vnics_up(point, &settings, &payload.bytes)
+        }
+        Point::AfterVmDestroy => vm_gone(&settings, &payload.bytes),
+    }
+}
+
+/// VDSM's payload file, shared by every script of the point.
+pub struct Payload {
+    path: PathBuf,
+    /// Its contents when the hook started.
+    pub bytes: Vec<u8>,
+}
+
+/// Largest payload read; a 20,000-network request is a few MiB.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+impl Payload {
+    /// Reads the file named by the environment variable `var`.
+    pub fn from_env(var: &str) -> Result<Payload> {
+        let path = std::env::var_os(var)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::Payload(format!("{var} is not set: not run by VDSM?")))?;
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_PAYLOAD + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if bytes.len() as u64 > MAX_PAYLOAD {
+            return Err(Error::Payload(format!(
+                "{} is larger than {MAX_PAYLOAD} bytes",
+                path.display()
+            )));
+        }
+        Ok(Payload { path, bytes })
+    }
+
+    /// Replaces the contents in place (VDSM reads the same file back).
+    pub fn replace(&self, bytes: &[u8]) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+}
+
+fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
+    // Validate everything before touching anything.
+    let request = setup::parse(bytes)?;
+    let store = Store::new(&settings.state_dir);
+    let mut locked = store.lock()?;
+    let state = &mut locked.state;
+    match point {
+        Point::BeforeNetworkSetup => {
+            let previous = request
+                .networks
+                .iter()
+                .map(|(name, _)| (name.clone(), state.networks.get(name).cloned()))
+                .collect();
+            state.pending = Some(previous);
+            for (name, change) in &request.networks {
+                record(state, name, change);
+            }
+        }
+        Point::AfterNetworkSetup => {
+            state.pending = None;
+            for (name, change) in &request.networks {
+                record(state, name, change);
+            }
+        }
+        _ => {
+            for (name, previous) in state.pending.take().unwrap_or_default() {
+                let change = previous.map_or(NetworkChange::Lift, NetworkChange::Isolate);
+                log::info!("network {name}: setup failed, restoring the previous policy");
+                record(state, &name, &change);
+            }
+        }
+    }
+    reconcile::run(state, settings)?;
+    locked.commit()
+}
+
+/// Records one network's change in `state`.
+pub fn record(state: &mut State, network: &str, change: &NetworkChange) {
+    match change {
+        NetworkChange::Isolate(policy) => {
+            let old = state.networks.insert(network.to_string(), policy.clone());
+            if old.as_ref() != Some(policy) {
+                log::info!(
+                    "network {network}: bridge {} isolated (uplink {})",
+                    policy.bridge,
+                    policy.uplink.as_deref().unwrap_or("none")
+                );
+            }
+            if let Some(old) = old.filter(|o| o.bridge != policy.bridge) {
+                state.released.insert(old.bridge);
+            }
+            state.released.remove(&policy.bridge);
+        }
+        NetworkChange::Lift => {
+            if let Some(old) = state.networks.remove(network) {
+                log::info!("network {network}: isolation of bridge {} lifted", old.bridge);
+                state.released.insert(old.bridge);
+            }
+        }
+    }
+}
+
+/// `bridge_isolation_trusted` from a device hook's environment.
+fn trust_from_env() -> Result<Option<bool>> {
+    match std::env::var(PROP_TRUSTED) {
+        Ok(v) => policy::parse_flag(&v)
+            .map(Some)
+            .map_err(|e| Error::Payload(format!("{PROP_TRUSTED}: {e}"))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Trust of each interface of `doc`: the domain metadata for a whole VM, the device
+/// environment for one vNIC (absent means untrusted at hotplug, unchanged at update).
+fn trust_of<'a>(
+    point: Point,
+    doc: &'a Document,
+    state: &'a State,
+) -> Result<impl Fn(&domain::Interface) -> Option<bool> + 'a> {
+    let env = trust_from_env()?;
+    Ok(move |iface: &domain::Interface| match point {
+        Point::BeforeVmStart | Point::AfterVmStart | Point::AfterVmMigrateDestination => Some(doc.is_trusted(iface)),
+        Point::BeforeNicHotplug | Point::AfterNicHotplug => Some(env.unwrap_or(false)),
+        Point::BeforeUpdateDevice => env.or_else(|| iface.mac.map(|m| state.is_trusted(m))),
+        _ => env,
+    })
+}
+
+fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
+    let state = Store::new(&settings.state_dir).read()?;
+    let doc = domain::parse(&payload.bytes)?;
+    let trust = trust_of(point, &doc, &state)?;
+    let wish = |iface: &domain::Interface| match (iface.on_bridge(), trust(iface)) {
+        (None, _) => PortWish::Keep,
+        (Some(_), Some(true)) => PortWish::Open,
+        (Some(bridge), _) if state.is_isolated(bridge) => PortWish::Isolated,
+        _ => PortWish::Keep,
+    };
+    let Some(new) = domain::rewrite(&payload.bytes, &doc, wish) else {
+        return Ok(());
+    };
+    for iface in &doc.interfaces {
+        let w = wish(iface);
+        if w != PortWish::Keep && (w == PortWish::Isolated) != (iface.port_isolated == Some(true)) {
+            let mac = iface.mac.map(|m| m.to_string()).unwrap_or_default();
+            let bridge = iface.bridge.as_deref().unwrap_or_default();
+            let what = if w == PortWish::Isolated {
+                "isolated port"
+            } else {
+                "trusted vNIC, open port"
+            };
+            log::info!("{}vNIC {mac} on {bridge}: {what}", vm_label(&doc));
+        }
+    }
+    payload.replace(&new)
+}
+
+fn vm_label(doc: &Document) -> String {
+    match vm_id(doc) {
+        Some(id) => format!("VM {id} "),
+        None => String::new(),
+    }
+}
+
+fn vm_id(doc: &Document) -> Option<String> {
+    std::env::var("vmId")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| doc.vm_id.clone())
+}
+
+fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
+    let doc = domain::parse(bytes)?;
+    let vm = vm_id(&doc).ok_or_else(|| Error::Payload("no vmId in the environment or the XML".into()))?;
+    let store = Store::new(&settings.state_dir);
+    let state = if settings.privileged {
+        State::default()
+    } else {
+        store.read()?
+    };
+    let trust = trust_of(point, &doc, &state)?;
+    let mut bridges = BTreeSet::new();
+    let mut vnics = Vec::new();
+    for iface in &doc.interfaces {
+        if let (Some(bridge), Some(mac)) = (iface.on_bridge(), iface.mac) {
+            bridges.insert(bridge.to_string());
+            vnics.push(VnicFact {
+                mac,
+                trusted: trust(iface),
+            });
+        }
+    }
+    enforce(
+        settings,
+        &store,
+        &state,
+        &Report {
+            vm,
+            event: Event::Up,
+            vnics,
+        },
+        &bridges,
+    )
+}
+
+fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
+    // The last XML is a courtesy: the VM id is what matters, and taps are already gone.
+    let doc = domain::parse(bytes).unwrap_or_else(|e| {
+        log::debug!("after_vm_destroy: {e}");
+        Document::default()
+    });
+    let vm = vm_id(&doc).ok_or_else(|| Error::Payload("no vmId in the environment or the XML".into()))?;
+    let vnics = doc
+        .interfaces
+        .iter()
+        .filter_map(|i| {
+            Some(VnicFact {
+                mac: i.mac?,
+                trusted: None,
+            })
+        })
+        .collect();
+    let store = Store::new(&settings.state_dir);
+    let state = if settings.privileged {
+        State::default()
+    } else {
+        store.read()?
+    };
+    enforce(
+        settings,
+        &store,
+        &state,
+        &Report {
+            vm,
+            event: Event::Gone,
+            vnics,
+        },
+        &BTreeSet::new(),
+    )
+}
+
+/// Records `report` and makes the kernel match. Root does it here; an unprivileged hook
+/// checks the recorded state and the kernel (sysfs) and asks the root helper only when
+/// something must change, so the steady path spawns nothing.
+fn enforce(
+    settings: &Settings,
+    store: &Store,
+    state: &State,
+    report: &Report,
+    bridges: &BTreeSet<String>,
+) -> Result<()> {
+    report.validate()?;
+    if settings.privileged {
+        let mut locked = store.lock()?;
+        report.apply(&mut locked.state);
+        reconcile::run(&mut locked.state, settings)?;
+        return locked.commit();
+    }
+    if report.recorded_in(state) {
+        let plan = reconcile::plan_for(state, |b| bridges.contains(b))?;
+        let mut backend = reconcile::select_backend(settings)?;
+        if reconcile::drift(&plan, &backend.observe(&plan)?).is_empty() {
+            return Ok(());
+        }
+    }
+    helper::request(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_names_round_trip() {
+        for p in Point::ALL {
+            assert_eq!(Point::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Point::from_name("after_vm_dehibernate"), None);
+    }
+
+    #[test]
+    fn point_from_how_vdsm_runs_us() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            point_from_args(&args(&["/usr/libexec/vdsm/hooks/before_vm_start/50_bridge_isolation"])),
+            Some(Point::BeforeVmStart)
+        );
+        assert_eq!(
+            point_from_args(&args(&["x", "after_network_setup"])),
+            Some(Point::AfterNetworkSetup)
+        );
+        assert_eq!(point_from_args(&args(&["/usr/bin/vdsm-hook"])), None);
+        assert_eq!(point_from_args(&args(&["50_bridge_isolation"])), None);
+    }
+
+    #[test]
+    fn source_hook_tree_mirrors_the_points() {
+        let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks");
+        let mut found: Vec<String> = std::fs::read_dir(&hooks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        found.sort();
+        let mut expected: Vec<String> = Point::ALL.iter().map(|p| p.name().to_string()).collect();
+        expected.sort();
+        assert_eq!(found, expected);
+        for p in Point::ALL {
+            let link = std::fs::read_link(hooks.join(p.name()).join(crate::paths::HOOK_NAME)).unwrap();
+            assert_eq!(link, Path::new("../../target/release/vdsm-hook-bridge-isolation"));
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_vdsm() {
+        assert_eq!(Point::BeforeNetworkSetup.failure_code(), 2);
+        assert_eq!(Point::BeforeUpdateDevice.failure_code(), 2);
+        assert_eq!(Point::AfterVmStart.failure_code(), 1);
+        assert_eq!(Point::AfterNetworkSetupFail.failure_code(), 1);
+    }
+}

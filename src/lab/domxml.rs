@@ -1,0 +1,319 @@
+//! Realistic VDSM domain payloads (DESIGN.md section 2): a VM's domain XML and the single
+//! `<interface>` element of device points.
+//!
+//! They come in two flavours, as on a real host. Without tap names it is what the engine
+//! sends through VDSM (`before_vm_start`, `before_device_create`, hotplug, update): an XML
+//! declaration and double quotes. With tap names it is libvirt's live XML
+//! (`after_vm_start`, `after_vm_migrate_destination`): single quotes, a domain `id`, and
+//! `<target dev='vnetN'/>`; the `<metadata>` children keep libxml2's double quotes.
+
+use super::mac::{format_mac, Mac};
+use super::spec::VmSpec;
+use super::xml::XmlWriter;
+
+/// Namespace of oVirt's VM metadata.
+pub const OVIRT_VM_NS: &str = "http://ovirt.org/vm/1.0";
+/// Namespace of oVirt's tuning metadata.
+pub const OVIRT_TUNE_NS: &str = "http://ovirt.org/vm/tune/1.0";
+/// vNIC profile custom property that exempts a vNIC.
+pub const TRUSTED_PROPERTY: &str = "bridge_isolation_trusted";
+
+/// One vNIC of a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicSpec {
+    /// Bridge (network) it is on.
+    pub bridge: String,
+    /// Guest MAC.
+    pub mac: Mac,
+    /// Tap name, known only in libvirt's live XML.
+    pub tap: Option<String>,
+    /// Whether its profile has `bridge_isolation_trusted=true`.
+    pub trusted: bool,
+    /// Whether the engine wrote `<port isolated="yes"/>` (oVirt's native port_isolation).
+    pub native_isolated: bool,
+}
+
+impl NicSpec {
+    /// A plain vNIC on `bridge` (engine XML: no tap).
+    pub fn new(bridge: &str, mac: Mac) -> NicSpec {
+        NicSpec {
+            bridge: bridge.to_string(),
+            mac,
+            tap: None,
+            trusted: false,
+            native_isolated: false,
+        }
+    }
+
+    /// The vNIC of lab VM `vm` on `bridge`, with its tap (live XML).
+    pub fn of_vm(vm: &VmSpec, bridge: &str) -> NicSpec {
+        NicSpec {
+            tap: Some(vm.tap.clone()),
+            ..NicSpec::new(bridge, vm.guest_mac)
+        }
+    }
+
+    /// The device custom properties VDSM exports as environment variables for device
+    /// points (`before_device_create`, hotplug, update).
+    pub fn device_env(&self) -> Vec<(String, String)> {
+        if self.trusted {
+            vec![(TRUSTED_PROPERTY.to_string(), "true".to_string())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A stable device alias, `ua-` + a UUID ending in the MAC.
+    fn alias(&self) -> String {
+        let hex: String = self.mac.iter().map(|b| format!("{b:02x}")).collect();
+        format!("ua-6e1c5d2a-0b7e-4f3c-8a9d-{hex}")
+    }
+}
+
+/// A domain XML of VM `vm_name` as oVirt 4.5 produces it: engine flavour when no vNIC has
+/// a tap, libvirt's live flavour otherwise (see the module documentation).
+pub fn domain_xml(vm_name: &str, vm_uuid: &str, nics: &[NicSpec]) -> String {
+    let live = nics.iter().any(|n| n.tap.is_some());
+    let mut x = XmlWriter::new(if live { '\'' } else { '"' });
+    if !live {
+        x.raw("<?xml version='1.0' encoding='utf-8'?>");
+    }
+    if live {
+        x.open("domain", &[("type", "kvm"), ("id", "1")]);
+    } else {
+        x.open("domain", &[("type", "kvm")]);
+    }
+    x.text("name", &[], vm_name);
+    x.text("uuid", &[], vm_uuid);
+    x.text("memory", &[], "1048576");
+    x.text("currentMemory", &[], "1048576");
+    x.text("iothreads", &[], "1");
+    x.text("maxMemory", &[("slots", "16")], "4194304");
+    x.text("vcpu", &[("current", "1")], "16");
+    x.open("sysinfo", &[("type", "smbios")]);
+    x.open("system", &[]);
+    x.text("entry", &[("name", "manufacturer")], "oVirt");
+    x.text("entry", &[("name", "product")], "RHEL");
+    x.text("entry", &[("name", "version")], "9.4-1.el9");
+    x.text("entry", &[("name", "uuid")], vm_uuid);
+    x.text("entry", &[("name", "family")], "oVirt");
+    x.close("system");
+    x.close("sysinfo");
+    x.open("clock", &[("offset", "variable"), ("adjustment", "0")]);
+    x.empty("timer", &[("name", "rtc"), ("tickpolicy", "catchup")]);
+    x.empty("timer", &[("name", "pit"), ("tickpolicy", "delay")]);
+    x.empty("timer", &[("name", "hpet"), ("present", "no")]);
+    x.close("clock");
+    x.open("features", &[]);
+    x.empty("acpi", &[]);
+    x.close("features");
+    x.open("cpu", &[("match", "exact")]);
+    x.text("model", &[], "Skylake-Client-noTSX-IBRS");
+    x.empty("topology", &[("cores", "1"), ("threads", "1"), ("sockets", "16")]);
+    x.close("cpu");
+    x.open("os", &[]);
+    x.text("type", &[("arch", "x86_64"), ("machine", "pc-q35-rhel8.6.0")], "hvm");
+    x.empty("smbios", &[("mode", "sysinfo")]);
+    x.close("os");
+    metadata(&mut x, nics);
+    devices(&mut x, vm_uuid, nics);
+    x.close("domain");
+    x.finish()
+}
+
+/// The single `<interface>` element VDSM passes to `before/after_nic_hotplug` and
+/// `before/after_update_device` (engine flavour; live flavour if `nic.tap` is set).
+pub fn interface_xml(nic: &NicSpec) -> String {
+    let mut x = XmlWriter::new(if nic.tap.is_some() { '\'' } else { '"' });
+    interface(&mut x, nic, 0);
+    x.finish()
+}
+
+/// `<metadata>` with oVirt's VM element and per-vNIC custom properties.
+fn metadata(x: &mut XmlWriter, nics: &[NicSpec]) {
+    let outer = x.quote;
+    x.open("metadata", &[]);
+    x.quote = '"';
+    x.empty("ovirt-tune:qos", &[("xmlns:ovirt-tune", OVIRT_TUNE_NS)]);
+    x.open("ovirt-vm:vm", &[("xmlns:ovirt-vm", OVIRT_VM_NS)]);
+    x.text("ovirt-vm:clusterVersion", &[], "4.7");
+    x.empty("ovirt-vm:custom", &[]);
+    for nic in nics.iter().filter(|n| n.trusted) {
+        let mac = format_mac(nic.mac);
+        x.open("ovirt-vm:device", &[("mac_address", &mac)]);
+        x.open("ovirt-vm:custom", &[]);
+        x.text(&format!("ovirt-vm:{TRUSTED_PROPERTY}"), &[], "true");
+        x.close("ovirt-vm:custom");
+        x.close("ovirt-vm:device");
+    }
+    x.text("ovirt-vm:launchPaused", &[], "false");
+    x.text("ovirt-vm:minGuaranteedMemoryMb", &[("type", "int")], "1024");
+    x.text("ovirt-vm:resumeBehavior", &[], "auto_resume");
+    x.close("ovirt-vm:vm");
+    x.close("metadata");
+    x.quote = outer;
+}
+
+/// `<devices>`: console, disk, one `<interface>` per vNIC.
+fn devices(x: &mut XmlWriter, vm_uuid: &str, nics: &[NicSpec]) {
+    x.open("devices", &[]);
+    x.empty("input", &[("type", "tablet"), ("bus", "usb")]);
+    x.open("console", &[("type", "pty")]);
+    x.empty("target", &[("type", "serial"), ("port", "0")]);
+    x.empty("alias", &[("name", "ua-c0a5a0e7-2b5d-4d0c-9c3e-1f2f6c7d8e01")]);
+    x.close("console");
+    x.open("disk", &[("type", "file"), ("device", "disk"), ("snapshot", "no")]);
+    x.empty("target", &[("dev", "vda"), ("bus", "virtio")]);
+    let image = format!("/rhev/data-center/mnt/nfs.example.com:_exports_data/6a1c/images/{vm_uuid}/0d5f7c11");
+    x.empty("source", &[("file", &image)]);
+    x.empty(
+        "driver",
+        &[
+            ("name", "qemu"),
+            ("io", "threads"),
+            ("type", "qcow2"),
+            ("error_policy", "stop"),
+            ("cache", "none"),
+        ],
+    );
+    x.empty("alias", &[("name", "ua-5b0d6f3e-8a2c-4e71-b9d4-0c3a2e1f7d62")]);
+    x.empty("boot", &[("order", "1")]);
+    x.text("serial", &[], "5b0d6f3e-8a2c-4e71-b9d4-0c3a2e1f7d62");
+    x.close("disk");
+    for (i, nic) in nics.iter().enumerate() {
+        interface(x, nic, i);
+    }
+    x.close("devices");
+}
+
+/// One `<interface type="bridge">`; `index` places it on its own PCI bus in live XML.
+fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
+    let mac = format_mac(nic.mac);
+    let alias = nic.alias();
+    x.open("interface", &[("type", "bridge")]);
+    match &nic.tap {
+        None => {
+            x.empty("model", &[("type", "virtio")]);
+            x.empty("link", &[("state", "up")]);
+            x.empty("source", &[("bridge", &nic.bridge)]);
+            x.empty("mac", &[("address", &mac)]);
+            x.empty("mtu", &[("size", "1500")]);
+            x.empty("filterref", &[("filter", "vdsm-no-mac-spoofing")]);
+            x.empty("alias", &[("name", &alias)]);
+            if nic.native_isolated {
+                x.empty("port", &[("isolated", "yes")]);
+            }
+        }
+        Some(tap) => {
+            // libvirt's own element order.
+            x.empty("mac", &[("address", &mac)]);
+            x.empty("source", &[("bridge", &nic.bridge)]);
+            if nic.native_isolated {
+                x.empty("port", &[("isolated", "yes")]);
+            }
+            x.empty("target", &[("dev", tap)]);
+            x.empty("model", &[("type", "virtio")]);
+            x.empty("filterref", &[("filter", "vdsm-no-mac-spoofing")]);
+            x.empty("link", &[("state", "up")]);
+            x.empty("mtu", &[("size", "1500")]);
+            x.empty("alias", &[("name", &alias)]);
+            let bus = format!("{:#04x}", index + 1);
+            x.empty(
+                "address",
+                &[
+                    ("type", "pci"),
+                    ("domain", "0x0000"),
+                    ("bus", &bus),
+                    ("slot", "0x00"),
+                    ("function", "0x0"),
+                ],
+            );
+        }
+    }
+    x.close("interface");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::xml::elements;
+    use super::*;
+
+    const MAC1: Mac = [0x56, 0x6f, 0x4c, 0xab, 0x00, 0x01];
+    const MAC2: Mac = [0x56, 0x6f, 0x4c, 0xab, 0x00, 0x02];
+
+    #[test]
+    fn engine_domain_xml_is_well_formed_and_carries_metadata() {
+        let mut trusted = NicSpec::new("isonet", MAC2);
+        trusted.trusted = true;
+        let mut native = NicSpec::new("isonet", MAC1);
+        native.native_isolated = true;
+        let xml = domain_xml("vm<1>", "9d8e7f60-1a2b-4c3d-8e9f-0a1b2c3d4e5f", &[native, trusted]);
+        let names = elements(&xml);
+        assert_eq!(names.iter().filter(|n| *n == "interface").count(), 2);
+        assert!(names.contains(&"disk".to_string()) && names.contains(&"console".to_string()));
+        assert!(xml.starts_with("<?xml version='1.0' encoding='utf-8'?>\n<domain type=\"kvm\">"));
+        assert!(xml.contains("<name>vm&lt;1&gt;</name>"));
+        assert!(xml.contains("<ovirt-vm:vm xmlns:ovirt-vm=\"http://ovirt.org/vm/1.0\">"));
+        assert!(xml.contains(
+            "<ovirt-vm:device mac_address=\"56:6f:4c:ab:00:02\">\n                \
+             <ovirt-vm:custom>\n                    \
+             <ovirt-vm:bridge_isolation_trusted>true</ovirt-vm:bridge_isolation_trusted>"
+        ));
+        assert!(!xml.contains("mac_address=\"56:6f:4c:ab:00:01\""));
+        assert_eq!(xml.matches("<port isolated=\"yes\"/>").count(), 1);
+        assert!(xml.contains("<filterref filter=\"vdsm-no-mac-spoofing\"/>"));
+        assert!(xml.contains("<source bridge=\"isonet\"/>"));
+        assert!(!xml.contains("<target dev=\"vnet"));
+    }
+
+    #[test]
+    fn live_domain_xml_has_tap_names_in_libvirt_style() {
+        let vm = VmSpec::new("vm1", "vnet7", MAC1, std::net::Ipv4Addr::new(10, 77, 0, 11));
+        let xml = domain_xml(
+            "vm1",
+            "9d8e7f60-1a2b-4c3d-8e9f-0a1b2c3d4e5f",
+            &[NicSpec::of_vm(&vm, "isonet")],
+        );
+        elements(&xml);
+        assert!(xml.starts_with("<domain type='kvm' id='1'>"));
+        assert!(xml.contains("<target dev='vnet7'/>"));
+        assert!(xml.contains("<source bridge='isonet'/>"));
+        assert!(xml.contains("<mac address='56:6f:4c:ab:00:01'/>"));
+        assert!(xml.contains("<address type='pci' domain='0x0000' bus='0x01'"));
+        assert!(xml.contains("<ovirt-vm:vm xmlns:ovirt-vm=\"http://ovirt.org/vm/1.0\">"));
+    }
+
+    #[test]
+    fn interface_xml_is_one_element() {
+        let mut nic = NicSpec::new("isonet", MAC1);
+        nic.native_isolated = true;
+        nic.trusted = true;
+        let xml = interface_xml(&nic);
+        let names = elements(&xml);
+        assert_eq!(names[0], "interface");
+        assert_eq!(
+            names,
+            [
+                "interface",
+                "model",
+                "link",
+                "source",
+                "mac",
+                "mtu",
+                "filterref",
+                "alias",
+                "port"
+            ]
+        );
+        assert!(xml.contains("<alias name=\"ua-6e1c5d2a-0b7e-4f3c-8a9d-566f4cab0001\"/>"));
+        assert_eq!(
+            nic.device_env(),
+            vec![("bridge_isolation_trusted".to_string(), "true".to_string())]
+        );
+        assert!(NicSpec::new("isonet", MAC1).device_env().is_empty());
+        nic.tap = Some("vnet3".into());
+        let live = interface_xml(&nic);
+        elements(&live);
+        assert!(live.contains("<target dev='vnet3'/>") && live.contains("<port isolated='yes'/>"));
+    }
+}

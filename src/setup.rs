@@ -1,0 +1,216 @@
+//! The `setupNetworks` JSON payload of the network hook points.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_ISOLATION};
+
+/// The networks of one setup request, each with what it asks of isolation.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SetupRequest {
+    /// Network name and requested change, in name order.
+    pub networks: Vec<(String, NetworkChange)>,
+    /// Set by `vdsm-tool restore-nets` and rollbacks (`_inRollback`).
+    pub in_rollback: bool,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    request: Request,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    #[serde(default)]
+    networks: BTreeMap<String, BTreeMap<String, Value>>,
+    #[serde(default)]
+    options: BTreeMap<String, Value>,
+}
+
+/// Parses the payload and validates every network that asks for isolation.
+///
+/// Any network that cannot be honoured makes the whole request fail: nothing is applied.
+pub fn parse(bytes: &[u8]) -> Result<SetupRequest> {
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::Payload(format!("not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(Error::Payload("empty setupNetworks JSON".into()));
+    }
+    let payload: Payload =
+        serde_json::from_str(text).map_err(|e| Error::Payload(format!("invalid setupNetworks JSON: {e}")))?;
+    let in_rollback = payload.request.options.get("_inRollback").is_some_and(truthy);
+    let networks = payload
+        .request
+        .networks
+        .iter()
+        .map(|(name, attrs)| Ok((name.clone(), change(name, attrs)?)))
+        .collect::<Result<_>>()?;
+    Ok(SetupRequest { networks, in_rollback })
+}
+
+fn truthy(v: &Value) -> bool {
+    matches!(v, Value::Bool(true)) || matches!(v.as_str(), Some("true" | "True"))
+}
+
+fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChange> {
+    let reject = |reason: String| Error::Policy {
+        network: network.into(),
+        reason,
+    };
+    if attrs.get("remove").is_some_and(truthy) {
+        return Ok(NetworkChange::Lift);
+    }
+    let wanted = match attrs.get("custom") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(custom)) => custom.get(PROP_ISOLATION).cloned(),
+        Some(_) => return Err(reject("custom is not an object".into())),
+    };
+    let isolate = match wanted {
+        None => false,
+        Some(Value::String(s)) => policy::parse_flag(&s).map_err(|e| reject(format!("{PROP_ISOLATION}: {e}")))?,
+        Some(other) => return Err(reject(format!("{PROP_ISOLATION}: invalid value {other}"))),
+    };
+    if !isolate {
+        return Ok(NetworkChange::Lift);
+    }
+    policy::validate_network_name(network)?;
+    if !attrs.get("bridged").is_none_or(truthy_or_default_true) {
+        return Err(reject(format!("{PROP_ISOLATION}=true needs a bridged network")));
+    }
+    if let Some(switch) = attrs.get("switch").and_then(Value::as_str) {
+        if switch != "legacy" {
+            return Err(reject(format!(
+                "{PROP_ISOLATION}=true is for Linux bridge networks, not switch type {switch:?}"
+            )));
+        }
+    }
+    let text = |key: &str| -> Result<Option<&str>> {
+        match attrs.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(other) => Err(reject(format!("invalid {key} {other}"))),
+        }
+    };
+    let vlan = match attrs.get("vlan") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(vlan_id(v).ok_or_else(|| reject(format!("invalid vlan {v}")))?),
+    };
+    let uplink = policy::uplink_name(network, text("nic")?, text("bonding")?, vlan)?;
+    Ok(NetworkChange::Isolate(NetworkPolicy {
+        bridge: network.to_string(),
+        uplink,
+    }))
+}
+
+fn truthy_or_default_true(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => !matches!(s.as_str(), "false" | "False"),
+        _ => true,
+    }
+}
+
+fn vlan_id(v: &Value) -> Option<u16> {
+    let id = match v {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    (id <= 4094).then_some(id as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUEST: &str = r#"{"request": {"networks": {
+        "red": {"nic": "eth1", "vlan": 100, "bridged": true, "mtu": 1500, "stp": false,
+                "switch": "legacy", "bootproto": "none", "defaultRoute": false,
+                "ipv6autoconf": false, "dhcpv6": false,
+                "custom": {"bridge_isolation": "true"}},
+        "blue": {"bonding": "bond0", "bridged": true, "switch": "legacy",
+                 "custom": {"bridge_isolation": "false", "other": "x"}},
+        "ovirtmgmt": {"nic": "eth0", "bridged": true, "bootproto": "dhcp", "defaultRoute": true},
+        "gone": {"remove": true}
+      },
+      "bondings": {"bond0": {"nics": ["eth2", "eth3"], "options": "mode=4"}},
+      "options": {"connectivityCheck": "true", "connectivityTimeout": 120, "commitOnSuccess": true}}}"#;
+
+    #[test]
+    fn parses_a_realistic_request() {
+        let r = parse(REQUEST.as_bytes()).unwrap();
+        assert!(!r.in_rollback);
+        let red = NetworkChange::Isolate(NetworkPolicy {
+            bridge: "red".into(),
+            uplink: Some("eth1.100".into()),
+        });
+        assert_eq!(
+            r.networks,
+            vec![
+                ("blue".into(), NetworkChange::Lift),
+                ("gone".into(), NetworkChange::Lift),
+                ("ovirtmgmt".into(), NetworkChange::Lift),
+                ("red".into(), red),
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_nets_is_a_rollback() {
+        let p = r#"{"request": {"networks": {"red": {"bonding": "bond0", "custom": {"bridge_isolation": "true"}}},
+            "bondings": {}, "options": {"connectivityCheck": false, "_inRollback": true}}}"#;
+        let r = parse(p.as_bytes()).unwrap();
+        assert!(r.in_rollback);
+        assert_eq!(
+            r.networks[0].1,
+            NetworkChange::Isolate(NetworkPolicy {
+                bridge: "red".into(),
+                uplink: Some("bond0".into())
+            })
+        );
+    }
+
+    fn reject(attrs: &str) -> String {
+        let p = format!(r#"{{"request": {{"networks": {{"red": {attrs}}}}}}}"#);
+        parse(p.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_honoured() {
+        assert!(reject(r#"{"nic": "eth1", "custom": {"bridge_isolation": "yes"}}"#)
+            .contains("network red: bridge_isolation: invalid value \"yes\""));
+        assert!(
+            reject(r#"{"nic": "eth1", "bridged": false, "custom": {"bridge_isolation": "true"}}"#)
+                .contains("needs a bridged network")
+        );
+        assert!(
+            reject(r#"{"nic": "eth1", "switch": "ovs", "custom": {"bridge_isolation": "true"}}"#)
+                .contains("not switch type \"ovs\"")
+        );
+        assert!(
+            reject(r#"{"nic": "eth1", "vlan": 5000, "custom": {"bridge_isolation": "true"}}"#).contains("invalid vlan")
+        );
+        assert!(reject(r#"{"nic": "eth 1", "custom": {"bridge_isolation": "true"}}"#).contains("contains ' '"));
+    }
+
+    #[test]
+    fn untagged_networks_are_not_validated_beyond_their_name() {
+        let p = r#"{"request": {"networks": {"ovs1": {"nic": "eth1", "switch": "ovs", "bridged": false}}}}"#;
+        assert_eq!(
+            parse(p.as_bytes()).unwrap().networks,
+            vec![("ovs1".into(), NetworkChange::Lift)]
+        );
+    }
+
+    #[test]
+    fn rejects_broken_payloads() {
+        for bad in ["", "{", "[]", "{\"request\": 1}", "{\"request\": {\"networks\": []}}"] {
+            assert!(matches!(parse(bad.as_bytes()), Err(Error::Payload(_))), "{bad:?}");
+        }
+        assert!(matches!(parse(b"\xff\xfe"), Err(Error::Payload(_))));
+        let long = r#"{"request": {"networks": {"a234567890abcdef": {"nic": "eth1", "custom": {"bridge_isolation": "true"}}}}}"#;
+        assert!(matches!(parse(long.as_bytes()), Err(Error::Policy { .. })));
+    }
+}
