@@ -105,7 +105,10 @@ fn run(command: Command) -> Result<ExitCode> {
             let mut locked = store.lock()?;
             let outcome = reconcile::run(&mut locked.state, &settings)?;
             locked.commit()?;
-            println!("{}: {} port(s) changed", outcome.backend, outcome.changes.len());
+            match outcome.backend {
+                Some(backend) => println!("{backend}: {} port(s) changed", outcome.changes.len()),
+                None => println!("no isolated networks: nothing to do"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(&args).map(|_| ExitCode::SUCCESS),

@@ -440,6 +440,9 @@ fn enforce(
     }
     if report.recorded_in(state) {
         let plan = reconcile::plan_for(state, |b| bridges.contains(b))?;
+        if plan.bridges.is_empty() && plan.lifted.is_empty() {
+            return Ok(());
+        }
         let mut backend = reconcile::select_backend(settings)?;
         if reconcile::drift(&plan, &backend.observe(&plan)?).is_empty() {
             return Ok(());

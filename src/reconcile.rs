@@ -194,8 +194,8 @@ pub fn select_backend(settings: &Settings) -> Result<Box<dyn Backend>> {
 /// What a reconcile did.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The backend that did the work.
-    pub backend: BackendKind,
+    /// The backend that did the work; `None` when there was nothing to do.
+    pub backend: Option<BackendKind>,
     /// Ports changed, in order.
     pub changes: Vec<Change>,
 }
@@ -203,6 +203,14 @@ pub struct Outcome {
 /// Makes the kernel match `state`, recording in it which backend did the work and
 /// forgetting lifted bridges once cleared. The caller holds the state lock.
 pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
+    if state.networks.is_empty() && state.released.is_empty() {
+        // Nothing is or was isolated: a host that never uses the property is never
+        // touched, and a backend it cannot run never fails its network setups.
+        return Ok(Outcome {
+            backend: state.backend,
+            changes: Vec::new(),
+        });
+    }
     let mut backend = select_backend(settings)?;
     let kind = backend.kind();
     let mut changes = Vec::new();
@@ -236,5 +244,8 @@ pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
             )));
         }
     }
-    Ok(Outcome { backend: kind, changes })
+    Ok(Outcome {
+        backend: Some(kind),
+        changes,
+    })
 }
