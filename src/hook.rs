@@ -293,17 +293,12 @@ fn trust_from_env() -> Result<Option<bool>> {
 }
 
 /// Trust of each interface of `doc`: the domain metadata for a whole VM, the device
-/// environment for one vNIC (absent means untrusted at hotplug, unchanged at update).
-fn trust_of<'a>(
-    point: Point,
-    doc: &'a Document,
-    state: &'a State,
-) -> Result<impl Fn(&domain::Interface) -> Option<bool> + 'a> {
-    let env = trust_from_env()?;
+/// environment for one vNIC. VDSM hands device hooks the vNIC's complete custom properties
+/// (hotplug, and updateDevice, which replaces them), so an absent property means untrusted.
+fn trust_of(point: Point, doc: &Document) -> Result<impl Fn(&domain::Interface) -> bool + '_> {
+    let env = trust_from_env()?.unwrap_or(false);
     Ok(move |iface: &domain::Interface| match point {
-        Point::BeforeVmStart | Point::AfterVmStart | Point::AfterVmMigrateDestination => Some(doc.is_trusted(iface)),
-        Point::BeforeNicHotplug | Point::AfterNicHotplug => Some(env.unwrap_or(false)),
-        Point::BeforeUpdateDevice => env.or_else(|| iface.mac.map(|m| state.is_trusted(m))),
+        Point::BeforeVmStart | Point::AfterVmStart | Point::AfterVmMigrateDestination => doc.is_trusted(iface),
         _ => env,
     })
 }
@@ -311,10 +306,10 @@ fn trust_of<'a>(
 fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
     let state = Store::new(&settings.state_dir).read()?;
     let doc = domain::parse(&payload.bytes)?;
-    let trust = trust_of(point, &doc, &state)?;
+    let trust = trust_of(point, &doc)?;
     let wish = |iface: &domain::Interface| match (iface.on_bridge(), trust(iface)) {
         (None, _) => PortWish::Keep,
-        (Some(_), Some(true)) => PortWish::Open,
+        (Some(_), true) => PortWish::Open,
         (Some(bridge), _) if state.is_isolated(bridge) => PortWish::Isolated,
         _ => PortWish::Keep,
     };
@@ -360,7 +355,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
     } else {
         store.read()?
     };
-    let trust = trust_of(point, &doc, &state)?;
+    let trust = trust_of(point, &doc)?;
     let mut bridges = BTreeSet::new();
     let mut vnics = Vec::new();
     for iface in &doc.interfaces {
@@ -368,7 +363,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
             bridges.insert(bridge.to_string());
             vnics.push(VnicFact {
                 mac,
-                trusted: trust(iface),
+                trusted: Some(trust(iface)),
             });
         }
     }

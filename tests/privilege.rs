@@ -13,6 +13,9 @@ use std::process::Command;
 use bridge_isolation::lab::{self, is_vm, Lab, LabSpec, NicSpec, Payload, RunAs};
 use bridge_isolation::paths;
 
+#[allow(dead_code)]
+mod common;
+
 const SUDOERS: &str = "/etc/sudoers.d/50_vdsm_hook_bridge_isolation";
 
 /// What the test put on the host, removed on drop (also when an assertion fails).
@@ -94,21 +97,6 @@ fn ensure_account() {
     ]));
 }
 
-/// A hook tree as the package installs it, built from this test's binaries.
-fn hook_tree(dir: &Path) -> PathBuf {
-    let bindir = Path::new(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"))
-        .parent()
-        .unwrap();
-    run_ok(
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh"))
-            .arg("--destdir")
-            .arg(dir)
-            .arg("--bindir")
-            .arg(bindir),
-    );
-    dir.join("usr/libexec/vdsm/hooks")
-}
-
 #[test]
 fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     if !lab::root_tests_enabled("vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment") {
@@ -116,7 +104,7 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     }
     let mut install = SystemInstall::new();
     let scratch = tempfile::tempdir().unwrap();
-    let hooks = hook_tree(scratch.path());
+    let hooks = common::hooks_dir();
     let vdsm = RunAs::lookup("vdsm").unwrap();
 
     // A hostile environment, as a VM custom property could make it: a PATH whose `sudo`
@@ -146,12 +134,12 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     // Network points run as root with the installed paths (no overrides).
     let json = lab::setup_networks_json(&[(&net, lab::NetSpec::on_nic(&lab.spec().uplink).with_isolation("true"))]);
     for point in ["before_network_setup", "after_network_setup"] {
-        let run = lab::run_hook_point(lab.host_ns(), &hooks, point, Payload::Json(json.clone()), &[]).unwrap();
+        let run = lab::run_hook_point(lab.host_ns(), hooks, point, Payload::Json(json.clone()), &[]).unwrap();
         assert!(!run.failed, "{point}: {}", run.stderr);
     }
     assert!(lab.port_isolated(&vm1.tap).unwrap() && lab.port_isolated(&vm2.tap).unwrap());
     let as_vdsm = |point: &str, payload: Payload, env: &[(String, String)]| {
-        lab::run_hook_point_as(lab.host_ns(), &hooks, point, payload, env, Some(&vdsm)).unwrap()
+        lab::run_hook_point_as(lab.host_ns(), hooks, point, payload, env, Some(&vdsm)).unwrap()
     };
     let live = |spec: &lab::VmSpec, trusted: bool| {
         let uuid = format!("00000000-0000-4000-8000-0000000000{:02x}", spec.guest_mac[5]);

@@ -1,0 +1,345 @@
+//! Shared fixtures of the integration tests: a VDSM hook tree installed by
+//! `packaging/install.sh`, and a [`Fixture`] that drives the hooks against a netns lab the
+//! way VDSM and libvirt would (DESIGN.md sections 2 and 7).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use bridge_isolation::lab::{
+    self, domain_xml, interface_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload, VmSpec,
+};
+use tempfile::TempDir;
+
+/// The file name of our hook in every hook-point directory.
+pub const HOOK: &str = "50_bridge_isolation";
+/// The points where a hook may rewrite its payload; everywhere else it must stay byte-identical.
+const REWRITING_POINTS: [&str; 3] = ["before_vm_start", "before_nic_hotplug", "before_update_device"];
+/// The lab's network, named like its bridge (`LabSpec::new`'s default).
+pub const NET: &str = "isonet";
+/// The network's uplink NIC, a port of the bridge (`LabSpec::new`'s default).
+pub const UPLINK: &str = "eth1";
+
+/// The hook tree of this test process: `<root>/usr/libexec/vdsm/hooks`, installed once.
+pub fn hooks_dir() -> &'static Path {
+    static TREE: OnceLock<PathBuf> = OnceLock::new();
+    TREE.get_or_init(install_hook_tree)
+}
+
+/// Runs `packaging/install.sh` into `CARGO_TARGET_TMPDIR/hook-tree-<pid>`, after removing the
+/// trees of test processes that are gone; this process's tree is removed at exit.
+fn install_hook_tree() -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    remove_stale_trees(base);
+    let root = base.join(format!("hook-tree-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("creating the hook tree directory");
+    let bindir = Path::new(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"))
+        .parent()
+        .expect("binaries live in a directory");
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh"))
+        .arg("--destdir")
+        .arg(&root)
+        .arg("--bindir")
+        .arg(bindir)
+        .output()
+        .expect("running packaging/install.sh");
+    assert!(
+        out.status.success(),
+        "packaging/install.sh failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    extern "C" fn remove_own_tree() {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hook-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(root);
+    }
+    // SAFETY: registers a plain function without captures to run at process exit.
+    unsafe { libc::atexit(remove_own_tree) };
+    root.join("usr/libexec/vdsm/hooks")
+}
+
+/// Deletes `hook-tree-<pid>` directories whose process no longer runs.
+fn remove_stale_trees(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("hook-tree-") else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The `vmId` (and domain `<uuid>`) of lab VM number `n`.
+pub fn vm_uuid(n: u8) -> String {
+    format!("4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c00{n:02x}")
+}
+
+/// What the engine says about a vNIC.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Profile {
+    /// Its vNIC profile has `bridge_isolation_trusted=true`.
+    pub trusted: bool,
+    /// The engine wrote oVirt's native `<port isolated="yes"/>` (network `port_isolation`).
+    pub native_isolated: bool,
+}
+
+/// An ordinary vNIC.
+pub const PLAIN: Profile = Profile {
+    trusted: false,
+    native_isolated: false,
+};
+/// A trusted vNIC (a router VM).
+pub const TRUSTED: Profile = Profile {
+    trusted: true,
+    native_isolated: false,
+};
+
+/// The payload of the network `NET` on `UPLINK` with `custom: {"bridge_isolation": value}`.
+pub fn tagged(value: &str) -> String {
+    lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK).with_isolation(value))])
+}
+
+/// The payload of the network `NET` on `UPLINK` without custom properties.
+pub fn untagged() -> String {
+    lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK))])
+}
+
+/// The payload removing `NET`: `{"remove": true}`.
+pub fn removed() -> String {
+    lab::setup_networks_json(&[(NET, NetSpec::removed())])
+}
+
+/// The isolation promise: every pair passes except two VMs of which neither is trusted.
+pub fn isolated_except<'a>(trusted: &'a [&'a str]) -> impl Fn(&str, &str) -> bool + 'a {
+    move |a, b| !(is_vm(a) && is_vm(b)) || trusted.contains(&a) || trusted.contains(&b)
+}
+
+/// Whether every `<interface>` of `xml` carries `<port isolated="yes"/>` (either quote
+/// style); false when any lacks it. Panics if there is no interface.
+pub fn port_isolated_in(xml: &str) -> bool {
+    let interfaces: Vec<&str> = xml
+        .split("<interface")
+        .skip(1)
+        .map(|rest| rest.split("</interface>").next().unwrap_or(rest))
+        .collect();
+    assert!(!interfaces.is_empty(), "no <interface> in:\n{xml}");
+    interfaces
+        .iter()
+        .all(|i| i.contains("<port isolated=\"yes\"/>") || i.contains("<port isolated='yes'/>"))
+}
+
+/// Whether `xml` has any `<port` element at all.
+pub fn has_port_element(xml: &str) -> bool {
+    xml.contains("<port ")
+}
+
+/// One test's world: a lab, its own state directory, and the environment every hook gets.
+pub struct Fixture {
+    /// The namespaces: host with bridge `NET`, gateway on `UPLINK`, VMs.
+    pub lab: Lab,
+    state: TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Fixture {
+    /// A lab with VMs `vm1..=vms` already running (plugged, no flags), nothing tagged.
+    pub fn new(tag: &str, vms: u8) -> Fixture {
+        Fixture::from_spec(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms))
+    }
+
+    /// A lab of `spec` (its bridge must be `NET`), nothing tagged.
+    pub fn from_spec(spec: &LabSpec) -> Fixture {
+        assert_eq!(spec.bridge, NET);
+        let lab = Lab::create(spec).expect("creating the lab");
+        let state = tempfile::tempdir().expect("creating the state directory");
+        let env = vec![
+            (
+                "BRIDGE_ISOLATION_STATE_DIR".to_string(),
+                state.path().to_string_lossy().into_owned(),
+            ),
+            ("BRIDGE_ISOLATION_CONFIG".to_string(), "/nonexistent".to_string()),
+            // The kernel-state checks read port flags: pin the backend that sets them.
+            ("BRIDGE_ISOLATION_BACKEND".to_string(), "port-isolation".to_string()),
+        ];
+        Fixture { lab, state, env }
+    }
+
+    /// Runs hook point `point` in the host namespace with `payload` and `extra` env vars.
+    /// Asserts what holds at every point: our hook ran, and the payload is byte-identical
+    /// unless the point may rewrite it.
+    pub fn run(&self, point: &str, payload: Payload, extra: &[(String, String)]) -> HookRun {
+        let input = match &payload {
+            Payload::Json(t) | Payload::DomXml(t) => t.clone().into_bytes(),
+            Payload::Empty => Vec::new(),
+        };
+        let mut env = self.env.clone();
+        env.extend_from_slice(extra);
+        let run = lab::run_hook_point(self.lab.host_ns(), hooks_dir(), point, payload, &env)
+            .unwrap_or_else(|e| panic!("running {point}: {e:#}"));
+        assert_eq!(
+            run.codes.len(),
+            1,
+            "{point}: expected our hook alone, ran {:?}",
+            run.codes
+        );
+        assert_eq!(run.codes[0].0, HOOK, "{point}");
+        if !REWRITING_POINTS.contains(&point) {
+            assert!(
+                run.payload_after == input,
+                "{point} changed its payload:\n{}",
+                run.payload_text()
+            );
+        }
+        run
+    }
+
+    /// Like [`Fixture::run`], asserting exit code 0.
+    pub fn run_ok(&self, point: &str, payload: Payload, extra: &[(String, String)]) -> HookRun {
+        let run = self.run(point, payload, extra);
+        assert_eq!(run.codes[0].1, 0, "{point} failed; stderr:\n{}", run.stderr);
+        run
+    }
+
+    /// Runs a VM or device point for VM number `n` (`vmId` set) on `xml`, asserting exit 0.
+    pub fn run_vm_point(&self, point: &str, n: u8, xml: String, extra: &[(String, String)]) -> HookRun {
+        let mut env = vec![("vmId".to_string(), vm_uuid(n))];
+        env.extend_from_slice(extra);
+        self.run_ok(point, Payload::DomXml(xml), &env)
+    }
+
+    /// `before_network_setup` then `after_network_setup` with `json`, each exiting 0 and
+    /// leaving the payload byte-identical.
+    pub fn network_setup(&self, json: &str) -> (HookRun, HookRun) {
+        let before = self.run_ok("before_network_setup", Payload::Json(json.to_string()), &[]);
+        let after = self.run_ok("after_network_setup", Payload::Json(json.to_string()), &[]);
+        (before, after)
+    }
+
+    /// Lab VM number `n` (`vm{n}` on `vnet{n}`).
+    pub fn vm(&self, n: u8) -> VmSpec {
+        self.lab.spec().numbered_vm(n)
+    }
+
+    /// The engine-side vNIC (no tap yet) of VM `n` with `profile`.
+    pub fn engine_nic(&self, n: u8, profile: Profile) -> NicSpec {
+        NicSpec {
+            trusted: profile.trusted,
+            native_isolated: profile.native_isolated,
+            ..NicSpec::new(NET, self.vm(n).guest_mac)
+        }
+    }
+
+    /// The engine's domain XML of VM `n` with one vNIC on `NET` (no tap yet).
+    pub fn engine_domain(&self, n: u8, profile: Profile) -> String {
+        domain_xml(&self.vm(n).name, &vm_uuid(n), &[self.engine_nic(n, profile)])
+    }
+
+    /// Plugs VM `n`'s tap as libvirt does for its XML: created, then flagged at once when
+    /// the XML says `<port isolated="yes"/>`.
+    fn plug(&mut self, n: u8, isolated: bool) {
+        let vm = self.vm(n);
+        self.lab.add_vm(&vm).expect("plugging the VM");
+        if isolated {
+            self.lab.set_port_isolated(&vm.tap, true).expect("setting the flag");
+        }
+    }
+
+    /// Starts VM `n` with one vNIC on `NET`: `before_vm_start` on the engine's domain XML,
+    /// its tap created as the rewritten XML says, then `after_vm_start` on the live XML.
+    /// Returns the rewritten XML.
+    pub fn start_vm(&mut self, n: u8, profile: Profile) -> String {
+        let engine = self.engine_domain(n, profile);
+        let rewritten = self.run_vm_point("before_vm_start", n, engine, &[]).payload_text();
+        let isolated = port_isolated_in(&rewritten);
+        self.plug(n, isolated);
+        let live = NicSpec {
+            tap: Some(self.vm(n).tap),
+            native_isolated: isolated,
+            ..self.engine_nic(n, profile)
+        };
+        let live_xml = domain_xml(&self.vm(n).name, &vm_uuid(n), &[live]);
+        self.run_vm_point("after_vm_start", n, live_xml, &[]);
+        rewritten
+    }
+
+    /// Hotplugs VM `n`'s vNIC: `before_nic_hotplug` on its `<interface>` (device custom
+    /// properties in the env), the tap created as the rewritten XML says, then
+    /// `after_nic_hotplug` on that XML. Returns the rewritten XML.
+    pub fn hotplug(&mut self, n: u8, profile: Profile) -> String {
+        let nic = self.engine_nic(n, profile);
+        let env = nic.device_env();
+        let rewritten = self
+            .run_vm_point("before_nic_hotplug", n, interface_xml(&nic), &env)
+            .payload_text();
+        self.plug(n, port_isolated_in(&rewritten));
+        self.run_vm_point("after_nic_hotplug", n, rewritten.clone(), &env);
+        rewritten
+    }
+
+    /// Path of the state file.
+    pub fn state_path(&self) -> PathBuf {
+        self.state.path().join("state.json")
+    }
+
+    /// The state file's bytes (panics if it does not exist).
+    pub fn state_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.state_path()).expect("reading state.json")
+    }
+
+    /// The state file, parsed.
+    pub fn state_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.state_bytes()).expect("state.json is JSON")
+    }
+
+    /// The ports of the bridge whose isolation flag is set.
+    pub fn isolated_ports(&self) -> BTreeSet<String> {
+        self.lab
+            .bridge_ports()
+            .expect("listing the bridge ports")
+            .into_iter()
+            .filter(|p| self.lab.port_isolated(p).expect("reading a port flag"))
+            .collect()
+    }
+
+    /// Asserts that exactly `ports` of the bridge have the isolation flag set.
+    #[track_caller]
+    pub fn assert_isolated_ports(&self, ports: &[&str]) {
+        let want: BTreeSet<String> = ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(self.isolated_ports(), want, "ports with the isolated flag");
+    }
+
+    /// Probes every pair and asserts the isolation promise with `trusted` VMs exempt.
+    pub fn assert_isolation(&self, trusted: &[&str]) {
+        self.lab
+            .matrix()
+            .expect("probing")
+            .assert_expected(&isolated_except(trusted));
+    }
+
+    /// Probes every pair and asserts that everything passes.
+    pub fn assert_all_pass(&self) {
+        self.lab.matrix().expect("probing").assert_expected(&|_, _| true);
+    }
+
+    /// Runs the admin CLI `bridge-isolation ARGS` in the host namespace with the hooks' env.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(lab::IP)
+            .args([
+                "netns",
+                "exec",
+                self.lab.host_ns(),
+                env!("CARGO_BIN_EXE_bridge-isolation"),
+            ])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("running bridge-isolation")
+    }
+}
