@@ -282,13 +282,11 @@ pub fn record(state: &mut State, network: &str, change: &NetworkChange) {
     }
 }
 
-/// `bridge_isolation_trusted` from a device hook's environment.
-fn trust_from_env() -> Result<Option<bool>> {
+/// `bridge_isolation_trusted` from a device hook's environment (absent: not trusted).
+fn trusted_in_env() -> Result<bool> {
     match std::env::var(PROP_TRUSTED) {
-        Ok(v) => policy::parse_flag(&v)
-            .map(Some)
-            .map_err(|e| Error::Payload(format!("{PROP_TRUSTED}: {e}"))),
-        Err(_) => Ok(None),
+        Ok(v) => policy::parse_flag(&v).map_err(|e| Error::Payload(format!("{PROP_TRUSTED}: {e}"))),
+        Err(_) => Ok(false),
     }
 }
 
@@ -296,7 +294,7 @@ fn trust_from_env() -> Result<Option<bool>> {
 /// environment for one vNIC. VDSM hands device hooks the vNIC's complete custom properties
 /// (hotplug, and updateDevice, which replaces them), so an absent property means untrusted.
 fn trust_of(point: Point, doc: &Document) -> Result<impl Fn(&domain::Interface) -> bool + '_> {
-    let env = trust_from_env()?.unwrap_or(false);
+    let env = trusted_in_env()?;
     Ok(move |iface: &domain::Interface| match point {
         Point::BeforeVmStart | Point::AfterVmStart | Point::AfterVmMigrateDestination => doc.is_trusted(iface),
         _ => env,
