@@ -346,13 +346,6 @@ fn vm_id(doc: &Document) -> Option<String> {
 
 fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
     let doc = domain::parse(bytes)?;
-    let vm = vm_id(&doc).ok_or_else(|| Error::Payload("no vmId in the environment or the XML".into()))?;
-    let store = Store::new(&settings.state_dir);
-    let state = if settings.privileged {
-        State::default()
-    } else {
-        store.read()?
-    };
     let trust = trust_of(point, &doc)?;
     let mut bridges = BTreeSet::new();
     let mut vnics = Vec::new();
@@ -365,10 +358,9 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
             });
         }
     }
+    let vm = required_vm_id(&doc)?;
     enforce(
         settings,
-        &store,
-        &state,
         &Report {
             vm,
             event: Event::Up,
@@ -384,7 +376,6 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
         log::debug!("after_vm_destroy: {e}");
         Document::default()
     });
-    let vm = vm_id(&doc).ok_or_else(|| Error::Payload("no vmId in the environment or the XML".into()))?;
     let vnics = doc
         .interfaces
         .iter()
@@ -395,16 +386,9 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
             })
         })
         .collect();
-    let store = Store::new(&settings.state_dir);
-    let state = if settings.privileged {
-        State::default()
-    } else {
-        store.read()?
-    };
+    let vm = required_vm_id(&doc)?;
     enforce(
         settings,
-        &store,
-        &state,
         &Report {
             vm,
             event: Event::Gone,
@@ -414,26 +398,26 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
     )
 }
 
+fn required_vm_id(doc: &Document) -> Result<String> {
+    vm_id(doc).ok_or_else(|| Error::Payload("no vmId in the environment or the XML".into()))
+}
+
 /// Records `report` and makes the kernel match. Root does it here; an unprivileged hook
 /// checks the recorded state and the kernel (sysfs) and asks the root helper only when
 /// something must change, so the steady path spawns nothing.
-fn enforce(
-    settings: &Settings,
-    store: &Store,
-    state: &State,
-    report: &Report,
-    bridges: &BTreeSet<String>,
-) -> Result<()> {
+fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> Result<()> {
     report.validate()?;
+    let store = Store::new(&settings.state_dir);
     if settings.privileged {
         let mut locked = store.lock()?;
         report.apply(&mut locked.state);
         reconcile::run(&mut locked.state, settings)?;
         return locked.commit();
     }
-    if report.recorded_in(state) {
-        let plan = reconcile::plan_for(state, |b| bridges.contains(b))?;
-        if plan.bridges.is_empty() && plan.lifted.is_empty() {
+    let state = store.read()?;
+    if report.recorded_in(&state) {
+        let plan = reconcile::plan_for(&state, |b| bridges.contains(b))?;
+        if plan.bridges.is_empty() {
             return Ok(());
         }
         let mut backend = reconcile::select_backend(settings)?;

@@ -213,31 +213,18 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
 
     // The sudoers rule allows the helper with no arguments only, and the helper itself
     // refuses to run without root.
-    let with_arg = Command::new(lab::SETPRIV)
-        .args([
-            "--reuid",
-            &vdsm.uid.to_string(),
-            "--regid",
-            &vdsm.gid.to_string(),
-            "--init-groups",
-            "--",
-        ])
+    let as_vdsm_cmd = || {
+        let mut cmd = Command::new(lab::SETPRIV);
+        let (uid, gid) = (vdsm.uid.to_string(), vdsm.gid.to_string());
+        cmd.args(["--reuid", &uid, "--regid", &gid, "--init-groups", "--"]);
+        cmd
+    };
+    let with_arg = as_vdsm_cmd()
         .args([paths::SUDO, "-n", paths::HELPER, "--state-dir=/tmp"])
         .output()
         .unwrap();
     assert!(!with_arg.status.success(), "sudo let vdsm pass arguments to the helper");
-    let direct = Command::new(lab::SETPRIV)
-        .args([
-            "--reuid",
-            &vdsm.uid.to_string(),
-            "--regid",
-            &vdsm.gid.to_string(),
-            "--init-groups",
-            "--",
-        ])
-        .arg(paths::HELPER)
-        .output()
-        .unwrap();
+    let direct = as_vdsm_cmd().arg(paths::HELPER).output().unwrap();
     assert_eq!(direct.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&direct.stderr).contains("must run as root"));
     lab.destroy().unwrap();
