@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::backend::DropCounter;
 use crate::config::{self, Settings};
 use crate::error::{Error, Result};
 use crate::reconcile::{self, Plan, Role};
@@ -145,6 +146,9 @@ pub struct BridgeStatus {
     pub present: bool,
     /// Its ports.
     pub ports: Vec<PortStatus>,
+    /// Frames dropped between its VM ports, for backends that count them (nftables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<DropCounter>,
 }
 
 /// One port.
@@ -169,7 +173,19 @@ impl StatusReport {
     pub fn gather(settings: &Settings, state: &State) -> Result<StatusReport> {
         let plan: Plan = reconcile::plan(state)?;
         let mut backend = reconcile::select_backend(settings)?;
+        if backend.needs_root_to_observe() && !config::is_root() {
+            return Err(Error::Helper(format!(
+                "the {} backend's rules can only be read by root: run this as root",
+                backend.kind()
+            )));
+        }
         let observed = backend.observe(&plan)?;
+        let mut drops = backend.drop_counters(&plan)?;
+        let lifted_plan = Plan {
+            bridges: plan.lifted.clone(),
+            lifted: Vec::new(),
+        };
+        let still_lifted = backend.observe(&lifted_plan)?;
         let isolated = |b: &str, p: &str| observed.iter().any(|o| o.bridge == b && o.port == p && o.isolated);
         let bridges = plan
             .bridges
@@ -194,6 +210,7 @@ impl StatusReport {
                         }
                     })
                     .collect(),
+                drops: drops.remove(&b.bridge),
             })
             .collect();
         Ok(StatusReport {
@@ -204,7 +221,10 @@ impl StatusReport {
             lifted: plan
                 .lifted
                 .iter()
-                .filter(|b| b.ports.iter().any(|p| p.port.isolated == Some(true)))
+                .filter(|b| {
+                    b.ports.iter().any(|p| p.port.isolated == Some(true))
+                        || still_lifted.iter().any(|o| o.bridge == b.bridge && o.isolated)
+                })
                 .map(|b| b.bridge.clone())
                 .collect(),
             trusted: state
@@ -250,6 +270,13 @@ impl std::fmt::Display for StatusReport {
                     p.port,
                     yn(p.isolated),
                     yn(p.expected)
+                )?;
+            }
+            if let Some(d) = b.drops {
+                writeln!(
+                    f,
+                    "{:<15} {:<15} dropped between VM ports: {} frame(s), {} byte(s)",
+                    b.network, b.bridge, d.packets, d.bytes
                 )?;
             }
         }

@@ -164,6 +164,8 @@ mod tests {
         assert!(ConfigFile::parse("backend = ebtables")
             .unwrap_err()
             .contains("line 1: config: unknown backend"));
+        let cfg = ConfigFile::parse("backend = nftables").unwrap();
+        assert_eq!(cfg.backend, Some(BackendChoice::Fixed(BackendKind::Nftables)));
         assert!(ConfigFile::parse("colour = blue").is_err());
         assert!(ConfigFile::parse("state_dir = relative").is_err());
         assert!(ConfigFile::parse("just words").is_err());

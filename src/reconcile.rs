@@ -166,29 +166,70 @@ pub fn drift(plan: &Plan, observed: &[Observed]) -> Vec<Drift> {
 
 /// Opens the backend the settings ask for; with `auto`, the first this host supports.
 pub fn select_backend(settings: &Settings) -> Result<Box<dyn Backend>> {
+    choose_backend(settings).map(|(backend, _)| backend)
+}
+
+/// Like [`select_backend`], also saying why: `BRIDGE_ISOLATION_BACKEND` or the config file
+/// wins; `auto` takes port-isolation when the kernel has the flag, else nftables, else
+/// firewalld (when running), else iptables ([`BackendKind::ALL`]), and says what it skipped.
+pub fn choose_backend(settings: &Settings) -> Result<(Box<dyn Backend>, String)> {
     match settings.backend {
         BackendChoice::Fixed(kind) => {
             let backend = backend::open(kind)?;
-            backend.available()?;
-            Ok(backend)
+            backend
+                .available()
+                .map_err(|e| Error::Config(format!("backend {kind} (configured) cannot run here: {e}")))?;
+            Ok((backend, "configured".to_string()))
         }
-        BackendChoice::Auto => {
-            let mut reasons = Vec::new();
-            for kind in BackendKind::ALL {
-                match backend::open(kind).and_then(|b| b.available().map(|_| b)) {
-                    Ok(b) => {
-                        log::debug!("backend auto: chose {kind}");
-                        return Ok(b);
-                    }
-                    Err(e) => reasons.push(format!("{kind}: {e}")),
-                }
-            }
-            Err(Error::Config(format!(
-                "no backend is usable on this host ({})",
-                reasons.join("; ")
-            )))
+        BackendChoice::Auto => first_usable(BackendKind::ALL, |kind| {
+            backend::open(kind).and_then(|b| b.available().map(|_| b))
+        })
+        .map(|(b, why)| {
+            log::debug!("backend {} ({why})", b.kind());
+            (b, why)
+        }),
+    }
+}
+
+/// The first of `kinds` that `open` accepts, and why: `auto`, plus what it skipped.
+fn first_usable<T>(
+    kinds: impl IntoIterator<Item = BackendKind>,
+    mut open: impl FnMut(BackendKind) -> Result<T>,
+) -> Result<(T, String)> {
+    let mut reasons = Vec::new();
+    for kind in kinds {
+        match open(kind) {
+            Ok(b) if reasons.is_empty() => return Ok((b, "auto".to_string())),
+            Ok(b) => return Ok((b, format!("auto; skipped {}", reasons.join("; ")))),
+            Err(e) => reasons.push(format!("{kind}: {e}")),
         }
     }
+    Err(Error::Config(format!(
+        "no backend is usable on this host ({})",
+        reasons.join("; ")
+    )))
+}
+
+/// Port flags that contradict the plan while a firewall backend enforces it: on the uplink
+/// or a trusted vNIC of an isolated bridge, or on any port of a lifted bridge. libvirt sets
+/// them from `<port isolated="yes"/>` (written by `before_vm_start` or by oVirt's native
+/// `port_isolation`) whatever backend is in use; VM ports keep theirs, which only agree.
+fn contrary_flags(plan: &Plan) -> Vec<BridgePlan> {
+    let isolated = plan.bridges.iter().map(|b| (b, false));
+    let lifted = plan.lifted.iter().map(|b| (b, true));
+    isolated
+        .chain(lifted)
+        .map(|(b, lifted)| BridgePlan {
+            ports: b
+                .ports
+                .iter()
+                .filter(|p| p.port.isolated == Some(true) && (lifted || !p.role.isolated()))
+                .cloned()
+                .collect(),
+            ..b.clone()
+        })
+        .filter(|b| !b.ports.is_empty())
+        .collect()
 }
 
 /// What a reconcile did.
@@ -211,18 +252,26 @@ pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
             changes: Vec::new(),
         });
     }
-    let mut backend = select_backend(settings)?;
+    let (mut backend, why) = choose_backend(settings)?;
     let kind = backend.kind();
-    let mut changes = Vec::new();
-    let mut plan = plan(state)?;
-    if let Some(previous) = state.backend.filter(|&p| p != kind) {
+    if state.backend == Some(kind) {
+        log::debug!("backend {kind} ({why})");
+    } else {
+        log::info!("backend {kind} ({why})");
+    }
+    let plan = plan(state)?;
+    let previous = state.backend.filter(|&p| p != kind);
+    // The new backend enforces first, so a handover leaves no moment without isolation.
+    let mut changes = backend.apply(&plan)?;
+    changes.extend(backend.remove(&plan.lifted)?);
+    if let Some(previous) = previous {
         log::info!("backend changes from {previous} to {kind}: removing {previous}'s enforcement");
         let everything: Vec<BridgePlan> = plan.bridges.iter().chain(&plan.lifted).cloned().collect();
         changes.extend(backend::open(previous)?.remove(&everything)?);
-        plan = self::plan(state)?;
     }
-    changes.extend(backend.apply(&plan)?);
-    changes.extend(backend.remove(&plan.lifted)?);
+    if kind != BackendKind::PortIsolation && previous != Some(BackendKind::PortIsolation) {
+        changes.extend(backend::open(BackendKind::PortIsolation)?.remove(&contrary_flags(&plan))?);
+    }
     state.released.clear();
     state.backend = Some(kind);
     for c in &changes {
@@ -248,4 +297,114 @@ pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
         backend: Some(kind),
         changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind::*;
+
+    fn port(name: &str, role: Role, flag: Option<bool>) -> PortPlan {
+        PortPlan {
+            port: Port {
+                name: name.into(),
+                ifindex: 1,
+                mac: None,
+                isolated: flag,
+            },
+            role,
+        }
+    }
+
+    fn bridge(name: &str, ports: Vec<PortPlan>) -> BridgePlan {
+        BridgePlan {
+            network: name.into(),
+            bridge: name.into(),
+            uplink: Some("eth1".into()),
+            present: true,
+            ports,
+        }
+    }
+
+    #[test]
+    fn auto_prefers_port_isolation_then_nftables_then_firewalld_then_iptables() {
+        assert_eq!(BackendKind::ALL, [PortIsolation, Nftables, Firewalld, Iptables]);
+        let (kind, why) = first_usable(BackendKind::ALL, Ok).unwrap();
+        assert_eq!((kind, why.as_str()), (PortIsolation, "auto"));
+
+        // EL7: kernel 3.10 has no port flag.
+        let old_kernel = |k| match k {
+            PortIsolation => Err(Error::Kernel("kernel 3.10.0 has no bridge port isolation flag".into())),
+            other => Ok(other),
+        };
+        let (kind, why) = first_usable(BackendKind::ALL, old_kernel).unwrap();
+        assert_eq!(kind, Nftables);
+        assert_eq!(
+            why,
+            "auto; skipped port-isolation: kernel: kernel 3.10.0 has no bridge port isolation flag"
+        );
+
+        // Nothing works: every reason is given, in order.
+        let none = |k: BackendKind| backend::open(k).and_then(|_| Err::<(), _>(Error::Kernel("no".into())));
+        let err = first_usable(BackendKind::ALL, none).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config: no backend is usable on this host (port-isolation: kernel: no; nftables: kernel: no; \
+             firewalld: config: backend firewalld is not implemented yet; use port-isolation or nftables; \
+             iptables: config: backend iptables is not implemented yet; use port-isolation or nftables)"
+        );
+    }
+
+    #[test]
+    fn configured_backend_wins_and_unimplemented_ones_say_so() {
+        let settings = |choice| Settings {
+            state_dir: "/nonexistent".into(),
+            config_file: "/nonexistent".into(),
+            backend: choice,
+            privileged: false,
+        };
+        for kind in [Iptables, Firewalld] {
+            let err = choose_backend(&settings(BackendChoice::Fixed(kind))).err().unwrap();
+            assert!(err.to_string().contains("is not implemented yet"), "{err}");
+        }
+        // Unprivileged, nftables only needs its tool; as root it asks the kernel too.
+        if std::path::Path::new(crate::backend::nftables::NFT).exists() && !crate::config::is_root() {
+            let (b, why) = choose_backend(&settings(BackendChoice::Fixed(Nftables))).unwrap();
+            assert_eq!((b.kind(), why.as_str()), (Nftables, "configured"));
+        }
+    }
+
+    #[test]
+    fn firewall_backends_clear_only_contrary_flags() {
+        let plan = Plan {
+            bridges: vec![bridge(
+                "red",
+                vec![
+                    port("eth1", Role::Uplink, Some(true)),
+                    port("vnet1", Role::Vm, Some(true)),
+                    port("vnet2", Role::Vm, Some(false)),
+                    port("vnet3", Role::Trusted, Some(true)),
+                    port("vnet4", Role::Trusted, None),
+                ],
+            )],
+            lifted: vec![
+                bridge(
+                    "blue",
+                    vec![port("vnet5", Role::Vm, Some(true)), port("vnet6", Role::Vm, None)],
+                ),
+                bridge("green", vec![port("vnet7", Role::Vm, Some(false))]),
+            ],
+        };
+        let got: Vec<(String, Vec<String>)> = contrary_flags(&plan)
+            .into_iter()
+            .map(|b| (b.bridge, b.ports.into_iter().map(|p| p.port.name).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("red".to_string(), vec!["eth1".to_string(), "vnet3".to_string()]),
+                ("blue".to_string(), vec!["vnet5".to_string()]),
+            ]
+        );
+    }
 }

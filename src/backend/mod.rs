@@ -1,9 +1,21 @@
 //! Enforcement backends behind one trait: each makes the kernel keep a [`Plan`]'s VM ports apart.
+//!
+//! A backend that programs a firewall (`nftables` today; `iptables` and `firewalld` to come)
+//! keeps the shape of [`nftables`]: the rules a plan wants built as plain data, the kernel's
+//! rules read back in one listing, the difference rendered and applied as **one**
+//! transaction per run (one `nft -f`, one `iptables-restore --noflush`, one D-Bus session),
+//! nothing done when there is no difference, and everything but the process or bus call
+//! unit-tested without root. It owns its objects outright (a table, a chain, a direct-rule
+//! set of its own) so that [`Backend::remove`] deletes exactly what it created.
 
+pub mod nftables;
 mod port_isolation;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use nftables::Nftables;
 pub use port_isolation::PortIsolation;
 
 use crate::error::{Error, Result};
@@ -76,16 +88,38 @@ pub struct Observed {
     pub isolated: bool,
 }
 
+/// Frames a backend dropped between the VM ports of one bridge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DropCounter {
+    /// Frames dropped.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// An enforcement mechanism.
 pub trait Backend {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
 
-    /// Whether this host's kernel and tools can run it.
+    /// Whether this host's kernel and tools can run it (as far as the caller may tell:
+    /// without root, a firewall backend can only check that its tool is installed).
     fn available(&self) -> Result<()>;
 
-    /// What the backend enforces now on the ports of the planned bridges.
+    /// What the backend enforces now on the ports of the planned bridges. A backend that
+    /// cannot read the kernel without root ([`Backend::needs_root_to_observe`]) reports
+    /// every port open to an unprivileged caller, which then asks the root helper.
     fn observe(&mut self, plan: &Plan) -> Result<Vec<Observed>>;
+
+    /// True when [`Backend::observe`] needs root to see anything.
+    fn needs_root_to_observe(&self) -> bool {
+        false
+    }
+
+    /// Frames dropped between VM ports, per planned bridge, for backends that count them.
+    fn drop_counters(&mut self, _plan: &Plan) -> Result<BTreeMap<String, DropCounter>> {
+        Ok(BTreeMap::new())
+    }
 
     /// Makes the kernel enforce `plan`: VM ports isolated, uplinks and trusted vNICs open.
     fn apply(&mut self, plan: &Plan) -> Result<Vec<Change>>;
@@ -94,12 +128,13 @@ pub trait Backend {
     fn remove(&mut self, bridges: &[BridgePlan]) -> Result<Vec<Change>>;
 }
 
-/// Opens the backend of that kind.
+/// Opens the backend of that kind (without checking the host: see [`Backend::available`]).
 pub fn open(kind: BackendKind) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::PortIsolation => Ok(Box::new(PortIsolation::new())),
-        other => Err(Error::Config(format!(
-            "backend {other} is not available in this build; use port-isolation"
+        BackendKind::Nftables => Ok(Box::new(Nftables::new())),
+        BackendKind::Iptables | BackendKind::Firewalld => Err(Error::Config(format!(
+            "backend {kind} is not implemented yet; use port-isolation or nftables"
         ))),
     }
 }
