@@ -9,8 +9,15 @@
 #   /usr/sbin/bridge-isolation                              (admin CLI)
 #   /etc/sudoers.d/50_vdsm_hook_bridge_isolation            (0440)
 #   /etc/vdsm-hook-bridge-isolation/bridge-isolation.conf
-#   /usr/lib/systemd/system/bridge-isolation-reconcile.service
+#   /usr/lib/systemd/system/bridge-isolation-{reconcile,firewalld,nftables}.service
+#   /usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset
+#   /usr/share/man/man8/bridge-isolation.8                  (generated from the CLI)
+#   /usr/share/bash-completion/completions/bridge-isolation (generated from the CLI)
 #   /var/lib/vdsm-hook-bridge-isolation/                    (state, 0755)
+#
+# Installing by hand (not from the RPM), enable the units afterwards:
+#   systemctl daemon-reload && systemctl preset bridge-isolation-reconcile.service \
+#       bridge-isolation-firewalld.service bridge-isolation-nftables.service
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,7 +44,8 @@ hooks=/usr/libexec/vdsm/hooks
 
 install -d -m 0755 "$destdir$libexec" "$destdir/usr/sbin" "$destdir/etc/sudoers.d" \
     "$destdir/etc/vdsm-hook-bridge-isolation" "$destdir/usr/lib/systemd/system" \
-    "$destdir/var/lib/vdsm-hook-bridge-isolation"
+    "$destdir/usr/lib/systemd/system-preset" "$destdir/usr/share/man/man8" \
+    "$destdir/usr/share/bash-completion/completions" "$destdir/var/lib/vdsm-hook-bridge-isolation"
 install -m 0755 "$bindir/vdsm-hook-bridge-isolation" "$destdir$libexec/vdsm-hook-bridge-isolation"
 install -m 0755 "$bindir/bridge-isolation-helper" "$destdir$libexec/bridge-isolation-helper"
 install -m 0755 "$bindir/bridge-isolation" "$destdir/usr/sbin/bridge-isolation"
@@ -54,4 +62,18 @@ done
 
 install -m 0440 "$here/sudoers" "$destdir/etc/sudoers.d/50_vdsm_hook_bridge_isolation"
 install -m 0644 "$here/bridge-isolation.conf" "$destdir/etc/vdsm-hook-bridge-isolation/bridge-isolation.conf"
-install -m 0644 "$here/bridge-isolation-reconcile.service" "$destdir/usr/lib/systemd/system/bridge-isolation-reconcile.service"
+for unit in bridge-isolation-reconcile.service bridge-isolation-firewalld.service bridge-isolation-nftables.service; do
+    install -m 0644 "$here/$unit" "$destdir/usr/lib/systemd/system/$unit"
+done
+install -m 0644 "$here/85-vdsm-hook-bridge-isolation.preset" \
+    "$destdir/usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset"
+
+# The man page and the completion come from the CLI definition (no root, no config read).
+generate() { # generate FILE ARGS...: writes the CLI's output to FILE, 0644, or fails
+    local file=$1; shift
+    "$bindir/bridge-isolation" generate "$@" > "$file.tmp" && [ -s "$file.tmp" ] ||
+        { rm -f "$file.tmp"; echo "$0: bridge-isolation generate $* failed" >&2; exit 1; }
+    chmod 0644 "$file.tmp" && mv -f "$file.tmp" "$file"
+}
+generate "$destdir/usr/share/man/man8/bridge-isolation.8" man
+generate "$destdir/usr/share/bash-completion/completions/bridge-isolation" completion bash

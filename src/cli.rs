@@ -10,7 +10,7 @@ use crate::config::{self, Settings};
 use crate::error::{Error, Result};
 use crate::reconcile::{self, Plan, Role};
 use crate::state::{State, Store};
-use crate::{demo, logging};
+use crate::{demo, firewall_watch, logging, manpage, release};
 
 /// Isolate the VM ports of oVirt bridge networks from each other (VDSM hooks).
 #[derive(Debug, Parser)]
@@ -37,6 +37,16 @@ pub enum Command {
     /// Build a disposable netns lab, run the hooks as VDSM does, and show the
     /// reachability matrix before and after isolation (root).
     Demo(demo::DemoArgs),
+    /// Lift every isolation this host applied and forget the recorded policy (root).
+    /// The package runs it when it is erased; the hooks apply isolation again at the next
+    /// network setup or VM start if they are still installed.
+    ReleaseAll,
+    /// Re-apply isolation whenever firewalld reloads, starts or stops (root; runs in the
+    /// foreground, started by bridge-isolation-firewalld.service).
+    WatchFirewalld,
+    /// Write the manual page or a shell completion script to stdout (for packaging).
+    #[command(hide = true, subcommand)]
+    Generate(manpage::Generate),
 }
 
 /// Entry point of the CLI binary.
@@ -53,6 +63,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> Result<ExitCode> {
+    if let Command::Generate(what) = &command {
+        // Build time: no privilege, no configuration.
+        manpage::write(what, &mut std::io::stdout().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = Settings::from_env()?;
     let store = Store::new(&settings.state_dir);
     match command {
@@ -113,6 +128,31 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(&args).map(|_| ExitCode::SUCCESS),
+        Command::ReleaseAll => {
+            let released = release::release_all(&settings)?;
+            if released.bridges.is_empty() {
+                println!("nothing recorded: no isolation to lift");
+            } else {
+                let backends: Vec<String> = released.backends.iter().map(ToString::to_string).collect();
+                println!(
+                    "released {} bridge(s) ({}): {} port(s) opened; state forgotten",
+                    released.bridges.len(),
+                    backends.join(", "),
+                    released.changes.len()
+                );
+            }
+            for f in &released.foreign {
+                println!("left in the state directory (not ours): {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WatchFirewalld => {
+            if !config::is_root() {
+                return Err(Error::Helper("watch-firewalld must run as root".into()));
+            }
+            firewall_watch::run(&settings).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Generate(_) => unreachable!("handled before the settings are read"),
     }
 }
 
