@@ -10,6 +10,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use crate::error::{Error, Result};
+use crate::ifname;
 use crate::mac::Mac;
 use crate::policy::{self, PROP_TRUSTED};
 
@@ -37,6 +38,8 @@ struct Spans {
     indent: Option<Range<usize>>,
     /// The `<port>` element, with the whitespace before it.
     port: Option<Range<usize>>,
+    /// For `<interface .../>`: the closing `/>`, and the end tag a child needs.
+    self_closing: Option<(Range<usize>, String)>,
 }
 
 impl Interface {
@@ -94,17 +97,28 @@ pub fn parse(bytes: &[u8]) -> Result<Document> {
     if text.trim().is_empty() {
         return Err(Error::Payload("empty XML payload".into()));
     }
+    if text.contains('\0') {
+        // Not a character XML allows; typically UTF-16 without a byte-order mark.
+        return Err(Error::Payload("XML contains NUL bytes (UTF-16?)".into()));
+    }
     Parser::default()
         .run(text)
         .map_err(|e| Error::Payload(format!("invalid XML: {e}")))
 }
+
+/// Deepest element nesting accepted (libxml2's default limit, which libvirt parses with).
+pub const MAX_DEPTH: usize = 256;
 
 #[derive(Default)]
 struct Parser {
     doc: Document,
     /// Local names of the open elements.
     stack: Vec<String>,
+    /// True once the root element was opened.
+    seen_root: bool,
     current: Option<Interface>,
+    /// Children of the open interface seen so far, by local name (each may appear once).
+    seen_children: Vec<String>,
     /// Guest MAC of the open `<ovirt-vm:device>`.
     meta_mac: Option<Mac>,
     /// Byte range of the last whitespace-only text, and where it ended.
@@ -125,13 +139,13 @@ impl Parser {
             match event {
                 Event::DocType(_) => return Err("DOCTYPE is not allowed".into()),
                 Event::Start(e) => {
-                    self.open(&e, start)?;
+                    self.open(&e, start..end, false)?;
                     self.stack.push(local(&e));
                     text_acc.clear();
                     self.last_space = None;
                 }
                 Event::Empty(e) => {
-                    self.open(&e, start)?;
+                    self.open(&e, start..end, true)?;
                     self.stack.push(local(&e));
                     self.close(start, end, "")?;
                     self.last_space = None;
@@ -147,16 +161,27 @@ impl Parser {
                         self.last_space = Some(start..end);
                     } else if self.stack.is_empty() {
                         return Err("text outside the root element".into());
+                    } else {
+                        self.last_space = None;
                     }
                     text_acc.push_str(&s);
                 }
-                Event::CData(c) => text_acc.push_str(&String::from_utf8_lossy(&c)),
+                Event::CData(c) => {
+                    if self.stack.is_empty() {
+                        return Err("CDATA outside the root element".into());
+                    }
+                    text_acc.push_str(&String::from_utf8_lossy(&c));
+                    self.last_space = None;
+                }
                 Event::Eof => break,
                 _ => self.last_space = None,
             }
         }
         if let Some(open) = self.stack.last() {
             return Err(format!("element <{open}> is not closed"));
+        }
+        if !self.seen_root {
+            return Err("no root element".into());
         }
         Ok(self.doc)
     }
@@ -165,28 +190,59 @@ impl Parser {
         self.stack.last().map(String::as_str)
     }
 
-    fn open(&mut self, e: &BytesStart, start: usize) -> ParseResult<()> {
+    /// True when an `<interface>` opened now is a vNIC: the root of a device payload, or a
+    /// device of a domain (`/domain/devices/interface`).
+    fn at_interface_level(&self) -> bool {
+        self.stack.is_empty() || self.stack == ["domain", "devices"]
+    }
+
+    fn open(&mut self, e: &BytesStart, tag: Range<usize>, empty: bool) -> ParseResult<()> {
+        let start = tag.start;
         let name = local(e);
         let depth = self.stack.len();
-        if name == "interface" && (depth == 0 || self.parent() == Some("devices")) {
+        if depth >= MAX_DEPTH {
+            return Err(format!("elements nested deeper than {MAX_DEPTH}"));
+        }
+        if depth == 0 {
+            if self.seen_root {
+                return Err("more than one root element".into());
+            }
+            self.seen_root = true;
+        }
+        if name == "interface" && self.at_interface_level() {
             if self.current.is_some() {
                 return Err("nested <interface>".into());
             }
+            let self_closing = empty.then(|| {
+                let end_tag = format!("</{}>", String::from_utf8_lossy(e.name().as_ref()));
+                (tag.end - 2..tag.end, end_tag)
+            });
             self.current = Some(Interface {
                 kind: attr(e, "type")?.unwrap_or_default(),
+                spans: Spans {
+                    self_closing,
+                    ..Spans::default()
+                },
                 ..Default::default()
             });
+            self.seen_children.clear();
             return Ok(());
         }
         if let Some(iface) = self.current.as_mut() {
             let in_iface = self.stack.last().map(String::as_str) == Some("interface");
             if in_iface {
                 iface.spans.indent = self.last_space.clone();
+                if matches!(name.as_str(), "source" | "mac" | "target" | "port") {
+                    // libvirt reads the first and ignores the rest: one of each, or we might
+                    // judge a vNIC by an element libvirt never looks at.
+                    if self.seen_children.contains(&name) {
+                        return Err(format!("more than one <{name}> in an <interface>"));
+                    }
+                    self.seen_children.push(name.clone());
+                }
                 match name.as_str() {
                     "source" => iface.bridge = attr(e, "bridge")?,
-                    "mac" => {
-                        iface.mac = attr(e, "address")?.map(|m| m.parse()).transpose()?;
-                    }
+                    "mac" => iface.mac = attr(e, "address")?.map(|m| mac(&m)).transpose()?,
                     "target" => iface.tap = attr(e, "dev")?,
                     "port" => {
                         let from = self.last_space.as_ref().map_or(start, |ws| ws.start);
@@ -195,7 +251,7 @@ impl Parser {
                             Some("yes") => Some(true),
                             Some("no") => Some(false),
                             None => None,
-                            Some(other) => return Err(format!("<port isolated={other:?}>")),
+                            Some(other) => return Err(format!("<port isolated={}>", ifname::quoted(other))),
                         };
                     }
                     _ => {}
@@ -203,7 +259,7 @@ impl Parser {
             }
         }
         if name == "device" && self.stack.iter().any(|n| n == "metadata") {
-            self.meta_mac = attr(e, "mac_address")?.map(|m| m.parse()).transpose()?;
+            self.meta_mac = attr(e, "mac_address")?.map(|m| mac(&m)).transpose()?;
         }
         Ok(())
     }
@@ -211,10 +267,13 @@ impl Parser {
     fn close(&mut self, start: usize, end: usize, text: &str) -> ParseResult<()> {
         let name = self.stack.pop().ok_or("unbalanced end tag")?;
         let depth = self.stack.len();
-        if name == "interface" && self.current.is_some() && (depth == 0 || self.parent() == Some("devices")) {
+        if name == "interface" && self.current.is_some() && self.at_interface_level() {
             let mut iface = self.current.take().expect("checked");
             if iface.spans.insert_at == 0 {
                 iface.spans.insert_at = start;
+            }
+            if iface.kind == "bridge" {
+                check_names(&iface)?;
             }
             self.doc.interfaces.push(iface);
             return Ok(());
@@ -231,7 +290,9 @@ impl Parser {
             }
         }
         match name.as_str() {
-            "uuid" if depth == 1 && self.doc.vm_id.is_none() => self.doc.vm_id = Some(text.to_string()),
+            "uuid" if depth == 1 && self.stack[0] == "domain" && self.doc.vm_id.is_none() => {
+                self.doc.vm_id = Some(text.to_string())
+            }
             n if n == PROP_TRUSTED && self.stack.iter().any(|n| n == "metadata") => {
                 if let Some(mac) = self.meta_mac {
                     let trusted = policy::parse_flag(text).map_err(|e| format!("{PROP_TRUSTED} of {mac}: {e}"))?;
@@ -243,6 +304,23 @@ impl Parser {
         }
         Ok(())
     }
+}
+
+/// The bridge and tap names of a vNIC on a Linux bridge must be Linux interface names.
+fn check_names(iface: &Interface) -> ParseResult<()> {
+    let mac = iface.mac.map(|m| format!(" {m}")).unwrap_or_default();
+    if let Some(bridge) = &iface.bridge {
+        ifname::validate(bridge).map_err(|e| format!("<interface{mac}> <source bridge>: {e}"))?;
+    }
+    if let Some(tap) = &iface.tap {
+        ifname::validate(tap).map_err(|e| format!("<interface{mac}> <target dev>: {e}"))?;
+    }
+    Ok(())
+}
+
+fn mac(text: &str) -> ParseResult<Mac> {
+    text.parse()
+        .map_err(|_| format!("invalid MAC address {}", ifname::quoted(text)))
 }
 
 fn local(e: &BytesStart) -> String {
@@ -270,6 +348,10 @@ pub fn rewrite(original: &[u8], doc: &Document, wish: impl Fn(&Interface) -> Por
                     .take_while(|c| c.is_ascii_whitespace())
                     .collect::<String>();
                 edits.push((span, format!("{lead}{ISOLATED}")));
+            }
+            (PortWish::Isolated, _, None) if spans.self_closing.is_some() => {
+                let (slash, end_tag) = spans.self_closing.clone().expect("checked");
+                edits.push((slash, format!(">{ISOLATED}{end_tag}")));
             }
             (PortWish::Isolated, _, None) => {
                 let indent = spans.indent.as_ref().map_or("", |r| text(original, r));
@@ -384,10 +466,58 @@ mod tests {
             "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;\">]><domain>&lol2;</domain>",
             "<domain>&xxe;</domain>",
             "<interface type='bridge'><port isolated='maybe'/></interface>",
+            "<interface type='bridge'><port isolated='no'/><port isolated='yes'/></interface>",
+            "<interface type='bridge'><source bridge='red'/><source bridge='blue'/></interface>",
+            "<interface type='bridge'/><interface type='bridge'/>",
+            "<interface type='bridge'/><![CDATA[x]]>",
+            "<!-- only a comment -->",
+            "<interface type='bridge'><source bridge='a234567890abcdef'/></interface>",
+            "<interface type='bridge'><source bridge='../etc'/></interface>",
+            "<interface type='bridge'><source bridge='a b'/></interface>",
+            "<interface type='bridge'><target dev='vnet0;reboot'/></interface>",
+            "<interface type='bridge'><target dev='$(id)'/></interface>",
+            "<interface type='bridge'><target dev='..'/></interface>",
+            "<interface type='bridge'><source bridge=''/></interface>",
         ];
         for c in cases {
             assert!(matches!(parse(c.as_bytes()), Err(Error::Payload(_))), "{c:?}");
         }
         assert!(parse(b"<interface>\xff</interface>").is_err());
+        let deep = format!("{}{}", "<a>".repeat(MAX_DEPTH + 1), "</a>".repeat(MAX_DEPTH + 1));
+        assert!(parse(deep.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("nested deeper"));
+        let fine = format!("{}{}", "<a>".repeat(MAX_DEPTH), "</a>".repeat(MAX_DEPTH));
+        assert!(parse(fine.as_bytes()).is_ok());
+        // Names are checked where we act on them (Linux bridges), not on other vNIC types.
+        assert!(parse(b"<interface type='vhostuser'><target dev='a234567890abcdef0'/></interface>").is_ok());
+    }
+
+    #[test]
+    fn only_vnics_of_the_domain_are_interfaces() {
+        let xml = "<domain><uuid>u1</uuid><metadata><devices><interface type='bridge'><source bridge='red'/>\
+                   </interface></devices></metadata><devices><interface type='bridge'><source bridge='blue'/>\
+                   </interface></devices></domain>";
+        let doc = parse(xml.as_bytes()).unwrap();
+        assert_eq!(doc.vm_id.as_deref(), Some("u1"));
+        let bridges: Vec<_> = doc.interfaces.iter().filter_map(Interface::on_bridge).collect();
+        assert_eq!(bridges, ["blue"]);
+        let nic = parse(b"<interface type='bridge'><uuid>u2</uuid></interface>").unwrap();
+        assert_eq!(nic.vm_id, None);
+    }
+
+    #[test]
+    fn rewrite_opens_a_self_closing_interface() {
+        let xml = "<domain><devices><interface type='bridge' /></devices></domain>";
+        let doc = parse(xml.as_bytes()).unwrap();
+        let out = String::from_utf8(rewrite(xml.as_bytes(), &doc, |_| PortWish::Isolated).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "<domain><devices><interface type='bridge' ><port isolated=\"yes\"/></interface></devices></domain>"
+        );
+        let again = parse(out.as_bytes()).unwrap();
+        assert_eq!(again.interfaces[0].port_isolated, Some(true));
+        assert_eq!(rewrite(out.as_bytes(), &again, |_| PortWish::Isolated), None);
     }
 }

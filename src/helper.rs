@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
     match serve() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{}", crate::hook::one_line(&e.to_string()));
             ExitCode::from(2)
         }
     }

@@ -4,7 +4,7 @@
 //! One binary serves every point; VDSM runs it as `<hooks>/<point>/50_bridge_isolation`, so
 //! the point is the name of the directory it was run from (or the first argument, by hand).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -147,10 +147,31 @@ pub fn main() -> ExitCode {
     match run(point) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{}", one_line(&e.to_string()));
             ExitCode::from(point.failure_code())
         }
     }
+}
+
+/// Longest error line written; VDSM reports it as the reason an operation failed.
+pub const MAX_ERROR_LINE: usize = 400;
+
+/// `message` as one printable line of bounded length: a hostile payload can put anything
+/// into a parser's error (a megabyte tag name, escape sequences), and VDSM shows that line.
+pub fn one_line(message: &str) -> String {
+    let mut out = String::new();
+    for c in message.chars() {
+        if out.len() >= MAX_ERROR_LINE {
+            out.push_str(&format!("... ({} bytes)", message.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Runs the hook at `point` with this process's environment.
@@ -228,15 +249,22 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
     let state = &mut locked.state;
     match point {
         Point::BeforeNetworkSetup => {
-            let previous = request
-                .networks
-                .iter()
-                .map(|(name, _)| (name.clone(), state.networks.get(name).cloned()))
-                .collect();
-            state.pending = Some(previous);
+            // What the request changes, to restore if the setup fails; a request that
+            // changes no policy (the usual case on a host not using the property) records
+            // nothing and leaves the state file alone.
+            let mut previous = BTreeMap::new();
             for (name, change) in &request.networks {
+                let old = state.networks.get(name).cloned();
+                let new = match change {
+                    NetworkChange::Isolate(policy) => Some(policy),
+                    NetworkChange::Lift => None,
+                };
+                if old.as_ref() != new {
+                    previous.insert(name.clone(), old);
+                }
                 record(state, name, change);
             }
+            state.pending = (!previous.is_empty()).then_some(previous);
         }
         Point::AfterNetworkSetup => {
             state.pending = None;
@@ -252,7 +280,12 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
             }
         }
     }
-    reconcile::run(state, settings)?;
+    // A bridge isolated for the first time is written down (as released) before its ports
+    // are touched: killed half-way, this run leaves a state whose next reconcile clears
+    // them, never flags that no record explains.
+    let isolated: Vec<String> = locked.state.networks.values().map(|p| p.bridge.clone()).collect();
+    locked.record_intent(isolated.iter().map(String::as_str))?;
+    reconcile::run(&mut locked.state, settings)?;
     locked.commit()
 }
 
@@ -332,9 +365,20 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
 
 fn vm_label(doc: &Document) -> String {
     match vm_id(doc) {
-        Some(id) => format!("VM {id} "),
+        Some(id) if valid_vm_id(&id) => format!("VM {id} "),
+        Some(id) => format!("VM {} ", crate::ifname::quoted(&id)),
         None => String::new(),
     }
+}
+
+fn valid_vm_id(id: &str) -> bool {
+    Report {
+        vm: id.to_string(),
+        event: Event::Gone,
+        vnics: Vec::new(),
+    }
+    .validate()
+    .is_ok()
 }
 
 fn vm_id(doc: &Document) -> Option<String> {
@@ -371,11 +415,12 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
 }
 
 fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
-    // The last XML is a courtesy: the VM id is what matters, and taps are already gone.
-    let doc = domain::parse(bytes).unwrap_or_else(|e| {
-        log::debug!("after_vm_destroy: {e}");
-        Document::default()
-    });
+    // The last XML is a courtesy: the VM id is what matters, and taps are already gone. An
+    // unreadable payload still forgets the VM (by `vmId`), then is reported.
+    let (doc, broken) = match domain::parse(bytes) {
+        Ok(doc) => (doc, None),
+        Err(e) => (Document::default(), Some(e)),
+    };
     let vnics = doc
         .interfaces
         .iter()
@@ -386,7 +431,10 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
             })
         })
         .collect();
-    let vm = required_vm_id(&doc)?;
+    let vm = match required_vm_id(&doc) {
+        Ok(vm) => vm,
+        Err(e) => return Err(broken.unwrap_or(e)),
+    };
     enforce(
         settings,
         &Report {
@@ -395,7 +443,8 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
             vnics,
         },
         &BTreeSet::new(),
-    )
+    )?;
+    broken.map_or(Ok(()), Err)
 }
 
 fn required_vm_id(doc: &Document) -> Result<String> {
@@ -470,6 +519,15 @@ mod tests {
             let link = std::fs::read_link(hooks.join(p.name()).join(crate::paths::HOOK_NAME)).unwrap();
             assert_eq!(link, Path::new("../../target/release/vdsm-hook-bridge-isolation"));
         }
+    }
+
+    #[test]
+    fn error_lines_are_printable_and_bounded() {
+        assert_eq!(one_line("payload: fine"), "payload: fine");
+        assert_eq!(one_line("a\nb\r\u{1b}[2J"), "a\\nb\\r\\u{1b}[2J");
+        let long = one_line(&format!("invalid XML: <{}>", "x".repeat(1 << 20)));
+        assert!(long.len() < MAX_ERROR_LINE + 40, "{}", long.len());
+        assert!(long.ends_with(&format!("... ({} bytes)", 14 + (1 << 20) + 1)), "{long}");
     }
 
     #[test]

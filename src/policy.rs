@@ -33,14 +33,17 @@ pub fn parse_flag(value: &str) -> std::result::Result<bool, String> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
-        other => Err(format!("invalid value {other:?} (expected \"true\" or \"false\")")),
+        other => Err(format!(
+            "invalid value {} (expected \"true\" or \"false\")",
+            ifname::quoted(other)
+        )),
     }
 }
 
 /// Validates a network name used as a bridge name.
 pub fn validate_network_name(network: &str) -> Result<()> {
     ifname::validate(network).map_err(|reason| Error::Policy {
-        network: network.into(),
+        network: ifname::quoted(network),
         reason,
     })
 }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ifname;
 use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_ISOLATION};
 
 /// The networks of one setup request, each with what it asks of isolation.
@@ -55,8 +56,13 @@ fn truthy(v: &Value) -> bool {
 }
 
 fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChange> {
+    // The name comes from the payload: quoted (escaped) in messages unless it is a sane one.
+    let label = match ifname::validate(network) {
+        Ok(()) => network.to_string(),
+        Err(_) => ifname::quoted(network),
+    };
     let reject = |reason: String| Error::Policy {
-        network: network.into(),
+        network: label.clone(),
         reason,
     };
     if attrs.get("remove").is_some_and(truthy) {
@@ -70,7 +76,12 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
     let isolate = match wanted {
         None => false,
         Some(Value::String(s)) => policy::parse_flag(&s).map_err(|e| reject(format!("{PROP_ISOLATION}: {e}")))?,
-        Some(other) => return Err(reject(format!("{PROP_ISOLATION}: invalid value {other}"))),
+        Some(other) => {
+            return Err(reject(format!(
+                "{PROP_ISOLATION}: invalid value {}",
+                ifname::cut(&other.to_string())
+            )))
+        }
     };
     if !isolate {
         return Ok(NetworkChange::Lift);
@@ -82,7 +93,8 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
     if let Some(switch) = attrs.get("switch").and_then(Value::as_str) {
         if switch != "legacy" {
             return Err(reject(format!(
-                "{PROP_ISOLATION}=true is for Linux bridge networks, not switch type {switch:?}"
+                "{PROP_ISOLATION}=true is for Linux bridge networks, not switch type {}",
+                ifname::quoted(switch)
             )));
         }
     }
@@ -90,12 +102,12 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
         match attrs.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-            Some(other) => Err(reject(format!("invalid {key} {other}"))),
+            Some(other) => Err(reject(format!("invalid {key} {}", ifname::cut(&other.to_string())))),
         }
     };
     let vlan = match attrs.get("vlan") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(vlan_id(v).ok_or_else(|| reject(format!("invalid vlan {v}")))?),
+        Some(v) => Some(vlan_id(v).ok_or_else(|| reject(format!("invalid vlan {}", ifname::cut(&v.to_string()))))?),
     };
     let uplink = policy::uplink_name(network, text("nic")?, text("bonding")?, vlan)?;
     Ok(NetworkChange::Isolate(NetworkPolicy {
@@ -202,6 +214,34 @@ mod tests {
             parse(p.as_bytes()).unwrap().networks,
             vec![("ovs1".into(), NetworkChange::Lift)]
         );
+    }
+
+    #[test]
+    fn hostile_names_are_quoted_and_cut_in_messages() {
+        let p = |name: &str, attrs: &str| {
+            let v = serde_json::json!({"request": {"networks": {name: serde_json::from_str::<Value>(attrs).unwrap()}}});
+            parse(v.to_string().as_bytes()).unwrap_err().to_string()
+        };
+        let tagged = r#"{"nic": "eth1", "custom": {"bridge_isolation": "true"}}"#;
+        assert_eq!(
+            p("r\nforged", tagged),
+            "network \"r\\nforged\": interface name \"r\\nforged\" contains '\\n'"
+        );
+        let long = "x".repeat(10_000);
+        let msg = p(&long, tagged);
+        assert!(msg.len() < 200 && msg.contains("(10000 bytes)"), "{msg}");
+        let msg = p(
+            "red",
+            &format!(r#"{{"nic": "eth1", "custom": {{"bridge_isolation": "{long}"}}}}"#),
+        );
+        assert!(
+            msg.len() < 200 && msg.starts_with("network red: bridge_isolation: invalid value"),
+            "{msg}"
+        );
+        // Untagged networks are not ours to judge, whatever their names.
+        let v =
+            serde_json::json!({"request": {"networks": {"../x y": {"remove": true}, long.clone(): {"nic": "a b"}}}});
+        assert_eq!(parse(v.to_string().as_bytes()).unwrap().networks.len(), 2);
     }
 
     #[test]

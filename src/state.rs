@@ -54,6 +54,11 @@ pub struct TrustedVnic {
 impl State {
     /// The policy of the network whose bridge is `bridge`.
     pub fn network_of_bridge(&self, bridge: &str) -> Option<(&str, &NetworkPolicy)> {
+        // The bridge is named after its network: look that up first (a 20,000-network
+        // state is searched for every bridge of every plan).
+        if let Some((n, p)) = self.networks.get_key_value(bridge).filter(|(_, p)| p.bridge == bridge) {
+            return Some((n.as_str(), p));
+        }
         self.networks
             .iter()
             .find(|(_, p)| p.bridge == bridge)
@@ -98,19 +103,42 @@ impl Store {
     }
 
     /// Reads the state without the lock (it is replaced atomically, so a read is never torn).
-    /// A missing file is an empty state.
+    /// A missing file is an empty state. A state file that someone other than root could
+    /// have planted (see [`check_owner`]), a symbolic link or anything but a regular file is
+    /// refused, as is a directory others may write.
     pub fn read(&self) -> Result<State> {
         let path = self.path();
         let err = |reason: String| Error::State {
             path: path.clone(),
             reason,
         };
-        let file = match File::open(&path) {
+        match std::fs::metadata(&self.dir) {
+            Ok(meta) => check_dir(&meta).map_err(|reason| Error::State {
+                path: self.dir.clone(),
+                reason,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => {
+                return Err(Error::State {
+                    path: self.dir.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+        // O_NONBLOCK: a planted FIFO must not hang a hook that VDSM runs without a timeout.
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(err("is a symbolic link: refused".into()));
+            }
             Err(e) => return Err(err(e.to_string())),
         };
-        check_owner(&file.metadata().map_err(|e| err(e.to_string()))?).map_err(err)?;
+        check_file(&file.metadata().map_err(|e| err(e.to_string()))?).map_err(err)?;
         let state: State =
             serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| err(format!("malformed: {e}")))?;
         if state.version > VERSION {
@@ -130,18 +158,23 @@ impl Store {
             .mode(0o755)
             .create(&self.dir)
             .map_err(|e| err("creating", e))?;
-        check_owner(&std::fs::metadata(&self.dir).map_err(|e| err("checking", e))?).map_err(|reason| Error::State {
+        check_dir(&std::fs::metadata(&self.dir).map_err(|e| err("checking", e))?).map_err(|reason| Error::State {
             path: self.dir.clone(),
             reason,
         })?;
+        let lock_path = self.dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.dir.join(LOCK_FILE))
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&lock_path)
             .map_err(|e| err("opening the lock", e))?;
+        check_file(&lock.metadata().map_err(|e| err("checking the lock", e))?).map_err(|reason| Error::State {
+            path: lock_path.clone(),
+            reason,
+        })?;
         // SAFETY: flock on a valid, owned descriptor.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err("locking", std::io::Error::last_os_error()));
@@ -154,6 +187,33 @@ impl Store {
             state,
         })
     }
+}
+
+/// Prefix of the temporary files [`write_atomically`] renames over the state file.
+fn temp_prefix() -> String {
+    format!(".{STATE_FILE}.")
+}
+
+/// Removes `.state.json.*` files: what writers killed between creating their temporary
+/// file and renaming it left. Only called by a writer, under the lock: no other writer runs.
+fn remove_stale_temp_files(dir: &Path) -> Result<()> {
+    let err = |e: std::io::Error| Error::State {
+        path: dir.to_path_buf(),
+        reason: format!("removing stale temporary files: {e}"),
+    };
+    let prefix = temp_prefix();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            log::debug!("removing {}, left by a writer that was killed", entry.path().display());
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Locked {
@@ -173,29 +233,61 @@ impl Locked {
         self.original = self.state.clone();
         Ok(())
     }
+
+    /// Write-ahead before touching the kernel: records `bridges` as released in the state
+    /// file as read (leaving [`Locked::state`] alone), so that if this process dies before
+    /// [`Locked::commit`], the next run finds every bridge it may have touched recorded and
+    /// takes their flags back to the recorded policy. Writes nothing when the file already
+    /// names them all.
+    pub fn record_intent<'a>(&mut self, bridges: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let mut intent = self.original.clone();
+        let isolated: std::collections::HashSet<&str> =
+            self.original.networks.values().map(|p| p.bridge.as_str()).collect();
+        for bridge in bridges {
+            if !isolated.contains(bridge) {
+                intent.released.insert(bridge.to_string());
+            }
+        }
+        if intent == self.original {
+            return Ok(());
+        }
+        intent.version = VERSION;
+        write_atomically(&self.store.dir, STATE_FILE, &intent)?;
+        self.original = intent;
+        Ok(())
+    }
 }
 
 fn write_atomically(dir: &Path, name: &str, state: &State) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let tmp = dir.join(format!("{}{}", temp_prefix(), std::process::id()));
     let err = |what: &str, e: std::io::Error| Error::State {
         path: path.clone(),
         reason: format!("{what}: {e}"),
     };
     let mut text = serde_json::to_vec_pretty(state).expect("state serializes");
     text.push(b'\n');
+    // Every writer holds the lock: what is there was left by a writer that was killed.
+    remove_stale_temp_files(dir)?;
     let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(|e| err("creating", e))?;
-    file.write_all(&text)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| err("writing", e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err("renaming", e))?;
+    // Readable by the unprivileged VM hooks whatever the caller's umask.
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| file.write_all(&text))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| err("writing", e))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| err("renaming", e)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| err("syncing the directory", e))?;
@@ -210,10 +302,28 @@ fn check_owner(meta: &std::fs::Metadata) -> std::result::Result<(), String> {
     if meta.uid() != 0 && meta.uid() != me {
         return Err(format!("owned by uid {}, not root", meta.uid()));
     }
-    if meta.mode() & 0o022 != 0 && !(meta.is_dir() && meta.mode() & libc::S_ISVTX != 0 && meta.uid() == 0) {
+    if meta.mode() & 0o022 != 0 {
         return Err(format!("writable by group or others (mode {:o})", meta.mode() & 0o7777));
     }
     Ok(())
+}
+
+/// [`check_owner`], for the state directory. A sticky world-writable directory (`/tmp`) is
+/// refused too: anyone could create the state or lock file there first.
+fn check_dir(meta: &std::fs::Metadata) -> std::result::Result<(), String> {
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    check_owner(meta)
+}
+
+/// [`check_owner`], for the state and lock files: regular files only (a FIFO or a device
+/// would block or mislead).
+fn check_file(meta: &std::fs::Metadata) -> std::result::Result<(), String> {
+    if !meta.is_file() {
+        return Err("not a regular file: refused".into());
+    }
+    check_owner(meta)
 }
 
 #[cfg(test)]
@@ -266,5 +376,113 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("writable by group or others"));
+    }
+
+    fn red() -> NetworkPolicy {
+        NetworkPolicy {
+            bridge: "red".into(),
+            uplink: Some("eth1".into()),
+        }
+    }
+
+    #[test]
+    fn refuses_what_another_user_could_plant() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state"));
+        let mut locked = store.lock().unwrap();
+        locked.state.networks.insert("red".into(), red());
+        locked.commit().unwrap();
+        let refused = |why: &str| {
+            let read = store.read().unwrap_err().to_string();
+            assert!(read.contains(why), "read: {read}");
+            let lock = store.lock().err().expect("lock accepted a planted state").to_string();
+            assert!(lock.contains(why), "lock: {lock}");
+        };
+        let real = store.path().with_extension("real");
+        std::fs::rename(store.path(), &real).unwrap();
+        std::os::unix::fs::symlink(&real, store.path()).unwrap();
+        refused("symbolic link");
+        std::fs::remove_file(store.path()).unwrap();
+
+        let path = std::ffi::CString::new(store.path().to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        refused("not a regular file");
+        std::fs::remove_file(store.path()).unwrap();
+
+        std::fs::rename(&real, store.path()).unwrap();
+        assert!(store.read().unwrap().is_isolated("red"));
+        for mode in [0o775, 0o757, 0o1777] {
+            std::fs::set_permissions(dir.path().join("state"), std::fs::Permissions::from_mode(mode)).unwrap();
+            refused("writable by group or others");
+        }
+        std::fs::set_permissions(dir.path().join("state"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o664)).unwrap();
+        refused("writable by group or others");
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(store.read().unwrap().is_isolated("red"));
+    }
+
+    #[test]
+    fn a_write_removes_what_killed_writers_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        for pid in ["1", "4194304", &std::process::id().to_string()] {
+            std::fs::write(dir.path().join(format!(".state.json.{pid}")), "{\"networks\": {").unwrap();
+        }
+        assert_eq!(
+            store.read().unwrap(),
+            State::default(),
+            "temporary files are never read"
+        );
+        let mut locked = store.lock().unwrap();
+        locked.state.networks.insert("red".into(), red());
+        locked.commit().unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["state.json", "state.lock"]);
+    }
+
+    #[test]
+    fn the_state_file_is_readable_by_all_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // SAFETY: umask has no preconditions; restored below (tests of this module only
+        // create files in their own private directories).
+        let old = unsafe { libc::umask(0o077) };
+        let mut locked = store.lock().unwrap();
+        locked.state.networks.insert("red".into(), red());
+        let committed = locked.commit();
+        unsafe { libc::umask(old) };
+        committed.unwrap();
+        assert_eq!(std::fs::metadata(store.path()).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn intent_names_new_bridges_as_released_and_commit_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut locked = store.lock().unwrap();
+        locked.state.networks.insert("red".into(), red());
+        locked.record_intent(["red"]).unwrap();
+        let on_disk = store.read().unwrap();
+        assert!(on_disk.networks.is_empty());
+        assert_eq!(on_disk.released, BTreeSet::from(["red".to_string()]));
+        assert!(locked.changed());
+        locked.commit().unwrap();
+        let on_disk = store.read().unwrap();
+        assert!(on_disk.is_isolated("red"));
+
+        // Already recorded: nothing is written.
+        let mut locked = store.lock().unwrap();
+        let inode = std::fs::metadata(store.path()).unwrap().ino();
+        locked.record_intent(["red"]).unwrap();
+        assert!(!locked.changed());
+        locked.commit().unwrap();
+        assert_eq!(std::fs::metadata(store.path()).unwrap().ino(), inode);
     }
 }

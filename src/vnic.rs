@@ -55,7 +55,10 @@ impl Report {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok_id {
-            return Err(Error::Payload(format!("invalid vmId {:?}", self.vm)));
+            return Err(Error::Payload(format!(
+                "invalid vmId {}",
+                crate::ifname::quoted(&self.vm)
+            )));
         }
         if self.vnics.len() > MAX_VNICS {
             return Err(Error::Payload(format!("{} vNICs in one report", self.vnics.len())));

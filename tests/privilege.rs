@@ -8,7 +8,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 
 use bridge_isolation::lab::{self, is_vm, Lab, LabSpec, NicSpec, Payload, RunAs};
 use bridge_isolation::paths;
@@ -17,6 +18,14 @@ use bridge_isolation::paths;
 mod common;
 
 const SUDOERS: &str = "/etc/sudoers.d/50_vdsm_hook_bridge_isolation";
+
+/// The tests that install into the system paths and use the system state directory take
+/// this first: they must not run at the same time.
+static SYSTEM: Mutex<()> = Mutex::new(());
+
+fn system_guard() -> MutexGuard<'static, ()> {
+    SYSTEM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// What the test put on the host, removed on drop (also when an assertion fails).
 struct SystemInstall {
@@ -102,6 +111,7 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     if !lab::root_tests_enabled("vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment") {
         return;
     }
+    let _system = system_guard();
     let mut install = SystemInstall::new();
     let scratch = tempfile::tempdir().unwrap();
     let hooks = common::hooks_dir();
@@ -228,4 +238,419 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     assert_eq!(direct.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&direct.stderr).contains("must run as root"));
     lab.destroy().unwrap();
+}
+
+/// Programs a hook, the helper or a backend might run, as trap scripts in a directory put
+/// first in PATH: each leaves a marker if it ever runs.
+fn trap_dir(dir: &Path) -> PathBuf {
+    let marker = dir.join("a-program-ran-from-PATH");
+    #[rustfmt::skip]
+    let names = [
+        "sudo", "sh", "bash", "ip", "bridge", "nft", "iptables", "ip6tables", "iptables-save",
+        "iptables-restore", "ip6tables-save", "ip6tables-restore", "ebtables", "modprobe", "sysctl",
+        "firewall-cmd", "systemctl", "bridge-isolation-helper", "cat", "true",
+    ];
+    for name in names {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho {name} >> {}\nexit 1\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    marker
+}
+
+/// Runs the installed helper as root inside `ns` with exactly `env` and `args`, `input` on stdin.
+fn helper_as_root(ns: &str, env: &[(String, String)], args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(lab::IP)
+        .args(["netns", "exec", ns, paths::HELPER])
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The helper may refuse before reading: a broken pipe is an answer too.
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+    child.wait_with_output().unwrap()
+}
+
+/// The root helper honours nothing its caller controls: run as root with every override
+/// set (state dir, config file naming another state dir and backend, backend, PATH full of
+/// traps, TMPDIR, HOME), it records the report in the installed state directory only,
+/// enforces with the installed backend, and runs nothing from PATH; with any argument it
+/// refuses. Through sudo, user vdsm may run the helper and nothing else: not another
+/// command, not as another user, not with a preserved or assigned environment, not a
+/// shell, not with arguments; its environment does not reach the helper either.
+#[test]
+fn the_root_helper_ignores_overrides_arguments_and_sudo_tricks() {
+    if !lab::root_tests_enabled("the_root_helper_ignores_overrides_arguments_and_sudo_tricks") {
+        return;
+    }
+    let _system = system_guard();
+    let _install = SystemInstall::new();
+    let vdsm = RunAs::lookup("vdsm").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let evil = scratch.path().join("evil");
+    std::fs::create_dir_all(evil.join("state")).unwrap();
+    std::fs::create_dir_all(evil.join("tmp")).unwrap();
+    let evil_state = b"{\"networks\": {}, \"released\": [\"isonet\"]}\n";
+    std::fs::write(evil.join("state/state.json"), evil_state).unwrap();
+    let other = evil.join("other-state");
+    std::fs::write(
+        evil.join("evil.conf"),
+        format!("state_dir = {}\nbackend = nftables\n", other.display()),
+    )
+    .unwrap();
+    let marker = trap_dir(&evil);
+    let hostile: Vec<(String, String)> = [
+        ("PATH", evil.display().to_string()),
+        ("BRIDGE_ISOLATION_STATE_DIR", evil.join("state").display().to_string()),
+        ("BRIDGE_ISOLATION_CONFIG", evil.join("evil.conf").display().to_string()),
+        ("BRIDGE_ISOLATION_BACKEND", "nftables".to_string()),
+        ("TMPDIR", evil.join("tmp").display().to_string()),
+        ("HOME", evil.display().to_string()),
+        ("BRIDGE_ISOLATION_LOG", "debug".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let untouched = || {
+        assert_eq!(std::fs::read(evil.join("state/state.json")).unwrap(), evil_state);
+        assert!(
+            !evil.join("state/state.lock").exists(),
+            "the helper locked the state dir of the environment"
+        );
+        assert!(!other.exists(), "the helper used the config file of the environment");
+        assert_eq!(
+            std::fs::read_dir(evil.join("tmp")).unwrap().count(),
+            0,
+            "files in the environment's TMPDIR"
+        );
+        assert!(
+            !marker.exists(),
+            "ran from PATH: {}",
+            std::fs::read_to_string(&marker).unwrap_or_default()
+        );
+    };
+
+    let lab = Lab::create(&LabSpec::new(&lab::unique_prefix("privhelp")).with_vms(2)).unwrap();
+    let net = lab.spec().bridge.clone();
+    let (vm1, vm2) = (lab.vm("vm1").unwrap().clone(), lab.vm("vm2").unwrap().clone());
+    let json = lab::setup_networks_json(&[(&net, lab::NetSpec::on_nic(&lab.spec().uplink).with_isolation("true"))]);
+    for point in ["before_network_setup", "after_network_setup"] {
+        let run = lab::run_hook_point(
+            lab.host_ns(),
+            common::hooks_dir(),
+            point,
+            Payload::Json(json.clone()),
+            &[],
+        )
+        .unwrap();
+        assert!(!run.failed, "{point}: {}", run.stderr);
+    }
+    assert!(lab.port_isolated(&vm1.tap).unwrap() && lab.port_isolated(&vm2.tap).unwrap());
+    let state_file = Path::new(paths::STATE_DIR).join("state.json");
+    let report = |vm: &lab::VmSpec| {
+        format!(
+            r#"{{"vm": "00000000-0000-4000-8000-0000000000{:02x}", "event": "up", "vnics": [{{"mac": "{}", "trusted": true}}]}}"#,
+            vm.guest_mac[5],
+            lab::format_mac(vm.guest_mac)
+        )
+    };
+    let nft_tables = || {
+        let out = lab.exec_in_host(&[lab::NFT, "list", "tables"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Root, every override set: the installed state and backend only.
+    let out = helper_as_root(lab.host_ns(), &hostile, &[], report(&vm1).as_bytes());
+    assert!(out.status.success(), "helper: {}", String::from_utf8_lossy(&out.stderr));
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    assert!(state.contains(&lab::format_mac(vm1.guest_mac)), "{state}");
+    assert!(state.contains("\"port-isolation\""), "{state}");
+    assert!(!lab.port_isolated(&vm1.tap).unwrap(), "the trusted vNIC stays isolated");
+    assert!(lab.port_isolated(&vm2.tap).unwrap());
+    if Path::new(lab::NFT).exists() {
+        assert_eq!(
+            nft_tables().trim(),
+            "",
+            "the helper used the backend of the environment"
+        );
+    }
+    untouched();
+
+    // Arguments: refused, nothing done.
+    for args in [&["--state-dir", "/tmp"][..], &["reconcile"], &[""], &["-"], &["--help"]] {
+        let out = helper_as_root(lab.host_ns(), &hostile, args, report(&vm2).as_bytes());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("takes no arguments"),
+            "{args:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&state_file).unwrap(),
+            state,
+            "{args:?} changed the state"
+        );
+    }
+    assert!(lab.port_isolated(&vm2.tap).unwrap());
+    untouched();
+
+    // Through sudo as vdsm.
+    let as_vdsm = |env: &[(String, String)], args: &[&str], input: &[u8]| {
+        let (uid, gid) = (vdsm.uid.to_string(), vdsm.gid.to_string());
+        let mut child = Command::new(lab::IP)
+            .args(["netns", "exec", lab.host_ns(), lab::SETPRIV])
+            .args(["--reuid", &uid, "--regid", &gid, "--init-groups", "--", paths::SUDO])
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+        child.wait_with_output().unwrap()
+    };
+    let listing = as_vdsm(&[], &["-n", "-l"], b"");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.status.success(),
+        "sudo -l: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let commands: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("NOPASSWD") || l.contains("(root)"))
+        .collect();
+    assert_eq!(commands.len(), 1, "sudo -l:\n{text}");
+    assert!(commands[0].contains(paths::HELPER), "sudo -l:\n{text}");
+    let assigned = format!("BRIDGE_ISOLATION_STATE_DIR={}", evil.join("state").display());
+    #[rustfmt::skip]
+    let refused: [&[&str]; 10] = [
+        &["-n", "/bin/true"],
+        &["-n", "/bin/sh", "-c", "id"],
+        &["-n", "-s"],
+        &["-n", "-i"],
+        &["-n", "-u", "nobody", paths::HELPER],
+        &["-n", "-E", paths::HELPER],
+        &["-n", "--preserve-env=BRIDGE_ISOLATION_STATE_DIR", paths::HELPER],
+        &["-n", &assigned, paths::HELPER],
+        &["-n", paths::HELPER, "--state-dir=/tmp"],
+        &["-n", "-e", paths::STATE_DIR],
+    ];
+    for args in refused {
+        let out = as_vdsm(&hostile, args, report(&vm2).as_bytes());
+        assert!(!out.status.success(), "sudo let vdsm run {args:?}");
+        assert_eq!(
+            std::fs::read_to_string(&state_file).unwrap(),
+            state,
+            "{args:?} changed the state"
+        );
+    }
+    assert!(lab.port_isolated(&vm2.tap).unwrap());
+    untouched();
+
+    // The one thing allowed, with a hostile environment: it reaches the installed state.
+    let out = as_vdsm(&hostile, &["-n", paths::HELPER], report(&vm2).as_bytes());
+    assert!(
+        out.status.success(),
+        "sudo -n helper: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    assert!(state.contains(&lab::format_mac(vm2.guest_mac)), "{state}");
+    assert!(!lab.port_isolated(&vm2.tap).unwrap());
+    untouched();
+    lab.destroy().unwrap();
+}
+
+/// Every process the library starts outside the test lab is named by an absolute path (no
+/// PATH lookup) and none is a shell: each `Command::new(X)` in `src/` (but `src/lab/`) takes
+/// a constant whose value starts with `/`, or a variable that every assignment in its file
+/// feeds from such constants or from functions returning only absolute literals; no string
+/// literal names a shell or sudo bare; nothing calls `execvp`, `system` or reads `PATH`.
+/// (`backends_run_nothing_from_path` checks the same by running the hooks.)
+#[test]
+fn no_path_lookups_and_no_shell_in_the_library() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if path != src.join("lab") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 10, "{files:?}");
+    let code = |path: &Path| -> String {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Every `const NAME: &str = "value";` of the crate, the lab's included.
+    let mut consts = std::collections::BTreeMap::new();
+    let mut all = files.clone();
+    all.extend(std::fs::read_dir(src.join("lab")).unwrap().map(|e| e.unwrap().path()));
+    for path in &all {
+        for line in code(path).lines() {
+            let line = line.trim().trim_start_matches("pub ").trim_start_matches("pub(crate) ");
+            if let Some(rest) = line.strip_prefix("const ") {
+                if let Some((name, value)) = rest.split_once(": &str = \"") {
+                    consts.insert(name.trim().to_string(), value.trim_end_matches("\";").to_string());
+                }
+            }
+        }
+    }
+    let is_const = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+    };
+    let ident_end = |s: &str| s.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(s.len());
+    let mut spawns = 0;
+    for path in &files {
+        let text = code(path);
+        let name = path.strip_prefix(&src).unwrap().display().to_string();
+        for forbidden in [
+            "execvp",
+            "execlp",
+            "libc::system",
+            "posix_spawnp",
+            "var(\"PATH\")",
+            "var_os(\"PATH\")",
+        ] {
+            assert!(!text.contains(forbidden), "{name} uses {forbidden}");
+        }
+        for literal in text.split('"').skip(1).step_by(2) {
+            let base = literal.rsplit('/').next().unwrap_or(literal);
+            assert!(
+                !["sh", "bash", "dash", "zsh"].contains(&base),
+                "{name}: a shell: {literal:?}"
+            );
+            assert!(literal != "sudo", "{name}: sudo without its path");
+        }
+        // The absolute paths a value expression stands for: a constant, a literal, or a call
+        // of a function of this file whose literals are all absolute.
+        let values_of = |expr: &str| -> Vec<String> {
+            let expr = expr.trim_start().trim_start_matches('&');
+            let expr = &expr[..expr.find([',', ';', '\n']).unwrap_or(expr.len())];
+            if let Some(lit) = expr.strip_prefix('"') {
+                return vec![lit[..lit.find('"').unwrap_or(lit.len())].to_string()];
+            }
+            let path_len = expr
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(expr.len());
+            let last = expr[..path_len].rsplit("::").next().unwrap();
+            if is_const(last) {
+                return vec![consts.get(last).cloned().unwrap_or_else(|| format!("<unknown {last}>"))];
+            }
+            // `x.method()`: the function `method` of this file.
+            if let Some(method) = expr[path_len..].strip_prefix('.') {
+                let method = &method[..ident_end(method)];
+                if let Some(at) = text.find(&format!("fn {method}(")) {
+                    let body = &text[at..];
+                    let body = &body[..body.find("\n    }").unwrap_or(body.len())];
+                    return body.split('"').skip(1).step_by(2).map(str::to_string).collect();
+                }
+            }
+            Vec::new()
+        };
+        for (at, _) in text.match_indices("Command::new(") {
+            spawns += 1;
+            let arg = &text[at + "Command::new(".len()..];
+            let arg = arg[..arg.find(')').unwrap()].trim();
+            let mut values = values_of(arg);
+            if values.is_empty() {
+                // A variable: what every `var: VALUE` / `var = VALUE` of the file and every
+                // call `f(VALUE` of a function taking it as its first parameter feed it.
+                let var = arg.trim_start_matches('&').rsplit('.').next().unwrap();
+                for pattern in [format!("{var}: "), format!("{var} = ")] {
+                    for (i, _) in text.match_indices(&pattern) {
+                        values.extend(values_of(&text[i + pattern.len()..]));
+                    }
+                }
+                for (i, _) in text.match_indices(&format!("({var}: &")) {
+                    let before = &text[..i];
+                    let func = &before[before.rfind("fn ").unwrap() + 3..];
+                    for (j, _) in text.match_indices(&format!("{func}(")) {
+                        if !text[..j].ends_with("fn ") {
+                            values.extend(values_of(&text[j + func.len() + 1..]));
+                        }
+                    }
+                }
+            }
+            assert!(!values.is_empty(), "{name}: Command::new({arg}): nothing resolves it");
+            for v in &values {
+                assert!(v.starts_with('/'), "{name}: Command::new({arg}) may run {v:?}");
+            }
+        }
+    }
+    assert!(spawns >= 2, "found only {spawns} Command::new");
+}
+
+/// The hooks run no program from PATH with any backend this host can run: with PATH full
+/// of trap scripts, tagging and lifting a network works and no trap fires.
+#[test]
+fn backends_run_nothing_from_path() {
+    if !lab::root_tests_enabled("backends_run_nothing_from_path") {
+        return;
+    }
+    let traps = tempfile::tempdir().unwrap();
+    let marker = trap_dir(traps.path());
+    let etc = tempfile::tempdir().unwrap();
+    let fx = common::Fixture::new("bipath", 2);
+    for backend in bridge_isolation::backend::BackendKind::ALL {
+        let env = [
+            ("PATH".to_string(), traps.path().display().to_string()),
+            ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.to_string()),
+            // The iptables backend's drop-ins, away from the machine's /etc.
+            (
+                "BRIDGE_ISOLATION_MODULES_LOAD_DIR".to_string(),
+                etc.path().join("modules-load.d").display().to_string(),
+            ),
+            (
+                "BRIDGE_ISOLATION_SYSCTL_DIR".to_string(),
+                etc.path().join("sysctl.d").display().to_string(),
+            ),
+        ];
+        let mut ran = true;
+        for value in ["true", "false"] {
+            for point in ["before_network_setup", "after_network_setup"] {
+                let run = fx.run_bytes(point, common::tagged(value).as_bytes(), &env);
+                if run.code() != Some(0)
+                    && (run.stderr.contains("cannot run here") || run.stderr.contains("not implemented"))
+                {
+                    eprintln!("backend {backend} skipped: {}", run.stderr.trim());
+                    ran = false;
+                    break;
+                }
+                assert_eq!(run.code(), Some(0), "{backend} {point} {value}: {}", run.stderr);
+            }
+            if !ran {
+                break;
+            }
+        }
+        assert!(
+            !marker.exists(),
+            "{backend} ran {}",
+            std::fs::read_to_string(&marker).unwrap_or_default()
+        );
+    }
 }

@@ -2,10 +2,13 @@
 //! `packaging/install.sh`, and a [`Fixture`] that drives the hooks against a netns lab the
 //! way VDSM and libvirt would (DESIGN.md sections 2 and 7).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use bridge_isolation::lab::{
     self, domain_xml, interface_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload, VmSpec,
@@ -342,4 +345,221 @@ impl Fixture {
             .output()
             .expect("running bridge-isolation")
     }
+}
+
+/// A hook (or CLI) process started by [`Fixture::spawn`] or [`Fixture::spawn_cli`], not yet
+/// waited for. Its payload and stderr live in a private directory under the target's tmp
+/// directory (not `/tmp`), removed when it is dropped.
+#[allow(dead_code)] // not every test binary uses every helper
+pub struct Spawned {
+    child: Child,
+    dir: TempDir,
+    payload: Option<PathBuf>,
+    /// The hook point (or `cli`).
+    pub point: String,
+}
+
+/// How a [`Spawned`] process ended.
+#[allow(dead_code)] // not every test binary uses every helper
+#[derive(Debug)]
+pub struct Finished {
+    /// The hook point (or `cli`).
+    pub point: String,
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// The payload file after it ran (empty for the CLI).
+    pub payload_after: Vec<u8>,
+}
+
+#[allow(dead_code)] // not every test binary uses every helper
+impl Finished {
+    /// The exit code, `None` when a signal ended it.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// The signal that ended it, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.status.signal()
+    }
+
+    /// The stderr lines.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stderr.lines().collect()
+    }
+}
+
+#[allow(dead_code)] // not every test binary uses every helper
+impl Spawned {
+    /// Its process id (after `ip netns exec`, the hook itself: `ip` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL (a no-op if it already ended).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Waits for it to end.
+    pub fn wait(mut self) -> Finished {
+        let status = self.child.wait().expect("waiting for a spawned process");
+        self.finish(status)
+    }
+
+    /// Waits at most `limit`; kills it and panics if it runs longer (a hook must never hang:
+    /// VDSM runs hooks without a timeout).
+    pub fn wait_at_most(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling a spawned process") {
+                return self.finish(status);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                let _ = self.child.wait();
+                panic!("{} still ran after {limit:?}: killed", self.point);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn finish(self, status: ExitStatus) -> Finished {
+        let stderr = std::fs::read(self.dir.path().join("stderr")).unwrap_or_default();
+        let payload_after = self
+            .payload
+            .as_ref()
+            .map(|p| std::fs::read(p).expect("reading the payload back"))
+            .unwrap_or_default();
+        Finished {
+            point: self.point,
+            status,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            payload_after,
+        }
+    }
+}
+
+/// A private directory for one spawned process, under the target's tmp directory.
+#[allow(dead_code)] // not every test binary uses every helper
+fn process_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("bi-proc-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("creating a process directory")
+}
+
+#[allow(dead_code)] // not every test binary uses every helper
+impl Fixture {
+    /// The environment every hook of this fixture gets (state dir, config, backend).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Starts hook point `point` in the host namespace the way VDSM does (no arguments,
+    /// stdin from /dev/null, clean environment with `PATH`, the fixture's variables, the
+    /// payload variable naming a mode-0600 file holding exactly `payload`, then `extra`),
+    /// without waiting. Unlike [`Fixture::run`], the payload may be any bytes and no
+    /// `vmId` is added: pass it in `extra`.
+    pub fn spawn(&self, point: &str, payload: &[u8], extra: &[(String, String)]) -> Spawned {
+        let var = bridge_isolation::hook::Point::from_name(point)
+            .unwrap_or_else(|| panic!("unknown hook point {point}"))
+            .payload_var();
+        let dir = process_dir();
+        let file = dir.path().join("payload");
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .expect("creating the payload file");
+        std::io::Write::write_all(&mut out, payload).expect("writing the payload file");
+        drop(out);
+        let mut cmd = Command::new(lab::IP);
+        cmd.args(["netns", "exec", self.lab.host_ns()])
+            .arg(hooks_dir().join(point).join(HOOK))
+            .env_clear()
+            .env("PATH", lab::HOOK_PATH)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(var, &file)
+            .envs(extra.iter().map(|(k, v)| (k, v)));
+        let child = start(cmd, &dir);
+        Spawned {
+            child,
+            dir,
+            payload: Some(file),
+            point: point.to_string(),
+        }
+    }
+
+    /// [`Fixture::spawn`] and wait (at most a minute).
+    pub fn run_bytes(&self, point: &str, payload: &[u8], extra: &[(String, String)]) -> Finished {
+        self.spawn(point, payload, extra).wait_at_most(Duration::from_secs(60))
+    }
+
+    /// Starts the admin CLI `bridge-isolation ARGS` in the host namespace with the hooks'
+    /// environment, without waiting.
+    pub fn spawn_cli(&self, args: &[&str]) -> Spawned {
+        self.spawn_cli_with(args, &[])
+    }
+
+    /// [`Fixture::spawn_cli`] with `extra` environment variables (which win).
+    pub fn spawn_cli_with(&self, args: &[&str], extra: &[(String, String)]) -> Spawned {
+        let dir = process_dir();
+        let mut cmd = Command::new(lab::IP);
+        cmd.args([
+            "netns",
+            "exec",
+            self.lab.host_ns(),
+            env!("CARGO_BIN_EXE_bridge-isolation"),
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", lab::HOOK_PATH)
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().map(|(k, v)| (k, v)));
+        let child = start(cmd, &dir);
+        Spawned {
+            child,
+            dir,
+            payload: None,
+            point: "cli".to_string(),
+        }
+    }
+
+    /// Every port of the bridge and its isolation flag, read in one `ip -d -j link show`.
+    pub fn port_flags(&self) -> BTreeMap<String, bool> {
+        let json = self
+            .lab
+            .ip_in_host(&["-d", "-j", "link", "show", "master", NET])
+            .expect("listing the bridge ports");
+        let links: Vec<serde_json::Value> = serde_json::from_str(&json).expect("ip -j prints JSON");
+        links
+            .iter()
+            .map(|l| {
+                let name = l["ifname"].as_str().expect("ifname").to_string();
+                let isolated = l["linkinfo"]["info_slave_data"]["isolated"].as_bool().unwrap_or(false);
+                (name, isolated)
+            })
+            .collect()
+    }
+}
+
+/// Spawns `cmd` with stdin from /dev/null, stdout discarded and stderr into `dir/stderr`
+/// (a file, not a pipe: many concurrent processes must never block on a full pipe).
+#[allow(dead_code)] // not every test binary uses every helper
+fn start(mut cmd: Command, dir: &TempDir) -> Child {
+    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("creating the stderr file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
