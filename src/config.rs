@@ -1,6 +1,7 @@
 //! Settings: the config file and the environment overrides root may use.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
@@ -12,6 +13,26 @@ pub const ENV_CONFIG: &str = "BRIDGE_ISOLATION_CONFIG";
 pub const ENV_STATE_DIR: &str = "BRIDGE_ISOLATION_STATE_DIR";
 /// Overrides the backend (root only).
 pub const ENV_BACKEND: &str = "BRIDGE_ISOLATION_BACKEND";
+/// Overrides `/etc/modules-load.d`, where the iptables backend persists br_netfilter
+/// (root only; for tests, which must not leave files on the machine).
+pub const ENV_MODULES_LOAD_DIR: &str = "BRIDGE_ISOLATION_MODULES_LOAD_DIR";
+/// Overrides `/etc/sysctl.d`, where the iptables backend persists `bridge-nf-call-*`
+/// (root only; for tests).
+pub const ENV_SYSCTL_DIR: &str = "BRIDGE_ISOLATION_SYSCTL_DIR";
+
+/// Set once this process has honoured the environment overrides ([`Settings::from_env`] as
+/// root); the root helper ([`Settings::system`]) never sets it.
+static OVERRIDES_HONOURED: AtomicBool = AtomicBool::new(false);
+
+/// The value of override `var` (one of the `ENV_*` directories above) when this process
+/// honours overrides (root, through [`Settings::from_env`]) and it is set to an absolute
+/// path; `None` otherwise, and always in the root helper.
+pub fn dir_override(var: &str) -> Option<PathBuf> {
+    if !OVERRIDES_HONOURED.load(Ordering::Relaxed) || !is_root() {
+        return None;
+    }
+    std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute())
+}
 
 /// Which backend the administrator asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +90,7 @@ impl Settings {
                 Some(b) => Some(b.parse()?),
                 None => None,
             };
+            OVERRIDES_HONOURED.store(true, Ordering::Relaxed);
             Settings::load(&config_file, state_dir, backend, true)
         } else {
             Settings::system(false)

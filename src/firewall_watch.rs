@@ -14,11 +14,16 @@
 //! state lock): with the port-isolation backend it finds nothing to do, with a firewall
 //! backend it puts back the rules the reload removed.
 
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use zbus::blocking::MessageIterator;
+use zbus::message::Type;
+use zbus::Message;
+
+use crate::backend::firewalld::Bus;
 use crate::config::Settings;
-use crate::dbus::{Connection, Message, Value, METHOD_CALL};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::reconcile;
 use crate::state::Store;
 
@@ -30,6 +35,8 @@ pub const FIREWALLD_PATH: &str = "/org/fedoraproject/FirewallD1";
 pub const SETTLE: Duration = Duration::from_millis(300);
 /// How long a new firewalld may take to reach `RUNNING` before we reconcile anyway.
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Signals queued per subscription before the oldest are dropped (we merge them anyway).
+const QUEUED: usize = 64;
 
 /// The match rules the watcher subscribes with.
 pub fn match_rules() -> [String; 2] {
@@ -55,44 +62,78 @@ pub enum Event {
 
 /// Classifies a received message.
 pub fn event(m: &Message) -> Option<Event> {
-    if m.is_signal(FIREWALLD, "Reloaded") {
+    let header = m.header();
+    if header.message_type() != Type::Signal {
+        return None;
+    }
+    let (interface, member) = (header.interface()?.as_str(), header.member()?.as_str());
+    if interface == FIREWALLD && member == "Reloaded" {
         return Some(Event::Reloaded);
     }
-    if m.is_signal("org.freedesktop.DBus", "NameOwnerChanged") && m.str_arg(0) == Some(FIREWALLD) {
-        return Some(if m.str_arg(2).unwrap_or("").is_empty() {
-            Event::Stopped
-        } else {
-            Event::Started
-        });
+    if interface == "org.freedesktop.DBus" && member == "NameOwnerChanged" {
+        let (name, _old, new): (String, String, String) = m.body().deserialize().ok()?;
+        if name == FIREWALLD {
+            return Some(if new.is_empty() { Event::Stopped } else { Event::Started });
+        }
     }
     None
 }
 
 /// Runs the watcher until the bus connection fails (systemd restarts it).
 pub fn run(settings: &Settings) -> Result<()> {
-    let mut bus = Connection::system()?;
+    let bus = Bus::system()?;
+    let conn = bus.connection();
+    // Nobody should call us, but a method call must not go unanswered until it times out:
+    // an object server serving nothing answers every call with an error.
+    let _ = conn.object_server();
+    // One thread per subscription feeds one channel, which the loop reads with timeouts.
+    let (tx, rx) = mpsc::channel();
     for rule in match_rules() {
-        bus.add_match(&rule)?;
+        let rule =
+            zbus::MatchRule::try_from(rule.as_str()).map_err(|e| Error::Kernel(format!("match rule {rule}: {e}")))?;
+        let messages = MessageIterator::for_match_rule(rule, conn, Some(QUEUED))
+            .map_err(|e| Error::Kernel(format!("subscribing on the system bus: {e}")))?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for m in messages {
+                let sent = match m {
+                    Ok(m) => tx.send(m).is_ok(),
+                    Err(e) => {
+                        log::warn!("reading from the system bus: {e}");
+                        false
+                    }
+                };
+                if !sent {
+                    break;
+                }
+            }
+        });
     }
-    log::info!("watching firewalld on the system bus (as {})", bus.unique_name());
+    drop(tx);
+    let lost = || Error::Kernel("the system bus connection was lost".into());
+    log::info!(
+        "watching firewalld on the system bus (as {})",
+        conn.unique_name().map_or("?".to_string(), |n| n.to_string())
+    );
     // Catch up on anything missed while we were not running.
-    if bus.name_owner(FIREWALLD)?.is_some() {
-        wait_running(&mut bus);
+    if bus.has_owner(FIREWALLD)? {
+        wait_running(&bus);
         reconcile_now(settings, "watcher started, firewalld is running");
     }
     loop {
-        let Some(m) = bus.receive(None)? else { continue };
-        let Some(first) = event(&m) else {
-            answer_stray_call(&mut bus, &m);
-            continue;
-        };
+        let m = rx.recv().map_err(|_| lost())?;
+        let Some(first) = event(&m) else { continue };
         let mut events = vec![first];
-        while let Some(m) = bus.receive(Some(SETTLE))? {
-            events.extend(event(&m));
+        loop {
+            match rx.recv_timeout(SETTLE) {
+                Ok(m) => events.extend(event(&m)),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return Err(lost()),
+            }
         }
         let started = events.contains(&Event::Started);
-        if started && bus.name_owner(FIREWALLD)?.is_some() {
-            wait_running(&mut bus);
+        if started && bus.has_owner(FIREWALLD)? {
+            wait_running(&bus);
         }
         let why = if started {
             "firewalld started"
@@ -106,19 +147,10 @@ pub fn run(settings: &Settings) -> Result<()> {
 }
 
 /// Polls firewalld's `state` property until it reads `RUNNING` (or fails, or times out).
-fn wait_running(bus: &mut Connection) {
+fn wait_running(bus: &Bus) {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let get = Message::call(
-            FIREWALLD,
-            FIREWALLD_PATH,
-            "org.freedesktop.DBus.Properties",
-            "Get",
-            vec![Value::Str(FIREWALLD.into()), Value::Str("state".into())],
-        );
-        let state = bus
-            .call(get, Duration::from_secs(10))
-            .map(|r| r.str_arg(0).unwrap_or("").to_string());
+        let state = bus.property::<String>(FIREWALLD_PATH, FIREWALLD, "state");
         match state {
             Ok(s) if s == "RUNNING" => return,
             Ok(s) if s == "FAILED" => {
@@ -131,16 +163,6 @@ fn wait_running(bus: &mut Connection) {
                 return;
             }
         }
-    }
-}
-
-/// Nobody should call us, but a method call must not go unanswered until it times out.
-fn answer_stray_call(bus: &mut Connection, m: &Message) {
-    if m.kind == METHOD_CALL && m.flags & 1 == 0 {
-        let mut err = Message::reply_to(m, vec![Value::Str("bridge-isolation exports nothing".into())]);
-        err.kind = crate::dbus::ERROR;
-        err.error_name = Some("org.freedesktop.DBus.Error.UnknownMethod".into());
-        let _ = bus.send(&err);
     }
 }
 
@@ -171,32 +193,55 @@ fn reconcile_now(settings: &Settings, why: &str) {
 mod tests {
     use super::*;
 
+    fn signal(path: &str, interface: &str, member: &str, args: &[&str]) -> Message {
+        let builder = Message::signal(path, interface, member).unwrap();
+        match args {
+            [] => builder.build(&()).unwrap(),
+            [a, b, c] => builder.build(&(*a, *b, *c)).unwrap(),
+            [a] => builder.build(&(*a,)).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn classifies_firewalld_signals() {
-        let reloaded = Message::signal(FIREWALLD_PATH, FIREWALLD, "Reloaded", vec![]);
+        let reloaded = signal(FIREWALLD_PATH, FIREWALLD, "Reloaded", &[]);
         assert_eq!(event(&reloaded), Some(Event::Reloaded));
         let owner = |old: &str, new: &str| {
-            Message::signal(
+            signal(
                 "/org/freedesktop/DBus",
                 "org.freedesktop.DBus",
                 "NameOwnerChanged",
-                vec![
-                    Value::Str(FIREWALLD.into()),
-                    Value::Str(old.into()),
-                    Value::Str(new.into()),
-                ],
+                &[FIREWALLD, old, new],
             )
         };
         assert_eq!(event(&owner("", ":1.9")), Some(Event::Started));
         assert_eq!(event(&owner(":1.9", ":1.10")), Some(Event::Started));
         assert_eq!(event(&owner(":1.9", "")), Some(Event::Stopped));
-        let other = Message::signal(
+        let someone_else = signal(
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameOwnerChanged",
+            &["org.example.Other", "", ":1.3"],
+        );
+        assert_eq!(event(&someone_else), None);
+        let other = signal(
             "/org/fedoraproject/FirewallD1/config",
             "org.fedoraproject.FirewallD1.config",
             "ZoneAdded",
-            vec![Value::Str("public".into())],
+            &["public"],
         );
         assert_eq!(event(&other), None);
+        let call = Message::method_call(FIREWALLD_PATH, "Reloaded")
+            .unwrap()
+            .interface(FIREWALLD)
+            .unwrap()
+            .build(&())
+            .unwrap();
+        assert_eq!(event(&call), None, "only signals count");
+        for rule in match_rules() {
+            zbus::MatchRule::try_from(rule.as_str()).expect("a valid match rule");
+        }
         assert!(match_rules()[0].contains("member='Reloaded'"));
         assert!(match_rules()[1].contains("arg0='org.fedoraproject.FirewallD1'"));
     }

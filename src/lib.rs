@@ -10,7 +10,6 @@ pub mod backend;
 pub mod bridge;
 pub mod cli;
 pub mod config;
-pub mod dbus;
 pub mod demo;
 pub mod domain;
 pub mod error;

@@ -1,13 +1,15 @@
 //! Enforcement backends behind one trait: each makes the kernel keep a [`Plan`]'s VM ports apart.
 //!
-//! A backend that programs a firewall (`nftables` today; `iptables` and `firewalld` to come)
-//! keeps the shape of [`nftables`]: the rules a plan wants built as plain data, the kernel's
+//! A backend that programs a firewall ([`nftables`], [`iptables`], [`firewalld`]) keeps the
+//! shape of [`nftables`]: the rules a plan wants built as plain data, the kernel's
 //! rules read back in one listing, the difference rendered and applied as **one**
 //! transaction per run (one `nft -f`, one `iptables-restore --noflush`, one D-Bus session),
 //! nothing done when there is no difference, and everything but the process or bus call
 //! unit-tested without root. It owns its objects outright (a table, a chain, a direct-rule
 //! set of its own) so that [`Backend::remove`] deletes exactly what it created.
 
+pub mod firewalld;
+pub mod iptables;
 pub mod nftables;
 mod port_isolation;
 
@@ -15,10 +17,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use firewalld::Firewalld;
+pub use iptables::Iptables;
 pub use nftables::Nftables;
 pub use port_isolation::PortIsolation;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::reconcile::{BridgePlan, Plan};
 
 /// The backends this project knows.
@@ -133,8 +137,7 @@ pub fn open(kind: BackendKind) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::PortIsolation => Ok(Box::new(PortIsolation::new())),
         BackendKind::Nftables => Ok(Box::new(Nftables::new())),
-        BackendKind::Iptables | BackendKind::Firewalld => Err(Error::Config(format!(
-            "backend {kind} is not implemented yet; use port-isolation or nftables"
-        ))),
+        BackendKind::Iptables => Ok(Box::new(Iptables::new())),
+        BackendKind::Firewalld => Ok(Box::new(Firewalld::new())),
     }
 }

@@ -1,0 +1,565 @@
+//! The firewalld backend on a real kernel, against a real firewalld (DESIGN.md section 7):
+//! each test runs its own `dbus-daemon` on a private socket and `firewalld --nofork --nopid
+//! --system-config DIR` inside the lab's host namespace, with `DBUS_SYSTEM_BUS_ADDRESS`
+//! pointing the hooks at it; the machine's `/etc/firewalld` and system bus are untouched.
+//!
+//! Checked: the core matrix (every protocol blocked between VMs, everything else passes),
+//! the direct rules runtime and permanent (as `firewall-cmd` lists them), restore-nets
+//! adding no duplicate, the rules surviving `firewall-cmd --reload` and a firewalld
+//! restart, removal leaving nothing; and the iptables backend refusing to run beside
+//! firewalld without changing anything. They need root; as another user they skip (or fail
+//! under `BRIDGE_ISOLATION_REQUIRE_ROOT_TESTS=1`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bridge_isolation::backend::iptables::SYSCTLS;
+use bridge_isolation::lab::{self, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const NET: &str = "isonet";
+const UPLINK: &str = "eth1";
+const HOOK: &str = "50_bridge_isolation";
+const FIREWALLD: &str = "/usr/sbin/firewalld";
+const FIREWALL_CMD: &str = "/usr/bin/firewall-cmd";
+const DBUS_DAEMON: &str = "/usr/bin/dbus-daemon";
+const SYSCTL: &str = "/usr/sbin/sysctl";
+
+/// Whether this machine has what a firewalld test needs (CI installs it).
+fn firewalld_tests_enabled(test: &str) -> bool {
+    if !lab::root_tests_enabled(test) {
+        return false;
+    }
+    let missing: Vec<&str> = [FIREWALLD, FIREWALL_CMD, DBUS_DAEMON, "/usr/sbin/ebtables", SYSCTL]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("missing programs: {}", missing.join(", "));
+    if std::env::var(lab::REQUIRE_ROOT_TESTS).is_ok_and(|v| v == "1") {
+        panic!("{test}: {reason}, and {}=1 forbids skipping", lab::REQUIRE_ROOT_TESTS);
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+/// A private system bus and a firewalld on it, inside network namespace `ns`.
+struct Firewalld {
+    dir: TempDir,
+    ns: String,
+    bus: Child,
+    daemon: Option<Child>,
+}
+
+impl Firewalld {
+    /// Starts the bus and firewalld with `FirewallBackend=backend`, and waits until it runs.
+    fn start(ns: &str, backend: &str) -> Firewalld {
+        let dir = tempfile::tempdir().expect("creating firewalld's directory");
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let bus = Command::new(DBUS_DAEMON)
+            .arg("--nofork")
+            .arg(format!("--config-file={}", config.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dbus-daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "dbus-daemon did not create {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(
+            etc.join("firewalld.conf"),
+            format!("DefaultZone=public\nCleanupOnExit=yes\nFirewallBackend={backend}\nFlushAllOnReload=yes\n"),
+        )
+        .unwrap();
+        let mut fw = Firewalld {
+            dir,
+            ns: ns.to_string(),
+            bus,
+            daemon: None,
+        };
+        fw.spawn();
+        fw
+    }
+
+    fn address(&self) -> String {
+        format!("unix:path={}", self.dir.path().join("bus").display())
+    }
+
+    fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("firewalld.log"))
+            .unwrap();
+        let child = Command::new(lab::IP)
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                FIREWALLD,
+                "--nofork",
+                "--nopid",
+                "--log-target",
+                "console",
+            ])
+            .arg("--system-config")
+            .arg(self.etc())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.address())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting firewalld");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.cmd(&["--state"]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "running" {
+                return;
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("firewalld exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "firewalld not running after 90 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("firewalld.log")).unwrap_or_default()
+    }
+
+    /// `firewall-cmd ARGS` against this firewalld.
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(FIREWALL_CMD)
+            .args(args)
+            .env_clear()
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.address())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running firewall-cmd")
+    }
+
+    /// Lines of `firewall-cmd ARGS` (sorted), asserting success.
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        let mut lines: Vec<String> = ok(self.cmd(args)).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    }
+
+    /// Direct rules and chains, runtime and permanent.
+    fn direct(&self) -> [Vec<String>; 4] {
+        [
+            self.lines(&["--direct", "--get-all-rules"]),
+            self.lines(&["--permanent", "--direct", "--get-all-rules"]),
+            self.lines(&["--direct", "--get-all-chains"]),
+            self.lines(&["--permanent", "--direct", "--get-all-chains"]),
+        ]
+    }
+
+    /// Stops firewalld (SIGTERM: it cleans up its rules, as `systemctl stop` would).
+    fn stop(&mut self) {
+        let Some(mut child) = self.daemon.take() else {
+            return;
+        };
+        // SAFETY: plain kill(2) on the pid of a child we started and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.wait();
+    }
+
+    /// `systemctl restart firewalld`: stop, start, wait until it runs.
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Firewalld {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
+
+/// A lab (both `bridge-nf-call-*` at 0 in its host, as a host without br_netfilter:
+/// otherwise firewalld would reject all bridged IPv4 from the start), state, hook tree,
+/// firewalld.
+struct Rig {
+    fw: Firewalld,
+    lab: Lab,
+    state: TempDir,
+    etc: TempDir,
+    hooks: TempDir,
+}
+
+impl Rig {
+    fn new(tag: &str, vms: u8, backend: &str) -> Rig {
+        let lab = Lab::create(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms)).expect("creating the lab");
+        let args: Vec<String> = SYSCTLS.iter().map(|s| format!("net.bridge.{s}=0")).collect();
+        let mut argv = vec![SYSCTL, "-qw"];
+        argv.extend(args.iter().map(String::as_str));
+        ok(lab.exec_in_host(&argv).expect("running sysctl"));
+        let hooks = tempfile::tempdir().expect("creating the hook tree");
+        let points = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks");
+        for entry in std::fs::read_dir(points).expect("listing hooks/") {
+            let dir = hooks.path().join(entry.unwrap().file_name());
+            std::fs::create_dir(&dir).unwrap();
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"), dir.join(HOOK)).unwrap();
+        }
+        let fw = Firewalld::start(lab.host_ns(), backend);
+        Rig {
+            fw,
+            lab,
+            state: tempfile::tempdir().unwrap(),
+            etc: tempfile::tempdir().unwrap(),
+            hooks,
+        }
+    }
+
+    fn env(&self, backend: &str) -> Vec<(String, String)> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("BRIDGE_ISOLATION_STATE_DIR".into(), path(self.state.path())),
+            ("BRIDGE_ISOLATION_CONFIG".into(), "/nonexistent".into()),
+            ("BRIDGE_ISOLATION_BACKEND".into(), backend.into()),
+            (
+                "BRIDGE_ISOLATION_MODULES_LOAD_DIR".into(),
+                path(&self.etc.path().join("modules-load.d")),
+            ),
+            (
+                "BRIDGE_ISOLATION_SYSCTL_DIR".into(),
+                path(&self.etc.path().join("sysctl.d")),
+            ),
+            ("DBUS_SYSTEM_BUS_ADDRESS".into(), self.fw.address()),
+        ]
+    }
+
+    fn run(&self, backend: &str, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
+        let mut env = self.env(backend);
+        env.extend(vm.map(|n| ("vmId".to_string(), vm_uuid(n))));
+        lab::run_hook_point(self.lab.host_ns(), self.hooks.path(), point, payload, &env)
+            .unwrap_or_else(|e| panic!("running {point}: {e:#}"))
+    }
+
+    fn hook(&self, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
+        let run = self.run("firewalld", point, payload, vm);
+        assert_eq!(run.codes, [(HOOK.to_string(), 0)], "{point}; stderr:\n{}", run.stderr);
+        run
+    }
+
+    fn network_setup(&self, json: &str) {
+        for point in ["before_network_setup", "after_network_setup"] {
+            self.hook(point, Payload::Json(json.to_string()), None);
+        }
+    }
+
+    /// Starts VM `n` through the hooks, then clears the port flag libvirt set from the
+    /// rewritten XML: the direct rules alone must keep the VMs apart.
+    fn start_vm(&mut self, n: u8, trusted: bool) {
+        let vm = self.lab.spec().numbered_vm(n);
+        let nic = NicSpec {
+            trusted,
+            ..NicSpec::new(NET, vm.guest_mac)
+        };
+        let engine = domain_xml(&vm.name, &vm_uuid(n), std::slice::from_ref(&nic));
+        let rewritten = self.hook("before_vm_start", Payload::DomXml(engine), Some(n));
+        let flagged = rewritten.payload_text().contains("<port isolated=");
+        self.lab.add_vm(&vm).expect("plugging the VM");
+        if flagged {
+            self.lab.set_port_isolated(&vm.tap, true).expect("flagging as libvirt");
+        }
+        let live = NicSpec {
+            tap: Some(vm.tap.clone()),
+            native_isolated: flagged,
+            ..nic
+        };
+        self.hook(
+            "after_vm_start",
+            Payload::DomXml(domain_xml(&vm.name, &vm_uuid(n), &[live])),
+            Some(n),
+        );
+        self.lab.set_port_isolated(&vm.tap, false).expect("clearing the flag");
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(lab::IP)
+            .args([
+                "netns",
+                "exec",
+                self.lab.host_ns(),
+                env!("CARGO_BIN_EXE_bridge-isolation"),
+            ])
+            .args(args)
+            .envs(self.env("firewalld"))
+            .output()
+            .expect("running bridge-isolation")
+    }
+
+    fn state_json(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.state.path().join("state.json")).unwrap()).unwrap()
+    }
+
+    fn sysctls(&self) -> Vec<String> {
+        SYSCTLS
+            .iter()
+            .map(|s| {
+                let path = format!("/proc/sys/net/bridge/{s}");
+                ok(self.lab.exec_in_host(&[lab::CAT, &path]).unwrap())
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn assert_isolation(&self, trusted: &[&str]) {
+        let expected = |a: &str, b: &str| !(is_vm(a) && is_vm(b)) || trusted.contains(&a) || trusted.contains(&b);
+        self.lab.matrix().expect("probing").assert_expected(&expected);
+    }
+
+    fn assert_all_pass(&self) {
+        self.lab.matrix().expect("probing").assert_expected(&|_, _| true);
+    }
+}
+
+fn vm_uuid(n: u8) -> String {
+    format!("4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c00{n:02x}")
+}
+
+fn tagged() -> String {
+    lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK).with_isolation("true"))])
+}
+
+fn restore_nets() -> String {
+    lab::restore_nets_json(&[(NET, NetSpec::on_nic(UPLINK).with_isolation("true"))])
+}
+
+#[track_caller]
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Our direct rules for VM ports `ports` of the lab bridge, sorted as `lines` sorts them.
+fn rules(ports: &[&str]) -> Vec<String> {
+    let mut lines = vec!["eb filter FORWARD 0 -j BRIDGE_ISOLATION".to_string()];
+    for p in ports {
+        lines.push(format!("eb filter BRIDGE_ISOLATION 0 -i {p} -j BRIDGE_ISO_{NET}"));
+        lines.push(format!("eb filter BRIDGE_ISO_{NET} 0 -o {p} -j DROP"));
+    }
+    lines.sort();
+    lines
+}
+
+fn chains() -> Vec<String> {
+    vec![
+        "eb filter BRIDGE_ISOLATION".to_string(),
+        format!("eb filter BRIDGE_ISO_{NET}"),
+    ]
+}
+
+/// Three running VMs, then the tag: every protocol blocked between them, uplink and host
+/// open; our rules and chains runtime and permanent, nothing else. Restore-nets and
+/// `reconcile` change nothing; `firewall-cmd --reload` and a firewalld restart keep the
+/// rules and the isolation; removing the network removes them, runtime and permanent.
+#[test]
+fn firewalld_isolates_and_survives_reload_and_restart() {
+    if !firewalld_tests_enabled("firewalld_isolates_and_survives_reload_and_restart") {
+        return;
+    }
+    let mut rig = Rig::new("bifw", 3, "nftables");
+    rig.assert_all_pass();
+    let empty: [Vec<String>; 4] = Default::default();
+    assert_eq!(rig.fw.direct(), empty);
+
+    rig.network_setup(&tagged());
+    assert_eq!(rig.state_json()["backend"], json!("firewalld"));
+    let want = rules(&["vnet1", "vnet2", "vnet3"]);
+    let full = [want.clone(), want.clone(), chains(), chains()];
+    assert_eq!(rig.fw.direct(), full);
+    assert_eq!(rig.sysctls(), ["0", "0"], "no br_netfilter needed");
+    rig.assert_isolation(&[]);
+
+    let state = rig.state_json();
+    rig.network_setup(&restore_nets());
+    assert_eq!(rig.fw.direct(), full, "restore-nets changed the rules");
+    assert_eq!(rig.state_json(), state, "restore-nets changed the state");
+    assert_eq!(ok(rig.cli(&["reconcile"])).trim(), "firewalld: 0 port(s) changed");
+    ok(rig.cli(&["verify"]));
+
+    ok(rig.fw.cmd(&["--reload"]));
+    assert_eq!(rig.fw.direct(), full, "the reload lost rules");
+    rig.assert_isolation(&[]);
+    assert_eq!(ok(rig.cli(&["reconcile"])).trim(), "firewalld: 0 port(s) changed");
+
+    rig.fw.restart();
+    assert_eq!(rig.fw.direct(), full, "the restart lost rules");
+    rig.assert_isolation(&[]);
+    ok(rig.cli(&["verify"]));
+
+    rig.network_setup(&lab::setup_networks_json(&[(NET, NetSpec::removed())]));
+    assert_eq!(rig.fw.direct(), empty, "rules outlived the network");
+    rig.assert_all_pass();
+    let kernel = ok(rig.lab.exec_in_host(&["/usr/sbin/ebtables-save"]).unwrap());
+    assert!(!kernel.contains("BRIDGE_ISO"), "ebtables kept our chains: {kernel}");
+    let direct_xml = std::fs::read_to_string(rig.fw.etc().join("direct.xml")).unwrap_or_default();
+    assert!(!direct_xml.contains("BRIDGE_ISO"), "{direct_xml}");
+}
+
+/// VMs started through the hooks (flags cleared behind our back): a trusted vNIC has no
+/// rule and reaches everyone; a foreign direct rule is left alone; lifting the property
+/// removes exactly our rules.
+#[test]
+fn firewalld_trusted_vnic_and_untag_keep_others_rules() {
+    if !firewalld_tests_enabled("firewalld_trusted_vnic_and_untag_keep_others_rules") {
+        return;
+    }
+    let mut rig = Rig::new("bifwtr", 0, "nftables");
+    let foreign = [
+        "--direct",
+        "--add-rule",
+        "eb",
+        "filter",
+        "INPUT",
+        "5",
+        "-p",
+        "0x88b6",
+        "-j",
+        "DROP",
+    ];
+    ok(rig.fw.cmd(&foreign));
+    ok(rig.fw.cmd(&[&["--permanent"], &foreign[..]].concat()));
+    let others = vec!["eb filter INPUT 5 -p 0x88b6 -j DROP".to_string()];
+
+    rig.network_setup(&tagged());
+    rig.start_vm(1, false);
+    rig.start_vm(2, false);
+    rig.start_vm(3, true);
+    let mut want = rules(&["vnet1", "vnet2"]);
+    want.extend(others.clone());
+    want.sort();
+    assert_eq!(rig.fw.direct(), [want.clone(), want, chains(), chains()]);
+    ok(rig.cli(&["verify"]));
+    rig.assert_isolation(&["vm3"]);
+
+    rig.network_setup(&lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK))]));
+    assert_eq!(
+        rig.fw.direct(),
+        [others.clone(), others, Vec::new(), Vec::new()],
+        "only our rules go"
+    );
+    rig.assert_all_pass();
+}
+
+/// The iptables backend beside a running firewalld: with firewalld's nftables backend it
+/// refuses at before_network_setup (exit 2, one line naming the other backends), turns no
+/// sysctl on, writes no rule or drop-in, and every pair still passes. The same with
+/// firewalld's iptables backend (whose FORWARD would reject bridged traffic just as well).
+#[test]
+fn iptables_refuses_beside_firewalld() {
+    if !firewalld_tests_enabled("iptables_refuses_beside_firewalld") {
+        return;
+    }
+    let mut rig = Rig::new("bifwipt", 2, "nftables");
+    for backend in ["nftables", "iptables"] {
+        if backend == "iptables" {
+            let conf = rig.fw.etc().join("firewalld.conf");
+            let text = std::fs::read_to_string(&conf)
+                .unwrap()
+                .replace("=nftables", "=iptables");
+            std::fs::write(&conf, text).unwrap();
+            rig.fw.restart();
+            let saved = ok(rig.lab.exec_in_host(&["/usr/sbin/iptables-save"]).unwrap());
+            assert!(
+                saved.contains("FORWARD_ZONES"),
+                "firewalld runs on iptables now: {saved}"
+            );
+        }
+        let run = rig.run("iptables", "before_network_setup", Payload::Json(tagged()), None);
+        assert_eq!(run.codes, [(HOOK.to_string(), 2)], "{backend}: {}", run.stderr);
+        // VDSM shows the last script's stderr: one error line, last, saying why and what to use.
+        let errors: Vec<&str> = run.last_stderr.lines().filter(|l| l.contains("] error: ")).collect();
+        assert_eq!(errors.len(), 1, "one error line: {}", run.last_stderr);
+        assert_eq!(run.last_stderr.lines().last(), Some(errors[0]));
+        assert!(
+            errors[0].contains("firewalld is running") && errors[0].contains("port-isolation, nftables or firewalld"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(rig.sysctls(), ["0", "0"], "{backend}: a sysctl changed");
+        for save in ["/usr/sbin/iptables-save", "/usr/sbin/ip6tables-save"] {
+            let saved = ok(rig.lab.exec_in_host(&[save]).unwrap());
+            assert!(!saved.contains("BRIDGE-ISO"), "{backend}: {saved}");
+        }
+        assert!(
+            std::fs::read_dir(rig.etc.path()).unwrap().next().is_none(),
+            "{backend}: a drop-in was written"
+        );
+        rig.assert_all_pass();
+    }
+}
