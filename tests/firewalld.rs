@@ -6,8 +6,9 @@
 //! Checked: the core matrix (every protocol blocked between VMs, everything else passes),
 //! the direct rules runtime and permanent (as `firewall-cmd` lists them), restore-nets
 //! adding no duplicate, the rules surviving `firewall-cmd --reload` and a firewalld
-//! restart, removal leaving nothing; and the iptables backend refusing to run beside
-//! firewalld without changing anything. They need root; as another user they skip (or fail
+//! restart, removal leaving nothing; the nftables backend's table surviving
+//! `firewall-cmd --reload` under both firewalld backends; and the iptables backend refusing
+//! to run beside firewalld without changing anything. They need root; as another user they skip (or fail
 //! under `BRIDGE_ISOLATION_REQUIRE_ROOT_TESTS=1`).
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge_isolation::backend::iptables::SYSCTLS;
+use bridge_isolation::backend::nftables::{set_name, TABLE as NFT_TABLE};
 use bridge_isolation::lab::{self, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -302,14 +304,23 @@ impl Rig {
     }
 
     fn hook(&self, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
-        let run = self.run("firewalld", point, payload, vm);
+        self.hook_as("firewalld", point, payload, vm)
+    }
+
+    /// Runs `point` with `backend`, asserting our hook ran and exited 0.
+    fn hook_as(&self, backend: &str, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
+        let run = self.run(backend, point, payload, vm);
         assert_eq!(run.codes, [(HOOK.to_string(), 0)], "{point}; stderr:\n{}", run.stderr);
         run
     }
 
     fn network_setup(&self, json: &str) {
+        self.network_setup_as("firewalld", json);
+    }
+
+    fn network_setup_as(&self, backend: &str, json: &str) {
         for point in ["before_network_setup", "after_network_setup"] {
-            self.hook(point, Payload::Json(json.to_string()), None);
+            self.hook_as(backend, point, Payload::Json(json.to_string()), None);
         }
     }
 
@@ -342,6 +353,10 @@ impl Rig {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as("firewalld", args)
+    }
+
+    fn cli_as(&self, backend: &str, args: &[&str]) -> Output {
         Command::new(lab::IP)
             .args([
                 "netns",
@@ -350,13 +365,38 @@ impl Rig {
                 env!("CARGO_BIN_EXE_bridge-isolation"),
             ])
             .args(args)
-            .envs(self.env("firewalld"))
+            .envs(self.env(backend))
             .output()
             .expect("running bridge-isolation")
     }
 
     fn state_json(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.state.path().join("state.json")).unwrap()).unwrap()
+    }
+
+    /// Our nftables table in the lab host (`nft -j list table`, metainfo and counters
+    /// left out: what must not change), or `None`.
+    fn nft_table(&self) -> Option<Value> {
+        let out = self
+            .lab
+            .exec_in_host(&[lab::NFT, "-j", "list", "table", "bridge", NFT_TABLE])
+            .expect("running nft");
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("No such file or directory"), "nft list failed: {err}");
+            return None;
+        }
+        let mut v: Value = serde_json::from_slice(&out.stdout).expect("nft -j prints JSON");
+        let items = v["nftables"].as_array_mut().unwrap();
+        items.retain(|i| i.get("metainfo").is_none());
+        for rule in items.iter_mut().filter_map(|i| i.get_mut("rule")) {
+            for expr in rule["expr"].as_array_mut().into_iter().flatten() {
+                if let Some(c) = expr.get_mut("counter") {
+                    *c = json!({"packets": 0, "bytes": 0});
+                }
+            }
+        }
+        Some(v)
     }
 
     fn sysctls(&self) -> Vec<String> {
@@ -469,6 +509,64 @@ fn firewalld_isolates_and_survives_reload_and_restart() {
     assert!(!kernel.contains("BRIDGE_ISO"), "ebtables kept our chains: {kernel}");
     let direct_xml = std::fs::read_to_string(rig.fw.etc().join("direct.xml")).unwrap_or_default();
     assert!(!direct_xml.contains("BRIDGE_ISO"), "{direct_xml}");
+}
+
+/// The members of the lab bridge's set in a `nft_table` listing, as nft names them.
+fn nft_members(v: &Value) -> Vec<String> {
+    let name = set_name(NET);
+    let set = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("set"))
+        .find(|s| s["name"] == json!(name))
+        .unwrap_or_else(|| panic!("no set {name} in {v:#}"));
+    let mut members: Vec<String> = set
+        .get("elem")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| e.as_str().expect("element name").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort();
+    members
+}
+
+/// The `nftables` backend beside a running firewalld, with each of firewalld's backends:
+/// three running VMs, then the tag: our `bridge bridge_isolation` table holds their ports,
+/// every protocol is blocked between them, uplink and host open, and firewalld has no direct
+/// rule of ours. `firewall-cmd --reload` (FlushAllOnReload=yes) keeps the table as it was
+/// (same handles, same members, same rule) and the matrix, and `verify` passes (DESIGN.md
+/// section 4: a reload keeps foreign nftables tables).
+#[test]
+fn nftables_table_survives_firewalld_reload() {
+    if !firewalld_tests_enabled("nftables_table_survives_firewalld_reload") {
+        return;
+    }
+    for fw_backend in ["nftables", "iptables"] {
+        let rig = Rig::new("bifwnft", 3, fw_backend);
+        rig.network_setup_as("nftables", &tagged());
+        assert_eq!(rig.state_json()["backend"], json!("nftables"), "{fw_backend}");
+        let table = rig.nft_table().expect("our table exists");
+        assert_eq!(nft_members(&table), ["vnet1", "vnet2", "vnet3"], "{fw_backend}");
+        let empty: [Vec<String>; 4] = Default::default();
+        assert_eq!(rig.fw.direct(), empty, "{fw_backend}: direct rules of ours");
+        rig.assert_isolation(&[]);
+        ok(rig.cli_as("nftables", &["verify"]));
+
+        ok(rig.fw.cmd(&["--reload"]));
+        assert_eq!(ok(rig.fw.cmd(&["--state"])).trim(), "running");
+        let after = rig.nft_table();
+        assert_eq!(
+            after.as_ref(),
+            Some(&table),
+            "{fw_backend}: firewall-cmd --reload changed our table"
+        );
+        rig.assert_isolation(&[]);
+        ok(rig.cli_as("nftables", &["verify"]));
+    }
 }
 
 /// VMs started through the hooks (flags cleared behind our back): a trusted vNIC has no
