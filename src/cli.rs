@@ -98,6 +98,10 @@ fn run(command: Command) -> Result<ExitCode> {
                         .iter()
                         .map(|b| format!("drift: bridge {b} still has to be cleared (isolation lifted)")),
                 )
+                .chain(report.blocked.iter().flat_map(|(b, ps)| {
+                    ps.iter()
+                        .map(move |p| format!("blocked: bridge {b} port {p} (enforcement failed; run reconcile)"))
+                }))
                 .collect();
             for d in &drifts {
                 println!("{d}");
@@ -118,9 +122,7 @@ fn run(command: Command) -> Result<ExitCode> {
             if !config::is_root() {
                 return Err(Error::Helper("reconcile must run as root".into()));
             }
-            let mut locked = store.lock()?;
-            let outcome = reconcile::run(&mut locked.state, &settings)?;
-            locked.commit()?;
+            let outcome = reconcile::run_and_commit(store.lock()?, &settings)?;
             match outcome.backend {
                 Some(backend) => println!("{backend}: {} port(s) changed", outcome.changes.len()),
                 None => println!("no isolated networks: nothing to do"),
@@ -171,6 +173,12 @@ pub struct StatusReport {
     pub lifted: Vec<String>,
     /// Trusted vNICs: guest MAC and VM.
     pub trusted: Vec<(String, String)>,
+    /// VM ports disabled because enforcement failed (fail-closed), by bridge.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub blocked: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Cross-host isolation per network: peer ranges, trusted MACs, frames dropped.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cross_host: std::collections::BTreeMap<String, crate::peers::PeerStatus>,
 }
 
 /// One isolated bridge.
@@ -272,6 +280,8 @@ impl StatusReport {
                 .iter()
                 .map(|(m, t)| (m.to_string(), t.vm.clone()))
                 .collect(),
+            blocked: state.blocked.clone(),
+            cross_host: crate::peers::status(state),
         })
     }
 }
@@ -325,6 +335,32 @@ impl std::fmt::Display for StatusReport {
         }
         for (mac, vm) in &self.trusted {
             writeln!(f, "trusted vNIC {mac} (VM {vm})")?;
+        }
+        for (bridge, port) in self.blocked.iter().flat_map(|(b, ps)| ps.iter().map(move |p| (b, p))) {
+            writeln!(
+                f,
+                "bridge {bridge} port {port}: BLOCKED (enforcement failed; disabled until a reconcile succeeds)"
+            )?;
+        }
+        for (network, c) in &self.cross_host {
+            let list = |items: Vec<String>| {
+                if items.is_empty() {
+                    "none".to_string()
+                } else {
+                    items.join(",")
+                }
+            };
+            let drops = match c.drops {
+                Some(d) => format!("dropped {} frame(s), {} byte(s)", d.packets, d.bytes),
+                None if c.peer_macs.is_empty() => "inactive (no peer ranges)".to_string(),
+                None => "no rule in the kernel (or not root)".to_string(),
+            };
+            writeln!(
+                f,
+                "cross-host {network}: peers {}; trusted MACs {}; {drops}",
+                list(c.peer_macs.iter().map(ToString::to_string).collect()),
+                list(c.trusted_macs.iter().map(ToString::to_string).collect()),
+            )?;
         }
         Ok(())
     }

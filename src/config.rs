@@ -120,6 +120,42 @@ impl Settings {
     }
 }
 
+/// What a reconcile does with the VM ports of an isolated bridge when enforcement fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Disable the ports that are not confirmed isolated (bridge port state disabled) until
+    /// a later reconcile succeeds (default: fail closed).
+    #[default]
+    Block,
+    /// Log one warning and leave them forwarding.
+    Warn,
+}
+
+impl std::str::FromStr for OnFailure {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "block" => Ok(OnFailure::Block),
+            "warn" => Ok(OnFailure::Warn),
+            other => Err(Error::Config(format!("unknown on_failure {other:?} (block, warn)"))),
+        }
+    }
+}
+
+impl OnFailure {
+    /// The setting of `config_file`; a file that cannot be read means the default (block).
+    pub fn of(config_file: &Path) -> OnFailure {
+        match ConfigFile::read(config_file) {
+            Ok(cfg) => cfg.on_failure.unwrap_or_default(),
+            Err(e) => {
+                log::warn!("{e}: on_failure = block");
+                OnFailure::Block
+            }
+        }
+    }
+}
+
 /// The contents of the config file: `key = value` lines, `#` comments.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConfigFile {
@@ -127,6 +163,8 @@ pub struct ConfigFile {
     pub backend: Option<BackendChoice>,
     /// `state_dir = /path`.
     pub state_dir: Option<PathBuf>,
+    /// `on_failure = block | warn`.
+    pub on_failure: Option<OnFailure>,
 }
 
 impl ConfigFile {
@@ -153,6 +191,9 @@ impl ConfigFile {
             let value = value.trim().trim_matches('"');
             match key.trim() {
                 "backend" => cfg.backend = Some(value.parse().map_err(|e: Error| format!("line {}: {e}", n + 1))?),
+                "on_failure" => {
+                    cfg.on_failure = Some(value.parse().map_err(|e: Error| format!("line {}: {e}", n + 1))?)
+                }
                 "state_dir" if value.starts_with('/') => cfg.state_dir = Some(PathBuf::from(value)),
                 "state_dir" => return Err(format!("line {}: state_dir must be an absolute path", n + 1)),
                 other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
@@ -173,7 +214,8 @@ mod tests {
             cfg,
             ConfigFile {
                 backend: Some(BackendChoice::Auto),
-                state_dir: None
+                state_dir: None,
+                on_failure: Some(OnFailure::Block),
             }
         );
     }
@@ -191,5 +233,29 @@ mod tests {
         assert!(ConfigFile::parse("colour = blue").is_err());
         assert!(ConfigFile::parse("state_dir = relative").is_err());
         assert!(ConfigFile::parse("just words").is_err());
+    }
+
+    #[test]
+    fn on_failure_defaults_to_block() {
+        assert_eq!(ConfigFile::parse("").unwrap().on_failure, None);
+        assert_eq!(
+            ConfigFile::parse("on_failure = warn\n").unwrap().on_failure,
+            Some(OnFailure::Warn)
+        );
+        assert_eq!(
+            ConfigFile::parse("on_failure=\"block\"  # fail closed")
+                .unwrap()
+                .on_failure,
+            Some(OnFailure::Block)
+        );
+        let err = ConfigFile::parse("backend = auto\non_failure = ignore").unwrap_err();
+        assert!(err.contains("line 2: config: unknown on_failure \"ignore\""), "{err}");
+        assert_eq!(OnFailure::of(Path::new("/nonexistent")), OnFailure::Block);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.conf");
+        std::fs::write(&file, "on_failure = warn\n").unwrap();
+        assert_eq!(OnFailure::of(&file), OnFailure::Warn);
+        std::fs::write(&file, "on_failure = maybe\n").unwrap();
+        assert_eq!(OnFailure::of(&file), OnFailure::Block, "unreadable: fail closed");
     }
 }

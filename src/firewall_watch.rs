@@ -173,10 +173,8 @@ fn reconcile_now(settings: &Settings, why: &str) {
         if state.networks.is_empty() && state.released.is_empty() {
             return Ok(None);
         }
-        let mut locked = store.lock()?;
-        let outcome = reconcile::run(&mut locked.state, settings)?;
-        locked.commit()?;
-        Ok(Some(outcome))
+        let locked = store.lock()?;
+        reconcile::run_and_commit(locked, settings).map(Some)
     });
     match result {
         Ok(None) => log::debug!("{why}: no isolated networks, nothing to re-apply"),

@@ -75,6 +75,5 @@ fn serve() -> Result<()> {
     let settings = Settings::system(true)?;
     let mut locked = Store::new(&settings.state_dir).lock()?;
     report.apply(&mut locked.state);
-    reconcile::run(&mut locked.state, &settings)?;
-    locked.commit()
+    reconcile::run_and_commit(locked, &settings).map(drop)
 }

@@ -285,8 +285,12 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
     // them, never flags that no record explains.
     let isolated: Vec<String> = locked.state.networks.values().map(|p| p.bridge.clone()).collect();
     locked.record_intent(isolated.iter().map(String::as_str))?;
-    reconcile::run(&mut locked.state, settings)?;
-    locked.commit()
+    if point == Point::BeforeNetworkSetup {
+        // Failing here aborts the setup: nothing is recorded, nothing is blocked.
+        reconcile::run_or_abort(&mut locked.state, settings)?;
+        return locked.commit();
+    }
+    reconcile::run_and_commit(locked, settings).map(drop)
 }
 
 /// Records one network's change in `state`.
@@ -344,6 +348,18 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
         (Some(bridge), _) if state.is_isolated(bridge) => PortWish::Isolated,
         _ => PortWish::Keep,
     };
+    // Fail closed: a vNIC on an isolated bridge is not started (plugged, updated) when no
+    // backend can enforce isolation on this host.
+    if let Some(iface) = doc.interfaces.iter().find(|i| wish(i) == PortWish::Isolated) {
+        reconcile::check_enforceable(settings, &state).map_err(|e| {
+            Error::Config(format!(
+                "{}vNIC {} on isolated bridge {}: refusing to run it unprotected: {e}",
+                vm_label(&doc),
+                iface.mac.map(|m| m.to_string()).unwrap_or_default(),
+                iface.bridge.as_deref().unwrap_or_default()
+            ))
+        })?;
+    }
     let Some(new) = domain::rewrite(&payload.bytes, &doc, wish) else {
         return Ok(());
     };
@@ -460,11 +476,11 @@ fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> 
     if settings.privileged {
         let mut locked = store.lock()?;
         report.apply(&mut locked.state);
-        reconcile::run(&mut locked.state, settings)?;
-        return locked.commit();
+        return reconcile::run_and_commit(locked, settings).map(drop);
     }
     let state = store.read()?;
-    if report.recorded_in(&state) {
+    // Blocked ports (fail-closed) wait for a root reconcile to re-enable them.
+    if report.recorded_in(&state) && state.blocked.is_empty() {
         let plan = reconcile::plan_for(&state, |b| bridges.contains(b))?;
         if plan.bridges.is_empty() {
             return Ok(());

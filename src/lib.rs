@@ -23,6 +23,7 @@ pub mod mac;
 pub mod manpage;
 pub mod netlink;
 pub mod paths;
+pub mod peers;
 pub mod policy;
 pub mod reconcile;
 pub mod release;

@@ -1,8 +1,11 @@
-//! In-process rtnetlink: set a bridge port's `isolated` flag with one RTM_NEWLINK each.
+//! In-process rtnetlink: set a bridge port's `isolated` flag (RTM_NEWLINK) or its state
+//! (RTM_SETLINK, AF_BRIDGE: fail-closed blocking), one message each.
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
-use netlink_packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo, LinkMessage, LinkProtoInfoBridge,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
@@ -43,6 +46,27 @@ impl RouteSocket {
             .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
     }
 
+    /// Sets the bridge port state of `ifindex` and waits for the ack: `false` is
+    /// `BR_STATE_DISABLED` (the port forwards nothing), `true` is forwarding. As `bridge link
+    /// set dev PORT state N` does it: RTM_SETLINK of family AF_BRIDGE with a nested
+    /// IFLA_PROTINFO { IFLA_BRPORT_STATE } (the kernel ignores the state in IFLA_LINKINFO).
+    pub fn set_forwarding(&mut self, ifindex: u32, forwarding: bool) -> Result<()> {
+        let state = if forwarding {
+            BR_STATE_FORWARDING
+        } else {
+            BR_STATE_DISABLED
+        };
+        let mut link = LinkMessage::default();
+        link.header.interface_family = AddressFamily::Bridge;
+        link.header.index = ifindex;
+        link.attributes
+            .push(LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(
+                DefaultNla::new(IFLA_BRPORT_STATE, vec![state]),
+            )]));
+        self.request(RouteNetlinkMessage::SetLink(link))
+            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+    }
+
     fn request(&mut self, message: RouteNetlinkMessage) -> std::result::Result<(), String> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
@@ -78,4 +102,22 @@ impl RouteSocket {
             }
         }
     }
+}
+
+/// `IFLA_BRPORT_STATE` in `linux/if_link.h`.
+const IFLA_BRPORT_STATE: u16 = 1;
+/// `BR_STATE_DISABLED`: the port neither learns nor forwards.
+pub const BR_STATE_DISABLED: u8 = 0;
+/// `BR_STATE_FORWARDING`.
+pub const BR_STATE_FORWARDING: u8 = 3;
+
+/// A bridge port's state from `/sys/class/net/PORT/brport/state` (no root needed).
+pub fn port_state(port: &str) -> std::io::Result<u8> {
+    let path = std::path::Path::new(crate::paths::SYS_CLASS_NET)
+        .join(port)
+        .join("brport/state");
+    let text = std::fs::read_to_string(path)?;
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("brport/state: {e}")))
 }

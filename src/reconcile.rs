@@ -1,16 +1,17 @@
 //! Reconcile: from the recorded policy and the live ports, decide each port's role and make
 //! the backend's kernel state equal to it. Idempotent: a second run changes nothing.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
 use crate::backend::{self, Backend, BackendKind, Change, Observed};
 use crate::bridge::{self, Port};
-use crate::config::{BackendChoice, Settings};
+use crate::config::{BackendChoice, OnFailure, Settings};
 use crate::error::{Error, Result};
 use crate::mac::Mac;
-use crate::state::State;
+use crate::netlink::{self, RouteSocket};
+use crate::state::{Locked, State, Store};
 
 /// What a port of an isolated bridge is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -243,8 +244,32 @@ pub struct Outcome {
 
 /// Makes the kernel match `state`, recording in it which backend did the work and
 /// forgetting lifted bridges once cleared. The caller holds the state lock.
+///
+/// Fails closed: when enforcement fails (no usable backend, the backend's apply errors, or
+/// drift remains after it), the VM ports of isolated bridges not confirmed isolated are
+/// disabled and recorded in [`State::blocked`] (or, with `on_failure = warn`, one warning
+/// is logged), and the error is returned. A later successful run re-enables them. Use
+/// [`run_and_commit`] so that the record survives the error.
 pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
-    if state.networks.is_empty() && state.released.is_empty() {
+    run_with(state, settings, true)
+}
+
+/// Like [`run`], but an enforcement failure blocks nothing: for `before_network_setup`,
+/// where the error aborts the whole setup, so nothing is recorded and no bridge changes
+/// its policy.
+pub fn run_or_abort(state: &mut State, settings: &Settings) -> Result<Outcome> {
+    run_with(state, settings, false)
+}
+
+fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> Result<Outcome> {
+    let fail = |state: &mut State, backend: Option<&mut dyn Backend>, e: Error| {
+        if block_on_failure {
+            fail_closed(state, settings, backend, e)
+        } else {
+            e
+        }
+    };
+    if state.networks.is_empty() && state.released.is_empty() && state.blocked.is_empty() {
         // Nothing is or was isolated: a host that never uses the property is never
         // touched, and a backend it cannot run never fails its network setups.
         return Ok(Outcome {
@@ -252,7 +277,45 @@ pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
             changes: Vec::new(),
         });
     }
-    let (mut backend, why) = choose_backend(settings)?;
+    let (mut backend, why) = match choose_backend(settings) {
+        Ok(chosen) => chosen,
+        Err(e) => return Err(fail(state, None, e)),
+    };
+    let outcome = match enforce(state, &mut *backend, &why) {
+        Ok(outcome) => outcome,
+        Err(e) => return Err(fail(state, Some(&mut *backend), e)),
+    };
+    unblock(state)?;
+    // Cross-host isolation (bridge_isolation_peer_macs): a table of its own, beside the backend.
+    crate::peers::reconcile(state)?;
+    Ok(outcome)
+}
+
+/// [`run`] on the locked state, then [`Locked::commit`]. When `run` fails, only its record of
+/// blocked ports is written (the rest of the state stays as read, as before a failed run).
+pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome> {
+    match run(&mut locked.state, settings) {
+        Ok(outcome) => locked.commit().map(|()| outcome),
+        Err(e) => {
+            let blocked = std::mem::take(&mut locked.state.blocked);
+            match Store::new(&settings.state_dir).read() {
+                Ok(mut as_read) if as_read.blocked != blocked => {
+                    as_read.blocked = blocked;
+                    locked.state = as_read;
+                    if let Err(c) = locked.commit() {
+                        log::error!("recording the blocked ports: {c}");
+                    }
+                }
+                Ok(_) => {}
+                Err(r) => log::error!("recording the blocked ports: {r}"),
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The body of [`run`] with the chosen backend.
+fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str) -> Result<Outcome> {
     let kind = backend.kind();
     if state.backend == Some(kind) {
         log::debug!("backend {kind} ({why})");
@@ -282,7 +345,8 @@ pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
             if c.isolated { "isolated" } else { "opened" }
         );
     }
-    if !changes.is_empty() {
+    // Blocked ports are re-enabled only once enforcement is confirmed.
+    if !changes.is_empty() || !state.blocked.is_empty() {
         let after = self::plan(state)?;
         let left = drift(&after, &backend.observe(&after)?);
         if !left.is_empty() {
@@ -297,6 +361,194 @@ pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
         backend: Some(kind),
         changes,
     })
+}
+
+/// VM ports of present isolated bridges that `confirmed` does not show isolated, that we
+/// have not blocked yet and that still forward (a port already disabled is left alone: it
+/// forwards nothing, and it is not ours to re-enable later).
+fn ports_to_block(
+    plan: &Plan,
+    confirmed: &BTreeSet<(String, String)>,
+    blocked: &BTreeMap<String, BTreeSet<String>>,
+    state_of: impl Fn(&str) -> Option<u8>,
+) -> Vec<(String, Port)> {
+    plan.bridges
+        .iter()
+        .filter(|b| b.present)
+        .flat_map(|b| b.ports.iter().map(move |p| (b, p)))
+        .filter(|(b, p)| {
+            p.role.isolated()
+                && !confirmed.contains(&(b.bridge.clone(), p.port.name.clone()))
+                && !blocked.get(&b.bridge).is_some_and(|s| s.contains(&p.port.name))
+                && state_of(&p.port.name).is_some_and(|s| s != netlink::BR_STATE_DISABLED)
+        })
+        .map(|(b, p)| (b.bridge.clone(), p.port.clone()))
+        .collect()
+}
+
+/// Applies `on_failure` after enforcement failed with `err`; returns the error to report,
+/// naming the bridges and ports blocked (or left forwarding).
+fn fail_closed(state: &mut State, settings: &Settings, backend: Option<&mut dyn Backend>, err: Error) -> Error {
+    let plan = match plan(state) {
+        Ok(plan) => plan,
+        Err(e) => return Error::Kernel(format!("{err}; fail-closed could not read the bridges: {e}")),
+    };
+    let confirmed: BTreeSet<(String, String)> = backend
+        .and_then(|b| b.observe(&plan).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.isolated)
+        .map(|o| (o.bridge, o.port))
+        .collect();
+    let targets = ports_to_block(&plan, &confirmed, &state.blocked, |p| netlink::port_state(p).ok());
+    let name_list = |ports: &[(String, Port)]| {
+        let mut by_bridge: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (b, p) in ports {
+            by_bridge.entry(b).or_default().push(&p.name);
+        }
+        let parts: Vec<String> = by_bridge
+            .iter()
+            .map(|(b, ps)| format!("bridge {b} ports {}", ps.join(", ")))
+            .collect();
+        parts.join("; ")
+    };
+    if targets.is_empty() {
+        return err;
+    }
+    if OnFailure::of(&settings.config_file) == OnFailure::Warn {
+        log::warn!(
+            "enforcement failed; on_failure = warn: VM ports left forwarding: {}",
+            name_list(&targets)
+        );
+        return Error::Kernel(format!("{err} (not blocked: on_failure = warn)"));
+    }
+    let mut socket = None;
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for (bridge, port) in targets {
+        match set_forwarding(&mut socket, &port, false) {
+            Ok(()) => {
+                state
+                    .blocked
+                    .entry(bridge.clone())
+                    .or_default()
+                    .insert(port.name.clone());
+                done.push((bridge, port));
+            }
+            Err(e) => failed.push(format!("could not block {bridge} port {}: {e}", port.name)),
+        }
+    }
+    let mut message = format!("{err}; fail-closed");
+    if !done.is_empty() {
+        message.push_str(&format!(": blocked {}", name_list(&done)));
+    }
+    for f in failed {
+        message.push_str(&format!("; {f}"));
+    }
+    Error::Kernel(message)
+}
+
+/// Sets a port forwarding or disabled over netlink and reads the state back from sysfs.
+fn set_forwarding(socket: &mut Option<RouteSocket>, port: &Port, forwarding: bool) -> Result<()> {
+    if socket.is_none() {
+        *socket = Some(RouteSocket::open()?);
+    }
+    socket
+        .as_mut()
+        .expect("opened above")
+        .set_forwarding(port.ifindex, forwarding)?;
+    let want = if forwarding {
+        netlink::BR_STATE_FORWARDING
+    } else {
+        netlink::BR_STATE_DISABLED
+    };
+    let now = netlink::port_state(&port.name).map_err(|e| Error::io(format!("reading back {}", port.name), e))?;
+    if now != want {
+        return Err(Error::Kernel(format!(
+            "port {}: state reads {now} after setting {want}",
+            port.name
+        )));
+    }
+    Ok(())
+}
+
+/// After a successful run: sets every port we blocked forwarding again and forgets it. A
+/// port that left its bridge (VM gone) is forgotten untouched; one no longer disabled (its
+/// link went down and up) is only forgotten.
+fn unblock(state: &mut State) -> Result<()> {
+    let mut socket = None;
+    for (bridge, ports) in std::mem::take(&mut state.blocked) {
+        let live = bridge::ports(&bridge)?.unwrap_or_default();
+        let mut kept = BTreeSet::new();
+        for name in ports {
+            let Some(port) = live.iter().find(|p| p.name == name) else {
+                continue;
+            };
+            if netlink::port_state(&name).ok() != Some(netlink::BR_STATE_DISABLED) {
+                continue;
+            }
+            match set_forwarding(&mut socket, port, true) {
+                Ok(()) => log::info!("bridge {bridge} port {name}: enforcement confirmed, unblocked"),
+                Err(e) => {
+                    log::error!("bridge {bridge} port {name}: cannot unblock: {e}");
+                    kept.insert(name);
+                }
+            }
+        }
+        if !kept.is_empty() {
+            state.blocked.insert(bridge, kept);
+        }
+    }
+    if state.blocked.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Kernel(format!(
+            "ports still blocked: {}",
+            blocked_list(&state.blocked)
+        )))
+    }
+}
+
+/// `bridge B ports P, Q; ...` for a [`State::blocked`] record.
+pub fn blocked_list(blocked: &BTreeMap<String, BTreeSet<String>>) -> String {
+    let parts: Vec<String> = blocked
+        .iter()
+        .map(|(b, ps)| format!("bridge {b} ports {}", ps.iter().cloned().collect::<Vec<_>>().join(", ")))
+        .collect();
+    parts.join("; ")
+}
+
+/// For the `before_*` points (unprivileged, cheap): fails when no backend can enforce
+/// isolation on this host, so a vNIC on an isolated bridge is not started unprotected.
+/// Passes at once when port isolation may be used and the kernel has the flag (`uname`
+/// only), or when the firewall backend recorded in `state` did the work and no port is blocked
+/// (its last run succeeded); otherwise asks [`select_backend`] (without root, a firewall
+/// backend only checks its tool is installed).
+pub fn check_enforceable(settings: &Settings, state: &State) -> Result<()> {
+    enforceable(
+        settings.backend,
+        state,
+        || backend::open(BackendKind::PortIsolation)?.available(),
+        || select_backend(settings).map(drop),
+    )
+}
+
+fn enforceable(
+    choice: BackendChoice,
+    state: &State,
+    port_isolation: impl FnOnce() -> Result<()>,
+    select: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let allows = |kind| choice == BackendChoice::Auto || choice == BackendChoice::Fixed(kind);
+    if allows(BackendKind::PortIsolation) && port_isolation().is_ok() {
+        return Ok(());
+    }
+    // Port isolation is judged by the running kernel (it may have been downgraded) alone.
+    let recorded = state.backend.filter(|&k| k != BackendKind::PortIsolation);
+    if state.blocked.is_empty() && recorded.is_some_and(allows) {
+        return Ok(());
+    }
+    select().map_err(|e| Error::Config(format!("isolation cannot be enforced on this host: {e}")))
 }
 
 #[cfg(test)]
@@ -412,5 +664,94 @@ mod tests {
                 ("blue".to_string(), vec!["vnet5".to_string()]),
             ]
         );
+    }
+
+    #[test]
+    fn before_points_abort_only_when_no_backend_can_enforce() {
+        let ok = || Ok(());
+        let no = || Err(Error::Kernel("no".into()));
+        let blocked = State {
+            blocked: BTreeMap::from([("red".to_string(), BTreeSet::from(["vnet1".to_string()]))]),
+            backend: Some(Nftables),
+            ..State::default()
+        };
+        let recorded = |kind| State {
+            backend: Some(kind),
+            ..State::default()
+        };
+        let fixed = BackendChoice::Fixed;
+        let auto = BackendChoice::Auto;
+        // A healthy host: the kernel flag, or the recorded backend, suffices; nothing spawned.
+        let never = || -> Result<()> { panic!("select_backend asked on a healthy host") };
+        enforceable(auto, &State::default(), ok, never).unwrap();
+        enforceable(fixed(PortIsolation), &blocked, ok, never).unwrap();
+        enforceable(auto, &recorded(Nftables), no, never).unwrap();
+        enforceable(fixed(Iptables), &recorded(Iptables), ok, never).unwrap();
+        // Otherwise select_backend decides.
+        enforceable(fixed(Nftables), &State::default(), ok, ok).unwrap();
+        enforceable(fixed(Nftables), &blocked, ok, ok).unwrap();
+        let err = enforceable(fixed(Nftables), &blocked, ok, no).unwrap_err().to_string();
+        assert_eq!(err, "config: isolation cannot be enforced on this host: kernel: no");
+        assert!(enforceable(auto, &State::default(), no, no).is_err());
+        assert!(enforceable(fixed(PortIsolation), &recorded(PortIsolation), no, no).is_err());
+        assert!(enforceable(fixed(Firewalld), &recorded(Nftables), ok, no).is_err());
+    }
+
+    #[test]
+    fn fail_closed_blocks_unconfirmed_forwarding_vm_ports_only() {
+        let plan = Plan {
+            bridges: vec![
+                bridge(
+                    "red",
+                    vec![
+                        port("eth1", Role::Uplink, Some(false)),
+                        port("vnet1", Role::Vm, Some(true)),
+                        port("vnet2", Role::Vm, Some(false)),
+                        port("vnet3", Role::Trusted, Some(false)),
+                        port("vnet4", Role::Vm, Some(false)),
+                        port("vnet5", Role::Vm, Some(false)),
+                        port("vnet6", Role::Vm, Some(false)),
+                    ],
+                ),
+                BridgePlan {
+                    present: false,
+                    ..bridge("gone", vec![])
+                },
+            ],
+            lifted: vec![bridge("blue", vec![port("vnet9", Role::Vm, Some(false))])],
+        };
+        let confirmed = BTreeSet::from([("red".to_string(), "vnet1".to_string())]);
+        let blocked = BTreeMap::from([("red".to_string(), BTreeSet::from(["vnet4".to_string()]))]);
+        // vnet5 is already disabled (down): not ours; vnet6 vanished while we looked.
+        let state_of = |p: &str| match p {
+            "vnet5" => Some(netlink::BR_STATE_DISABLED),
+            "vnet6" => None,
+            _ => Some(netlink::BR_STATE_FORWARDING),
+        };
+        let got: Vec<(String, String)> = ports_to_block(&plan, &confirmed, &blocked, state_of)
+            .into_iter()
+            .map(|(b, p)| (b, p.name))
+            .collect();
+        assert_eq!(got, vec![("red".to_string(), "vnet2".to_string())]);
+        let all = ports_to_block(&plan, &BTreeSet::new(), &BTreeMap::new(), |_| Some(3));
+        assert_eq!(all.len(), 5, "every VM port when nothing is confirmed");
+        assert_eq!(
+            blocked_list(&BTreeMap::from([
+                (
+                    "red".to_string(),
+                    BTreeSet::from(["vnet1".to_string(), "vnet2".to_string()])
+                ),
+                ("blue".to_string(), BTreeSet::from(["vnet9".to_string()])),
+            ])),
+            "bridge blue ports vnet9; bridge red ports vnet1, vnet2"
+        );
+    }
+
+    #[test]
+    fn old_state_files_load_without_blocked() {
+        let state: State = serde_json::from_str(r#"{"version": 1, "networks": {}}"#).unwrap();
+        assert!(state.blocked.is_empty());
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(!text.contains("blocked"), "{text}");
     }
 }

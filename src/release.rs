@@ -80,6 +80,11 @@ pub fn release_all(settings: &Settings) -> Result<Released> {
         released.changes.extend(changes);
     }
 
+    // Cross-host isolation: its table goes whatever the backends were.
+    if crate::peers::remove_all()? {
+        log::info!("cross-host table {} removed (release-all)", crate::peers::TABLE);
+    }
+
     // Read the kernel back: nothing may be left enforced on any bridge we managed.
     let after = reconcile::plan(state)?;
     let everything = Plan {
@@ -168,6 +173,7 @@ mod tests {
             NetworkPolicy {
                 bridge: "bi-absent0".into(),
                 uplink: None,
+                ..NetworkPolicy::default()
             },
         );
         locked.commit().unwrap();

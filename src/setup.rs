@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::ifname;
-use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_ISOLATION};
+use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_ISOLATION, PROP_PEER_MACS, PROP_TRUSTED_MACS};
 
 /// The networks of one setup request, each with what it asks of isolation.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,10 +68,31 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
     if attrs.get("remove").is_some_and(truthy) {
         return Ok(NetworkChange::Lift);
     }
-    let wanted = match attrs.get("custom") {
+    let custom = match attrs.get("custom") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(custom)) => custom.get(PROP_ISOLATION).cloned(),
+        Some(Value::Object(custom)) => Some(custom),
         Some(_) => return Err(reject("custom is not an object".into())),
+    };
+    let wanted = custom.and_then(|c| c.get(PROP_ISOLATION)).cloned();
+    // The cross-host properties are ours whatever bridge_isolation says: a bad value is
+    // rejected even on a network that is not (yet) isolated, so a typo never lies dormant.
+    let text_prop = |key: &str| -> Result<Option<&str>> {
+        match custom.and_then(|c| c.get(key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(reject(format!(
+                "{key}: invalid value {}",
+                ifname::cut(&other.to_string())
+            ))),
+        }
+    };
+    let peer_macs = match text_prop(PROP_PEER_MACS)? {
+        Some(v) => policy::parse_peer_macs(v).map_err(&reject)?,
+        None => Vec::new(),
+    };
+    let trusted_macs = match text_prop(PROP_TRUSTED_MACS)? {
+        Some(v) => policy::parse_trusted_macs(v).map_err(&reject)?,
+        None => Vec::new(),
     };
     let isolate = match wanted {
         None => false,
@@ -84,6 +105,11 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
         }
     };
     if !isolate {
+        if !peer_macs.is_empty() || !trusted_macs.is_empty() {
+            log::warn!(
+                "network {label}: {PROP_PEER_MACS}/{PROP_TRUSTED_MACS} ignored: they act only with {PROP_ISOLATION}=true"
+            );
+        }
         return Ok(NetworkChange::Lift);
     }
     policy::validate_network_name(network)?;
@@ -110,9 +136,14 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
         Some(v) => Some(vlan_id(v).ok_or_else(|| reject(format!("invalid vlan {}", ifname::cut(&v.to_string()))))?),
     };
     let uplink = policy::uplink_name(network, text("nic")?, text("bonding")?, vlan)?;
+    if uplink.is_none() && !peer_macs.is_empty() {
+        log::warn!("network {label}: {PROP_PEER_MACS} ignored: the network has no uplink");
+    }
     Ok(NetworkChange::Isolate(NetworkPolicy {
         bridge: network.to_string(),
         uplink,
+        peer_macs,
+        trusted_macs,
     }))
 }
 
@@ -157,6 +188,7 @@ mod tests {
         let red = NetworkChange::Isolate(NetworkPolicy {
             bridge: "red".into(),
             uplink: Some("eth1.100".into()),
+            ..NetworkPolicy::default()
         });
         assert_eq!(
             r.networks,
@@ -179,7 +211,8 @@ mod tests {
             r.networks[0].1,
             NetworkChange::Isolate(NetworkPolicy {
                 bridge: "red".into(),
-                uplink: Some("bond0".into())
+                uplink: Some("bond0".into()),
+                ..NetworkPolicy::default()
             })
         );
     }
@@ -242,6 +275,65 @@ mod tests {
         let v =
             serde_json::json!({"request": {"networks": {"../x y": {"remove": true}, long.clone(): {"nic": "a b"}}}});
         assert_eq!(parse(v.to_string().as_bytes()).unwrap().networks.len(), 2);
+    }
+
+    #[test]
+    fn cross_host_properties_are_recorded() {
+        let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "true",
+            "bridge_isolation_peer_macs": "56:6f:4c:ab:00:00/32, 56:6f:4c:ac:01:00-56:6f:4c:ac:01:ff",
+            "bridge_isolation_trusted_macs": "56:6f:4c:ab:00:04"}}}}}"#;
+        let NetworkChange::Isolate(red) = &parse(p.as_bytes()).unwrap().networks[0].1 else {
+            panic!("not isolated");
+        };
+        let ranges: Vec<String> = red.peer_macs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ranges,
+            [
+                "56:6f:4c:ab:00:00-56:6f:4c:ab:ff:ff",
+                "56:6f:4c:ac:01:00-56:6f:4c:ac:01:ff"
+            ]
+        );
+        assert_eq!(red.trusted_macs, ["56:6f:4c:ab:00:04".parse().unwrap()]);
+        // Empty values (the engine may send them) are no ranges.
+        let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "true",
+            "bridge_isolation_peer_macs": ""}}}}}"#;
+        assert_eq!(
+            parse(p.as_bytes()).unwrap().networks[0].1,
+            NetworkChange::Isolate(NetworkPolicy {
+                bridge: "red".into(),
+                uplink: Some("eth1".into()),
+                ..NetworkPolicy::default()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_cross_host_values_are_rejected_in_one_line() {
+        let msg = reject(
+            r#"{"nic": "eth1", "custom": {"bridge_isolation": "true", "bridge_isolation_peer_macs": "56:6f:4c:ab:00:00/33x"}}"#,
+        );
+        assert_eq!(
+            msg,
+            "network red: bridge_isolation_peer_macs: invalid prefix length in \"56:6f:4c:ab:00:00/33x\" (1 to 48)"
+        );
+        let msg = reject(
+            r#"{"nic": "eth1", "custom": {"bridge_isolation": "true", "bridge_isolation_trusted_macs": "56:6f:4c:ab:00:04,router"}}"#,
+        );
+        assert_eq!(
+            msg,
+            "network red: bridge_isolation_trusted_macs: invalid MAC address \"router\""
+        );
+        // Validated even where isolation is off: the property is ours.
+        let msg = reject(r#"{"nic": "eth1", "custom": {"bridge_isolation_peer_macs": "nope"}}"#);
+        assert!(
+            msg.starts_with("network red: bridge_isolation_peer_macs: invalid MAC address"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+        // Off with valid values: nothing to do.
+        let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "false",
+            "bridge_isolation_peer_macs": "56:6f:4c:ab:00:00/32"}}}}}"#;
+        assert_eq!(parse(p.as_bytes()).unwrap().networks[0].1, NetworkChange::Lift);
     }
 
     #[test]

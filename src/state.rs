@@ -38,6 +38,10 @@ pub struct State {
     /// Trusted vNICs by guest MAC.
     #[serde(default)]
     pub trusted: BTreeMap<Mac, TrustedVnic>,
+    /// VM ports disabled (bridge port state) because enforcement failed, by bridge; a
+    /// successful reconcile sets them forwarding again and clears the record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked: BTreeMap<String, BTreeSet<String>>,
     /// Policies a `before_network_setup` replaced, restored by `after_network_setup_fail`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<BTreeMap<String, Option<NetworkPolicy>>>,
@@ -342,6 +346,7 @@ mod tests {
             NetworkPolicy {
                 bridge: "red".into(),
                 uplink: Some("eth1".into()),
+                ..NetworkPolicy::default()
             },
         );
         locked
@@ -382,6 +387,7 @@ mod tests {
         NetworkPolicy {
             bridge: "red".into(),
             uplink: Some("eth1".into()),
+            ..NetworkPolicy::default()
         }
     }
 

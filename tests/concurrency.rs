@@ -485,6 +485,7 @@ fn sigkill_at_any_point_then_the_next_run_converges() {
                 bridge_isolation::policy::NetworkPolicy {
                     bridge: NET.to_string(),
                     uplink: Some(UPLINK.to_string()),
+                    ..Default::default()
                 },
             );
             n

@@ -60,6 +60,7 @@
 
 mod domxml;
 mod entropy;
+mod fabric;
 mod frame;
 mod gate;
 mod mac;
@@ -77,6 +78,7 @@ mod xml;
 mod tests;
 
 pub use domxml::{domain_xml, interface_xml, NicSpec, OVIRT_TUNE_NS, OVIRT_VM_NS, TRUSTED_PROPERTY};
+pub use fabric::{Fabric, FabricHost, SWITCH_BRIDGE};
 pub use frame::RAW_ETHERTYPE;
 pub use gate::{root_test_obstacle, root_tests_enabled, REQUIRE_ROOT_TESTS};
 pub use mac::{format_mac, link_local, parse_mac, tap_mac, Mac};

@@ -1,0 +1,896 @@
+//! Cross-host isolation: frames that enter an isolated bridge **from its uplink** with a
+//! source MAC of a VM on another host (`bridge_isolation_peer_macs`) do not reach the
+//! bridge's untrusted VM ports. It runs beside whatever backend keeps the VM ports of one
+//! host apart (port isolation by default), in a table of its own:
+//!
+//! ```text
+//! table bridge bridge_isolation_peers {
+//!     set peers_red {                        # bridge_isolation_peer_macs
+//!         type ether_addr
+//!         flags interval
+//!         elements = { 56:6f:4c:ab:00:00-56:6f:4c:ab:ff:ff }
+//!     }
+//!     set trusted_red {                      # bridge_isolation_trusted_macs
+//!         type ether_addr
+//!         flags interval
+//!         elements = { 56:6f:4c:ab:00:04 }
+//!     }
+//!     set open_red {                         # trusted vNICs of this host (taps)
+//!         type iface_index
+//!         elements = { "vnet4" }
+//!     }
+//!     chain forward {
+//!         type filter hook forward priority filter; policy accept;
+//!         iifname "eth1" oif != @open_red ether saddr @peers_red ether saddr != @trusted_red counter packets 0 bytes 0 drop comment "bridge red"
+//!     }
+//! }
+//! ```
+//!
+//! Every protocol, broadcast and multicast included (the bridge forward hook sees each
+//! flooded copy); the gateway and other devices outside the ranges pass, as do frames to
+//! the host itself (delivered, not forwarded) and to trusted vNICs. The uplink is matched
+//! by name, so the rule is in place before VDSM creates the bridge; the open set holds
+//! interface indexes, so a port not yet classified counts as untrusted (fail closed).
+//!
+//! Same shape as [`crate::backend::nftables`]: [`Ruleset`] (wanted, plain data), [`Live`]
+//! (one `nft -j list table`), [`Live::diff`], one `nft -j -f -` transaction per run, nothing
+//! run when converged. The table is deleted when no network has peer ranges.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::backend::nftables::{FAMILY, NFT, PRIORITY};
+use crate::backend::DropCounter;
+use crate::error::{Error, Result};
+use crate::policy::{mac_from_u64, mac_to_u64, merge_ranges, MacRange};
+use crate::reconcile::{self, Plan, Role};
+use crate::state::State;
+
+/// Our table (the port backends' table is [`crate::backend::nftables::TABLE`]).
+pub const TABLE: &str = "bridge_isolation_peers";
+/// Our base chain.
+pub const CHAIN: &str = "forward";
+const MAC_TYPE: &str = "ether_addr";
+const PORT_TYPE: &str = "iface_index";
+
+/// The three sets of a bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SetKind {
+    /// Peer MAC ranges.
+    Peers,
+    /// Trusted source MACs.
+    Trusted,
+    /// Trusted vNIC ports (destinations left open).
+    Open,
+}
+
+impl SetKind {
+    const ALL: [SetKind; 3] = [SetKind::Peers, SetKind::Trusted, SetKind::Open];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            SetKind::Peers => "peers_",
+            SetKind::Trusted => "trusted_",
+            SetKind::Open => "open_",
+        }
+    }
+
+    fn datatype(self) -> &'static str {
+        match self {
+            SetKind::Open => PORT_TYPE,
+            _ => MAC_TYPE,
+        }
+    }
+}
+
+/// Set `kind` of `bridge`: the prefix and the name with every byte but ASCII letters and
+/// digits escaped (`_` as `__`, others `_xx`), as the nftables backend names its sets.
+pub fn set_name(kind: SetKind, bridge: &str) -> String {
+    let mut name = String::from(kind.prefix());
+    for b in bridge.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => name.push(char::from(b)),
+            b'_' => name.push_str("__"),
+            _ => name.push_str(&format!("_{b:02x}")),
+        }
+    }
+    name
+}
+
+fn comment(bridge: &str) -> String {
+    format!("bridge {bridge}")
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. What we want.
+
+/// The cross-host rule of one bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRules {
+    /// The Linux bridge.
+    pub bridge: String,
+    /// Its uplink port (matched by name).
+    pub uplink: String,
+    /// Peer ranges, sorted and merged (48-bit numbers).
+    pub peers: Vec<(u64, u64)>,
+    /// Trusted source MACs, sorted (48-bit numbers).
+    pub trusted: Vec<u64>,
+    /// Trusted vNIC ports of this host: (name, ifindex), sorted by name.
+    pub open: Vec<(String, u32)>,
+}
+
+impl PeerRules {
+    /// The rule's expressions, exactly as `nft -j list` prints them (counter zeroed).
+    pub fn expr(&self) -> Value {
+        let saddr = json!({"payload": {"protocol": "ether", "field": "saddr"}});
+        let set = |k: SetKind| format!("@{}", set_name(k, &self.bridge));
+        json!([
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": self.uplink}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oif"}}, "right": set(SetKind::Open)}},
+            {"match": {"op": "==", "left": saddr, "right": set(SetKind::Peers)}},
+            {"match": {"op": "!=", "left": saddr, "right": set(SetKind::Trusted)}},
+            {"counter": {"packets": 0, "bytes": 0}},
+            {"drop": null}
+        ])
+    }
+
+    fn elements(&self, kind: SetKind) -> Elements {
+        match kind {
+            SetKind::Peers => Elements::Macs(self.peers.clone()),
+            SetKind::Trusted => Elements::Macs(self.trusted.iter().map(|&m| (m, m)).collect()),
+            SetKind::Open => Elements::Ports(self.open.iter().map(|(n, _)| n.clone()).collect()),
+        }
+    }
+
+    fn fill(&self, kind: SetKind) -> Option<Cmd> {
+        let name = set_name(kind, &self.bridge);
+        match kind {
+            SetKind::Peers => (!self.peers.is_empty()).then(|| Cmd::AddMacs(name, self.peers.clone())),
+            SetKind::Trusted => {
+                (!self.trusted.is_empty()).then(|| Cmd::AddMacs(name, self.trusted.iter().map(|&m| (m, m)).collect()))
+            }
+            SetKind::Open => {
+                (!self.open.is_empty()).then(|| Cmd::AddPorts(name, self.open.iter().map(|(_, i)| *i).collect()))
+            }
+        }
+    }
+}
+
+/// Every bridge's cross-host rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// By bridge name.
+    pub bridges: Vec<PeerRules>,
+}
+
+impl Ruleset {
+    /// The rules `state` wants, with the trusted ports of `plan` (which must cover the
+    /// bridges of [`wanted_bridges`]). A network without an uplink gets none.
+    pub fn from_state(state: &State, plan: &Plan) -> Ruleset {
+        let mut bridges: Vec<PeerRules> = state
+            .networks
+            .values()
+            .filter(|p| !p.peer_macs.is_empty())
+            .filter_map(|p| {
+                let open = plan
+                    .bridges
+                    .iter()
+                    .filter(|b| b.bridge == p.bridge)
+                    .flat_map(|b| &b.ports)
+                    .filter(|port| port.role == Role::Trusted)
+                    .map(|port| (port.port.name.clone(), port.port.ifindex))
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect();
+                Some(PeerRules {
+                    bridge: p.bridge.clone(),
+                    uplink: p.uplink.clone()?,
+                    peers: merge_ranges(p.peer_macs.iter().map(|r| r.bounds()).collect()),
+                    trusted: p.trusted_macs.iter().map(|&m| mac_to_u64(m)).collect(),
+                    open,
+                })
+            })
+            .collect();
+        bridges.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+        bridges.dedup_by(|a, b| a.bridge == b.bridge);
+        Ruleset { bridges }
+    }
+
+    /// The whole table, for an empty kernel.
+    pub fn create(&self) -> Vec<Cmd> {
+        let mut cmds = vec![Cmd::AddTable, Cmd::AddChain];
+        for b in &self.bridges {
+            for kind in SetKind::ALL {
+                cmds.push(Cmd::AddSet(kind, set_name(kind, &b.bridge)));
+                cmds.extend(b.fill(kind));
+            }
+        }
+        cmds.extend(self.bridges.iter().map(|b| Cmd::AddRule(b.clone())));
+        cmds
+    }
+}
+
+/// The bridges that get a cross-host rule.
+pub fn wanted_bridges(state: &State) -> BTreeSet<String> {
+    state
+        .networks
+        .values()
+        .filter(|p| !p.peer_macs.is_empty() && p.uplink.is_some())
+        .map(|p| p.bridge.clone())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. What the kernel has.
+
+/// A set's elements, normalized for comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Elements {
+    /// MAC intervals, sorted and merged.
+    Macs(Vec<(u64, u64)>),
+    /// Interface names (or indexes nft could not name).
+    Ports(BTreeSet<String>),
+}
+
+/// One set as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSet {
+    /// Datatype.
+    pub datatype: String,
+    /// Whether it has `flags interval`.
+    pub interval: bool,
+    /// Elements.
+    pub elements: Elements,
+}
+
+/// One rule of our chain as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveRule {
+    /// Handle, to delete it.
+    pub handle: u64,
+    /// Comment.
+    pub comment: Option<String>,
+    /// Expressions with the counter zeroed.
+    pub expr: Value,
+    /// The counter.
+    pub counter: Option<DropCounter>,
+}
+
+/// Our table as `nft -j list table` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// Whether the table exists.
+    pub exists: bool,
+    /// Whether chain `forward` is a filter chain on the forward hook, our priority, accept.
+    pub chain_exact: bool,
+    /// Sets by name.
+    pub sets: BTreeMap<String, LiveSet>,
+    /// Rules of the chain.
+    pub rules: Vec<LiveRule>,
+    /// Anything else (other chains, maps, objects).
+    pub foreign: bool,
+}
+
+fn parse_mac_text(s: &str) -> Option<u64> {
+    s.parse().ok().map(mac_to_u64)
+}
+
+/// One MAC set element as an interval: `mac`, `{"range": [a, b]}`, `{"prefix": ...}`.
+fn mac_interval(v: &Value) -> Option<(u64, u64)> {
+    match v {
+        Value::String(s) => parse_mac_text(s).map(|m| (m, m)),
+        Value::Object(o) => {
+            if let Some(r) = o.get("range").and_then(Value::as_array) {
+                return Some((
+                    parse_mac_text(r.first()?.as_str()?)?,
+                    parse_mac_text(r.get(1)?.as_str()?)?,
+                ));
+            }
+            if let Some(p) = o.get("prefix") {
+                let base = parse_mac_text(p.get("addr")?.as_str()?)?;
+                let len = p.get("len")?.as_u64()?;
+                let host = if len >= 48 { 0 } else { (1u64 << (48 - len)) - 1 };
+                return Some((base, base | host));
+            }
+            o.get("elem").and_then(|e| e.get("val")).and_then(mac_interval)
+        }
+        _ => None,
+    }
+}
+
+fn port_name(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(o) => o.get("elem").and_then(|e| e.get("val")).and_then(port_name),
+        _ => None,
+    }
+}
+
+fn zero_counter(expr: &Value) -> (Value, Option<DropCounter>) {
+    let mut counter = None;
+    let mut expr = expr.clone();
+    if let Some(items) = expr.as_array_mut() {
+        for item in items {
+            if let Some(c) = item.get_mut("counter") {
+                counter = Some(DropCounter {
+                    packets: c.get("packets").and_then(Value::as_u64).unwrap_or_default(),
+                    bytes: c.get("bytes").and_then(Value::as_u64).unwrap_or_default(),
+                });
+                *c = json!({"packets": 0, "bytes": 0});
+            }
+        }
+    }
+    (expr, counter)
+}
+
+impl Live {
+    /// Parses the output of `nft -j list table bridge bridge_isolation_peers`.
+    pub fn parse(text: &str) -> Result<Live> {
+        let doc: Value =
+            serde_json::from_str(text).map_err(|e| Error::Kernel(format!("nft -j list: unreadable output: {e}")))?;
+        let items = doc
+            .get("nftables")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Kernel("nft -j list: no \"nftables\" array".into()))?;
+        let mut live = Live::default();
+        let s = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+        for item in items {
+            let Some((kind, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
+                continue;
+            };
+            match kind.as_str() {
+                "metainfo" => {}
+                "table" => live.exists = true,
+                "chain" if s(obj, "name").as_deref() == Some(CHAIN) => {
+                    live.chain_exact = s(obj, "type").as_deref() == Some("filter")
+                        && s(obj, "hook").as_deref() == Some("forward")
+                        && obj.get("prio").and_then(Value::as_i64) == Some(PRIORITY)
+                        && s(obj, "policy").as_deref() == Some("accept");
+                }
+                "set" => {
+                    let datatype = match obj.get("type") {
+                        Some(Value::String(t)) => t.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    };
+                    let interval = obj
+                        .get("flags")
+                        .and_then(Value::as_array)
+                        .is_some_and(|f| f.iter().any(|x| x == "interval"));
+                    let elem = obj.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let elements = if datatype == MAC_TYPE {
+                        Elements::Macs(merge_ranges(elem.iter().filter_map(mac_interval).collect()))
+                    } else {
+                        Elements::Ports(elem.iter().filter_map(port_name).collect())
+                    };
+                    live.sets.insert(
+                        s(obj, "name").unwrap_or_default(),
+                        LiveSet {
+                            datatype,
+                            interval,
+                            elements,
+                        },
+                    );
+                }
+                "rule" if s(obj, "chain").as_deref() == Some(CHAIN) => {
+                    let (expr, counter) = zero_counter(obj.get("expr").unwrap_or(&Value::Null));
+                    live.rules.push(LiveRule {
+                        handle: obj.get("handle").and_then(Value::as_u64).unwrap_or_default(),
+                        comment: s(obj, "comment"),
+                        expr,
+                        counter,
+                    });
+                }
+                _ => live.foreign = true,
+            }
+        }
+        Ok(live)
+    }
+
+    fn set_ok(&self, kind: SetKind, bridge: &str) -> bool {
+        self.sets
+            .get(&set_name(kind, bridge))
+            .is_some_and(|s| s.datatype == kind.datatype() && (kind == SetKind::Open || s.interval))
+    }
+
+    fn rule_matches(&self, rule: &LiveRule, want: &PeerRules) -> bool {
+        rule.comment.as_deref() == Some(comment(&want.bridge).as_str())
+            && rule.expr == want.expr()
+            && SetKind::ALL.iter().all(|&k| self.set_ok(k, &want.bridge))
+    }
+
+    /// Frames dropped per bridge, for the rules intact in the kernel.
+    pub fn counters(&self, want: &Ruleset) -> BTreeMap<String, DropCounter> {
+        let mut out = BTreeMap::new();
+        for b in &want.bridges {
+            if let Some(r) = self.rules.iter().find(|r| self.rule_matches(r, b)) {
+                out.insert(b.bridge.clone(), r.counter.unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// The commands turning this table into `want`: none when it already is. Counters and
+    /// handles stay when only set elements change.
+    pub fn diff(&self, want: &Ruleset) -> Vec<Cmd> {
+        if want.bridges.is_empty() {
+            return if self.exists {
+                vec![Cmd::AddTable, Cmd::DeleteTable]
+            } else {
+                Vec::new()
+            };
+        }
+        if !self.exists {
+            return want.create();
+        }
+        if !self.chain_exact || self.foreign {
+            let mut cmds = vec![Cmd::AddTable, Cmd::DeleteTable];
+            cmds.extend(want.create());
+            return cmds;
+        }
+        let mut deletes = Vec::new();
+        let mut kept = BTreeSet::new();
+        for r in &self.rules {
+            match want
+                .bridges
+                .iter()
+                .find(|b| !kept.contains(&b.bridge) && self.rule_matches(r, b))
+            {
+                Some(b) => {
+                    kept.insert(b.bridge.clone());
+                }
+                None => deletes.push(Cmd::DeleteRule(r.handle)),
+            }
+        }
+        let wanted: BTreeMap<String, (&PeerRules, SetKind)> = want
+            .bridges
+            .iter()
+            .flat_map(|b| SetKind::ALL.map(|k| (set_name(k, &b.bridge), (b, k))))
+            .collect();
+        for name in self.sets.keys() {
+            match wanted.get(name) {
+                Some((b, k)) if self.set_ok(*k, &b.bridge) => {}
+                _ => deletes.push(Cmd::DeleteSet(name.clone())),
+            }
+        }
+        let mut adds = Vec::new();
+        for (name, (b, k)) in &wanted {
+            if !self.set_ok(*k, &b.bridge) {
+                adds.push(Cmd::AddSet(*k, name.clone()));
+                adds.extend(b.fill(*k));
+            } else if self.sets[name].elements != b.elements(*k) {
+                adds.push(Cmd::FlushSet(name.clone()));
+                adds.extend(b.fill(*k));
+            }
+        }
+        let rules = want
+            .bridges
+            .iter()
+            .filter(|b| !kept.contains(&b.bridge))
+            .map(|b| Cmd::AddRule(b.clone()));
+        deletes.into_iter().chain(adds).chain(rules).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Commands in nft's JSON schema.
+
+/// One command of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cmd {
+    /// `add table` (no-op when it exists, so a following delete cannot fail).
+    AddTable,
+    /// `delete table`.
+    DeleteTable,
+    /// `add chain forward { type filter hook forward priority filter; policy accept; }`.
+    AddChain,
+    /// `add set NAME { type ...; [flags interval;] }`.
+    AddSet(SetKind, String),
+    /// `delete set NAME`.
+    DeleteSet(String),
+    /// `flush set NAME`.
+    FlushSet(String),
+    /// `add element NAME { a-b, ... }`.
+    AddMacs(String, Vec<(u64, u64)>),
+    /// `add element NAME { ifindex, ... }`.
+    AddPorts(String, Vec<u32>),
+    /// The drop rule of a bridge.
+    AddRule(PeerRules),
+    /// `delete rule forward handle H`.
+    DeleteRule(u64),
+}
+
+impl Cmd {
+    /// The command in nft's JSON schema (libnftables-json(5)).
+    pub fn to_json(&self) -> Value {
+        let table = || json!({"family": FAMILY, "name": TABLE});
+        let set = |name: &str| json!({"family": FAMILY, "table": TABLE, "name": name});
+        match self {
+            Cmd::AddTable => json!({"add": {"table": table()}}),
+            Cmd::DeleteTable => json!({"delete": {"table": table()}}),
+            Cmd::AddChain => json!({"add": {"chain": {
+                "family": FAMILY, "table": TABLE, "name": CHAIN,
+                "type": "filter", "hook": "forward", "prio": PRIORITY, "policy": "accept"
+            }}}),
+            Cmd::AddSet(kind, name) => {
+                let mut s = json!({"family": FAMILY, "table": TABLE, "name": name, "type": kind.datatype()});
+                if kind.datatype() == MAC_TYPE {
+                    s["flags"] = json!(["interval"]);
+                }
+                json!({"add": {"set": s}})
+            }
+            Cmd::DeleteSet(name) => json!({"delete": {"set": set(name)}}),
+            Cmd::FlushSet(name) => json!({"flush": {"set": set(name)}}),
+            Cmd::AddMacs(name, ranges) => {
+                let elem: Vec<Value> = ranges
+                    .iter()
+                    .map(|&(a, b)| {
+                        if a == b {
+                            json!(mac_from_u64(a).to_string())
+                        } else {
+                            json!({"range": [mac_from_u64(a).to_string(), mac_from_u64(b).to_string()]})
+                        }
+                    })
+                    .collect();
+                json!({"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elem}}})
+            }
+            Cmd::AddPorts(name, indexes) => json!({"add": {"element": {
+                "family": FAMILY, "table": TABLE, "name": name, "elem": indexes
+            }}}),
+            Cmd::AddRule(b) => {
+                let mut expr = b.expr();
+                expr[4] = json!({"counter": null});
+                json!({"add": {"rule": {
+                    "family": FAMILY, "table": TABLE, "chain": CHAIN, "comment": comment(&b.bridge), "expr": expr
+                }}})
+            }
+            Cmd::DeleteRule(handle) => json!({"delete": {"rule": {
+                "family": FAMILY, "table": TABLE, "chain": CHAIN, "handle": handle
+            }}}),
+        }
+    }
+}
+
+/// The transaction of `cmds`, as `nft -j -f` reads it.
+pub fn batch(cmds: &[Cmd]) -> Value {
+    json!({"nftables": cmds.iter().map(Cmd::to_json).collect::<Vec<_>>()})
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Running nft, and the entry points.
+
+fn nft(args: &[&str], input: Option<&[u8]>) -> Result<std::process::Output> {
+    let shown = format!("{NFT} {}", args.join(" "));
+    let mut child = Command::new(NFT)
+        .args(args)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Kernel(format!("running {shown}: {e}")))?;
+    let written = match (input, child.stdin.take()) {
+        (Some(bytes), Some(mut stdin)) => stdin.write_all(bytes),
+        _ => Ok(()),
+    };
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Kernel(format!("waiting for {shown}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+        return Err(Error::Kernel(format!("{shown} failed ({}): {err}", out.status)));
+    }
+    written.map_err(|e| Error::Kernel(format!("writing to {shown}: {e}")))?;
+    Ok(out)
+}
+
+/// Our table as listed; empty when it (or nft) does not exist.
+pub fn list() -> Result<Live> {
+    if !Path::new(NFT).exists() {
+        return Ok(Live::default());
+    }
+    match nft(&["-j", "list", "table", FAMILY, TABLE], None) {
+        Ok(out) => Live::parse(&String::from_utf8_lossy(&out.stdout)),
+        Err(Error::Kernel(msg)) if msg.contains("No such file or directory") => Ok(Live::default()),
+        Err(e) => Err(e),
+    }
+}
+
+fn apply(cmds: &[Cmd]) -> Result<()> {
+    if !Path::new(NFT).exists() {
+        return Err(Error::Kernel(format!(
+            "{NFT} is missing: {} needs the nftables package",
+            crate::policy::PROP_PEER_MACS
+        )));
+    }
+    let text = batch(cmds).to_string();
+    log::debug!("nft -j -f -: {text}");
+    nft(&["-j", "-f", "-"], Some(text.as_bytes()))
+        .map(drop)
+        .map_err(|e| Error::Kernel(format!("cross-host nftables transaction refused: {e}")))
+}
+
+/// The rules `state` wants, reading the live ports of the bridges concerned.
+pub fn wanted(state: &State) -> Result<Ruleset> {
+    let bridges = wanted_bridges(state);
+    if bridges.is_empty() {
+        return Ok(Ruleset::default());
+    }
+    let plan = reconcile::plan_for(state, |b| bridges.contains(b))?;
+    Ok(Ruleset::from_state(state, &plan))
+}
+
+/// Makes the kernel's cross-host table match `state` (root): one listing, and one
+/// transaction when something differs. Returns the number of commands applied.
+pub fn reconcile(state: &State) -> Result<usize> {
+    let want = wanted(state)?;
+    let live = list()?;
+    let cmds = live.diff(&want);
+    if cmds.is_empty() {
+        return Ok(0);
+    }
+    apply(&cmds)?;
+    let after = list()?;
+    let left = after.diff(&want);
+    if !left.is_empty() {
+        return Err(Error::Kernel(format!(
+            "cross-host table still differs after reconcile ({} command(s))",
+            left.len()
+        )));
+    }
+    for b in &want.bridges {
+        log::debug!(
+            "cross-host: bridge {} uplink {}: {} peer range(s), {} trusted MAC(s), {} open port(s)",
+            b.bridge,
+            b.uplink,
+            b.peers.len(),
+            b.trusted.len(),
+            b.open.len()
+        );
+    }
+    if want.bridges.is_empty() {
+        log::info!("cross-host: table {TABLE} removed");
+    } else {
+        log::info!("cross-host: table {TABLE} updated ({} command(s))", cmds.len());
+    }
+    Ok(cmds.len())
+}
+
+/// Deletes our table if it exists (release-all). Returns whether it existed.
+pub fn remove_all() -> Result<bool> {
+    let live = list()?;
+    if !live.exists {
+        return Ok(false);
+    }
+    apply(&[Cmd::AddTable, Cmd::DeleteTable])?;
+    if list()?.exists {
+        return Err(Error::Kernel(format!("table {FAMILY} {TABLE} still exists")));
+    }
+    Ok(true)
+}
+
+/// What `status` shows of one network's cross-host isolation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    /// `bridge_isolation_peer_macs`, as recorded.
+    pub peer_macs: Vec<MacRange>,
+    /// `bridge_isolation_trusted_macs`, as recorded.
+    pub trusted_macs: Vec<crate::mac::Mac>,
+    /// Frames from peers dropped; `None` when the rule is not in the kernel or unreadable.
+    pub drops: Option<DropCounter>,
+}
+
+/// Per network with peer ranges: its ranges, trusted MACs and drop counter. Reading the
+/// counter needs root; without it (or nft) `drops` is `None`.
+pub fn status(state: &State) -> BTreeMap<String, PeerStatus> {
+    let readable = crate::config::is_root();
+    let counters = if readable {
+        match (wanted(state), list()) {
+            (Ok(want), Ok(live)) => live.counters(&want),
+            (Err(e), _) | (_, Err(e)) => {
+                log::debug!("cross-host counters unreadable: {e}");
+                BTreeMap::new()
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
+    state
+        .networks
+        .iter()
+        .filter(|(_, p)| !p.peer_macs.is_empty() || !p.trusted_macs.is_empty())
+        .map(|(n, p)| {
+            (
+                n.clone(),
+                PeerStatus {
+                    peer_macs: p.peer_macs.clone(),
+                    trusted_macs: p.trusted_macs.clone(),
+                    drops: counters.get(&p.bridge).copied(),
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::Port;
+    use crate::policy::{parse_peer_macs, parse_trusted_macs, NetworkPolicy};
+    use crate::reconcile::{BridgePlan, PortPlan};
+
+    fn state() -> State {
+        let mut s = State::default();
+        s.networks.insert(
+            "red".into(),
+            NetworkPolicy {
+                bridge: "red".into(),
+                uplink: Some("eth1".into()),
+                peer_macs: parse_peer_macs("56:6f:4c:ab:00:00/32").unwrap(),
+                trusted_macs: parse_trusted_macs("56:6f:4c:ab:00:04").unwrap(),
+            },
+        );
+        s.networks.insert(
+            "blue".into(),
+            NetworkPolicy {
+                bridge: "blue".into(),
+                uplink: Some("eth2".into()),
+                ..NetworkPolicy::default()
+            },
+        );
+        s.networks.insert(
+            "nicless".into(),
+            NetworkPolicy {
+                bridge: "nicless".into(),
+                uplink: None,
+                peer_macs: parse_peer_macs("56:6f:4c:ab:00:00/32").unwrap(),
+                ..NetworkPolicy::default()
+            },
+        );
+        s
+    }
+
+    fn plan() -> Plan {
+        let port = |name: &str, ifindex, role| PortPlan {
+            port: Port {
+                name: name.into(),
+                ifindex,
+                mac: None,
+                isolated: None,
+            },
+            role,
+        };
+        Plan {
+            bridges: vec![BridgePlan {
+                network: "red".into(),
+                bridge: "red".into(),
+                uplink: Some("eth1".into()),
+                present: true,
+                ports: vec![
+                    port("eth1", 2, Role::Uplink),
+                    port("vnet1", 5, Role::Vm),
+                    port("vnet4", 8, Role::Trusted),
+                ],
+            }],
+            lifted: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn wants_one_rule_per_network_with_peers_and_an_uplink() {
+        let s = state();
+        assert_eq!(wanted_bridges(&s), BTreeSet::from(["red".to_string()]));
+        let want = Ruleset::from_state(&s, &plan());
+        assert_eq!(
+            want.bridges,
+            [PeerRules {
+                bridge: "red".into(),
+                uplink: "eth1".into(),
+                peers: vec![(0x566f_4cab_0000, 0x566f_4cab_ffff)],
+                trusted: vec![0x566f_4cab_0004],
+                open: vec![("vnet4".into(), 8)],
+            }]
+        );
+        assert_eq!(set_name(SetKind::Open, "my-net.10"), "open_my_2dnet_2e10");
+    }
+
+    #[test]
+    fn renders_the_table_in_one_transaction() {
+        let want = Ruleset::from_state(&state(), &plan());
+        let text = batch(&Live::default().diff(&want)).to_string();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"nftables":[{"add":{"table":{"family":"bridge","name":"bridge_isolation_peers"}}},"#,
+                r#"{"add":{"chain":{"family":"bridge","hook":"forward","name":"forward","policy":"accept","prio":-200,"table":"bridge_isolation_peers","type":"filter"}}},"#,
+                r#"{"add":{"set":{"family":"bridge","flags":["interval"],"name":"peers_red","table":"bridge_isolation_peers","type":"ether_addr"}}},"#,
+                r#"{"add":{"element":{"elem":[{"range":["56:6f:4c:ab:00:00","56:6f:4c:ab:ff:ff"]}],"family":"bridge","name":"peers_red","table":"bridge_isolation_peers"}}},"#,
+                r#"{"add":{"set":{"family":"bridge","flags":["interval"],"name":"trusted_red","table":"bridge_isolation_peers","type":"ether_addr"}}},"#,
+                r#"{"add":{"element":{"elem":["56:6f:4c:ab:00:04"],"family":"bridge","name":"trusted_red","table":"bridge_isolation_peers"}}},"#,
+                r#"{"add":{"set":{"family":"bridge","name":"open_red","table":"bridge_isolation_peers","type":"iface_index"}}},"#,
+                r#"{"add":{"element":{"elem":[8],"family":"bridge","name":"open_red","table":"bridge_isolation_peers"}}},"#,
+                r#"{"add":{"rule":{"chain":"forward","comment":"bridge red","expr":["#,
+                r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"eth1"}},"#,
+                r#"{"match":{"left":{"meta":{"key":"oif"}},"op":"!=","right":"@open_red"}},"#,
+                r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ether"}},"op":"==","right":"@peers_red"}},"#,
+                r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ether"}},"op":"!=","right":"@trusted_red"}},"#,
+                r#"{"counter":null},{"drop":null}],"family":"bridge","table":"bridge_isolation_peers"}}}]}"#
+            )
+        );
+        // Nothing wanted, nothing there: nothing to do.
+        assert!(Live::default().diff(&Ruleset::default()).is_empty());
+    }
+
+    /// What nft 1.0.6 lists for the table above (elements partly in prefix form).
+    fn listed(counter: u64, open: &str) -> String {
+        format!(
+            r#"{{"nftables": [{{"metainfo": {{"version": "1.0.6"}}}},
+            {{"table": {{"family": "bridge", "name": "bridge_isolation_peers", "handle": 9}}}},
+            {{"set": {{"family": "bridge", "name": "peers_red", "table": "bridge_isolation_peers", "type": "ether_addr", "handle": 2, "flags": ["interval"],
+                "elem": [{{"prefix": {{"addr": "56:6f:4c:ab:00:00", "len": 33}}}}, {{"range": ["56:6f:4c:ab:80:00", "56:6f:4c:ab:ff:ff"]}}]}}}},
+            {{"set": {{"family": "bridge", "name": "trusted_red", "table": "bridge_isolation_peers", "type": "ether_addr", "handle": 3, "flags": ["interval"], "elem": ["56:6f:4c:ab:00:04"]}}}},
+            {{"set": {{"family": "bridge", "name": "open_red", "table": "bridge_isolation_peers", "type": "iface_index", "handle": 4, "elem": [{open}]}}}},
+            {{"chain": {{"family": "bridge", "table": "bridge_isolation_peers", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": -200, "policy": "accept"}}}},
+            {{"rule": {{"family": "bridge", "table": "bridge_isolation_peers", "chain": "forward", "handle": 5, "comment": "bridge red", "expr": [
+                {{"match": {{"op": "==", "left": {{"meta": {{"key": "iifname"}}}}, "right": "eth1"}}}},
+                {{"match": {{"op": "!=", "left": {{"meta": {{"key": "oif"}}}}, "right": "@open_red"}}}},
+                {{"match": {{"op": "==", "left": {{"payload": {{"protocol": "ether", "field": "saddr"}}}}, "right": "@peers_red"}}}},
+                {{"match": {{"op": "!=", "left": {{"payload": {{"protocol": "ether", "field": "saddr"}}}}, "right": "@trusted_red"}}}},
+                {{"counter": {{"packets": {counter}, "bytes": {}}}}}, {{"drop": null}}]}}}}]}}"#,
+            counter * 60
+        )
+    }
+
+    #[test]
+    fn converged_table_needs_nothing_and_counts() {
+        let want = Ruleset::from_state(&state(), &plan());
+        let live = Live::parse(&listed(7, r#""vnet4""#)).unwrap();
+        assert_eq!(live.diff(&want), []);
+        assert_eq!(live.counters(&want)["red"], DropCounter { packets: 7, bytes: 420 });
+    }
+
+    #[test]
+    fn member_changes_touch_only_their_set() {
+        let want = Ruleset::from_state(&state(), &plan());
+        let live = Live::parse(&listed(7, r#""vnet9""#)).unwrap();
+        assert_eq!(
+            live.diff(&want),
+            [
+                Cmd::FlushSet("open_red".into()),
+                Cmd::AddPorts("open_red".into(), vec![8])
+            ]
+        );
+        // The uplink renamed: the rule is replaced, sets stay.
+        let mut moved = want.clone();
+        moved.bridges[0].uplink = "bond0".into();
+        let live = Live::parse(&listed(7, r#""vnet4""#)).unwrap();
+        assert_eq!(
+            live.diff(&moved),
+            [Cmd::DeleteRule(5), Cmd::AddRule(moved.bridges[0].clone())]
+        );
+        // Nothing wanted any more: the whole table goes.
+        assert_eq!(live.diff(&Ruleset::default()), [Cmd::AddTable, Cmd::DeleteTable]);
+    }
+
+    #[test]
+    fn foreign_objects_rebuild_the_table() {
+        let want = Ruleset::from_state(&state(), &plan());
+        let text = listed(0, r#""vnet4""#).replace(
+            r#"{"metainfo""#,
+            r#"{"chain": {"family": "bridge", "table": "bridge_isolation_peers", "name": "sneaky", "handle": 7}}, {"metainfo""#,
+        );
+        let live = Live::parse(&text).unwrap();
+        assert!(live.foreign);
+        let cmds = live.diff(&want);
+        assert_eq!(cmds[..2], [Cmd::AddTable, Cmd::DeleteTable]);
+        assert_eq!(cmds[2..], want.create()[..]);
+    }
+}

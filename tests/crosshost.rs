@@ -1,0 +1,312 @@
+//! Cross-host isolation (issue 7) on a two-host netns fabric: two host namespaces with the
+//! network's bridge and VMs, their uplinks joined by a switch namespace that holds the
+//! gateway. The hooks run as VDSM runs them, one state directory per host, default backend
+//! (port isolation) plus the cross-host table. They need root; as another user they skip
+//! (or fail under `BRIDGE_ISOLATION_REQUIRE_ROOT_TESTS=1`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use bridge_isolation::lab::{self, domain_xml, is_vm, Fabric, HookRun, NetSpec, NicSpec, Payload};
+use bridge_isolation::peers::TABLE;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const NET: &str = "isonet";
+const UPLINK: &str = "eth1";
+const HOOK: &str = "50_bridge_isolation";
+const PEERS: &str = "bridge_isolation_peer_macs";
+const TRUSTED_MACS: &str = "bridge_isolation_trusted_macs";
+/// The router VM (on h2): trusted vNIC there, trusted MAC on h1.
+const ROUTER: &str = "vm4";
+
+struct Rig {
+    fabric: Fabric,
+    hooks: TempDir,
+    states: BTreeMap<String, TempDir>,
+}
+
+impl Rig {
+    fn new(tag: &str) -> Rig {
+        let fabric = Fabric::create(&lab::unique_prefix(tag), 2).expect("creating the fabric");
+        let hooks = tempfile::tempdir().expect("creating the hook tree");
+        let points = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks");
+        for entry in std::fs::read_dir(points).expect("listing hooks/") {
+            let dir = hooks.path().join(entry.unwrap().file_name());
+            std::fs::create_dir(&dir).unwrap();
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"), dir.join(HOOK)).unwrap();
+        }
+        let states = ["h1", "h2"]
+            .into_iter()
+            .map(|h| (h.to_string(), tempfile::tempdir().unwrap()))
+            .collect();
+        Rig { fabric, hooks, states }
+    }
+
+    fn env(&self, host: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "BRIDGE_ISOLATION_STATE_DIR".into(),
+                self.states[host].path().to_string_lossy().into_owned(),
+            ),
+            ("BRIDGE_ISOLATION_CONFIG".into(), "/nonexistent".into()),
+        ]
+    }
+
+    fn run(&self, host: &str, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
+        let mut env = self.env(host);
+        env.extend(vm.map(|n| ("vmId".to_string(), vm_uuid(n))));
+        let ns = self.fabric.host_ns(host).unwrap();
+        lab::run_hook_point(ns, self.hooks.path(), point, payload, &env)
+            .unwrap_or_else(|e| panic!("running {point} on {host}: {e:#}"))
+    }
+
+    fn hook(&self, host: &str, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
+        let run = self.run(host, point, payload, vm);
+        assert_eq!(
+            run.codes,
+            [(HOOK.to_string(), 0)],
+            "{point} on {host}; stderr:\n{}",
+            run.stderr
+        );
+        run
+    }
+
+    fn network_setup(&self, host: &str, json: &str) {
+        for point in ["before_network_setup", "after_network_setup"] {
+            self.hook(host, point, Payload::Json(json.to_string()), None);
+        }
+    }
+
+    /// Starts VM `n` on `host` as VDSM and libvirt do (see tests/nftables.rs).
+    fn start_vm(&mut self, host: &str, n: u8, trusted: bool) {
+        let vm = self.fabric.numbered_vm(n);
+        let nic = NicSpec {
+            trusted,
+            ..NicSpec::new(NET, vm.guest_mac)
+        };
+        let engine = domain_xml(&vm.name, &vm_uuid(n), std::slice::from_ref(&nic));
+        let rewritten = self.hook(host, "before_vm_start", Payload::DomXml(engine), Some(n));
+        let flagged = rewritten.payload_text().contains("<port isolated=");
+        self.fabric.add_vm(host, &vm).expect("plugging the VM");
+        if flagged {
+            let ns = self.fabric.host_ns(host).unwrap();
+            let out = self
+                .fabric
+                .exec_in(ns, &[lab::BRIDGE, "link", "set", "dev", &vm.tap, "isolated", "on"])
+                .unwrap();
+            assert!(out.status.success(), "setting the flag as libvirt");
+        }
+        let live = NicSpec {
+            tap: Some(vm.tap.clone()),
+            native_isolated: flagged,
+            ..nic
+        };
+        let xml = domain_xml(&vm.name, &vm_uuid(n), &[live]);
+        self.hook(host, "after_vm_start", Payload::DomXml(xml), Some(n));
+    }
+
+    fn cli(&self, host: &str, args: &[&str]) -> Output {
+        Command::new(lab::IP)
+            .args(["netns", "exec", self.fabric.host_ns(host).unwrap()])
+            .arg(env!("CARGO_BIN_EXE_bridge-isolation"))
+            .args(args)
+            .envs(self.env(host))
+            .output()
+            .expect("running bridge-isolation")
+    }
+
+    /// `nft list table bridge bridge_isolation_peers` on `host` (text), or `None`.
+    fn table(&self, host: &str) -> Option<String> {
+        let ns = self.fabric.host_ns(host).unwrap();
+        let out = self
+            .fabric
+            .exec_in(ns, &[lab::NFT, "list", "table", "bridge", TABLE])
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("No such file or directory"), "nft list failed: {err}");
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn handles(&self, host: &str) -> String {
+        let ns = self.fabric.host_ns(host).unwrap();
+        let out = self
+            .fabric
+            .exec_in(ns, &[lab::NFT, "-a", "list", "table", "bridge", TABLE])
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Counters move with traffic; handles and everything else must not.
+        text.lines()
+            .map(|l| match l.find("counter packets") {
+                Some(i) => format!("{}counter {}", &l[..i], &l[l.find(" drop").unwrap_or(i)..]),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn flagged(&self, host: &str) -> Vec<String> {
+        let mut taps: Vec<String> = self
+            .fabric
+            .vms()
+            .iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, vm)| vm.tap.clone())
+            .filter(|tap| self.fabric.port_isolated(host, tap).unwrap())
+            .collect();
+        taps.sort();
+        taps
+    }
+}
+
+fn vm_uuid(n: u8) -> String {
+    format!("4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c00{n:02x}")
+}
+
+/// h1's network: the pool as a range, the router on h2 trusted by MAC.
+fn h1_net() -> NetSpec {
+    NetSpec::on_nic(UPLINK)
+        .with_isolation("true")
+        .with_custom(PEERS, "56:6f:4c:ab:00:00-56:6f:4c:ab:00:ff")
+        .with_custom(TRUSTED_MACS, "56:6f:4c:ab:00:04")
+}
+
+/// h2's network: the pool as a prefix; its router is a trusted vNIC there.
+fn h2_net() -> NetSpec {
+    NetSpec::on_nic(UPLINK)
+        .with_isolation("true")
+        .with_custom(PEERS, "56:6f:4c:ab:00:00/40")
+}
+
+fn setup(net: NetSpec) -> String {
+    lab::setup_networks_json(&[(NET, net)])
+}
+
+/// VM <-> VM blocked (same host or not) unless one of them is the router.
+fn isolated_but_router(a: &str, b: &str) -> bool {
+    !(is_vm(a) && is_vm(b)) || a == ROUTER || b == ROUTER
+}
+
+#[test]
+fn peers_are_blocked_across_hosts_gateway_and_router_stay_reachable() {
+    if !lab::root_tests_enabled("peers_are_blocked_across_hosts_gateway_and_router_stay_reachable") {
+        return;
+    }
+    let mut rig = Rig::new("xha");
+    let is_host = |n: &str| rig.fabric.is_host(n);
+    assert!(is_host("h1") && is_host("h2"));
+    rig.network_setup("h1", &setup(h1_net()));
+    rig.network_setup("h2", &setup(h2_net()));
+    rig.start_vm("h1", 1, false);
+    rig.start_vm("h1", 3, false);
+    rig.start_vm("h2", 2, false);
+    rig.start_vm("h2", 4, true);
+
+    // Hosts count as non-VM endpoints: everyone reaches them and the gateway.
+    let fabric = &rig.fabric;
+    let expected = |a: &str, b: &str| {
+        let vm = |n: &str| is_vm(n) && !fabric.is_host(n);
+        !(vm(a) && vm(b)) || a == ROUTER || b == ROUTER
+    };
+    let m = fabric.matrix().expect("probing");
+    m.assert_expected(&expected);
+    assert!(isolated_but_router("vm1", "vm4") && !isolated_but_router("vm1", "vm2"));
+
+    let table = rig.table("h1").expect("h1 has the table");
+    eprintln!("h1:\n{table}");
+    assert!(table.contains(
+        "iifname \"eth1\" oif != @open_isonet ether saddr @peers_isonet ether saddr != @trusted_isonet counter packets"
+    ));
+    assert!(table.contains("56:6f:4c:ab:00:00-56:6f:4c:ab:00:ff"));
+    let h2 = rig.table("h2").expect("h2 has the table");
+    assert!(h2.contains("elements = { \"vnet4\" }"), "{h2}");
+
+    // status shows the ranges, trusted MACs and a moving drop counter.
+    let out = rig.cli("h1", &["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["cross_host"][NET];
+    assert_eq!(
+        c["peer_macs"],
+        serde_json::json!(["56:6f:4c:ab:00:00-56:6f:4c:ab:00:ff"])
+    );
+    assert_eq!(c["trusted_macs"], serde_json::json!(["56:6f:4c:ab:00:04"]));
+    assert!(c["drops"]["packets"].as_u64().unwrap() > 0, "{v}");
+    let text = String::from_utf8_lossy(&rig.cli("h1", &["status"]).stdout).into_owned();
+    assert!(
+        text.contains(
+            "cross-host isonet: peers 56:6f:4c:ab:00:00-56:6f:4c:ab:00:ff; trusted MACs 56:6f:4c:ab:00:04; dropped"
+        ),
+        "{text}"
+    );
+    // Same-host isolation is the backend's, untouched.
+    assert_eq!(rig.flagged("h1"), ["vnet1", "vnet3"]);
+    assert_eq!(rig.flagged("h2"), ["vnet2"]);
+
+    // Idempotent: restore-nets and a reconcile change nothing (same handles).
+    let before = rig.handles("h1");
+    let restore = lab::restore_nets_json(&[(NET, h1_net())]);
+    rig.network_setup("h1", &restore);
+    assert!(rig.cli("h1", &["reconcile"]).status.success());
+    assert_eq!(rig.handles("h1"), before);
+}
+
+#[test]
+fn removal_leaves_no_residue() {
+    if !lab::root_tests_enabled("removal_leaves_no_residue") {
+        return;
+    }
+    let mut rig = Rig::new("xhb");
+    rig.network_setup("h1", &setup(h1_net()));
+    rig.network_setup("h2", &setup(h2_net()));
+    rig.start_vm("h1", 1, false);
+    rig.start_vm("h2", 2, false);
+    assert!(rig.table("h1").is_some() && rig.table("h2").is_some());
+
+    // Peers dropped from h1's network, isolation kept: h1's table goes, flags stay.
+    rig.network_setup("h1", &setup(NetSpec::on_nic(UPLINK).with_isolation("true")));
+    assert_eq!(rig.table("h1"), None);
+    assert_eq!(rig.flagged("h1"), ["vnet1"]);
+
+    // The network removed on h1: no table, no flags.
+    rig.network_setup("h1", &lab::setup_networks_json(&[(NET, NetSpec::removed())]));
+    assert_eq!(rig.table("h1"), None);
+    assert!(rig.flagged("h1").is_empty());
+
+    // release-all on h2 removes its table and flags too.
+    let out = rig.cli("h2", &["release-all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rig.table("h2"), None);
+    assert!(rig.flagged("h2").is_empty());
+
+    // Nothing left: VMs on both hosts reach each other again.
+    rig.fabric.matrix().expect("probing").assert_expected(&|_, _| true);
+}
+
+#[test]
+fn invalid_values_are_rejected_at_before_network_setup() {
+    if !lab::root_tests_enabled("invalid_values_are_rejected_at_before_network_setup") {
+        return;
+    }
+    let rig = Rig::new("xhc");
+    for (key, value) in [
+        (PEERS, "56:6f:4c:ab:00:00/24"),
+        (PEERS, "56:6f:4c:ab:00:ff-56:6f:4c:ab:00:00"),
+        (TRUSTED_MACS, "router"),
+    ] {
+        let json = setup(NetSpec::on_nic(UPLINK).with_isolation("true").with_custom(key, value));
+        let run = rig.run("h1", "before_network_setup", Payload::Json(json.clone()), None);
+        assert_eq!(run.codes, [(HOOK.to_string(), 2)], "{key}={value}: {}", run.stderr);
+        let line = run.last_stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains("network isonet: ") && line.contains(key), "{line}");
+        assert!(line.contains(value.get(..8).unwrap_or(value)), "{line}");
+        assert_eq!(run.payload_text(), json, "the payload is left as it was");
+    }
+    assert_eq!(rig.table("h1"), None);
+    assert!(!rig.states["h1"].path().join("state.json").exists());
+}

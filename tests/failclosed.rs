@@ -1,0 +1,203 @@
+//! Fail closed (issue 6 item 4) on a real kernel: the nftables backend is made to fail for
+//! real (`/usr/bin/false` bind-mounted over `nft` in a private mount namespace of the hook),
+//! and the VM ports of the isolated bridge are blocked (bridge port state disabled) rather
+//! than left forwarding; `status` and `verify` report it; a later normal reconcile re-enables
+//! them. With `on_failure = warn` nothing is blocked. `before_vm_start` refuses to start a
+//! vNIC on the isolated bridge while no backend can enforce. Needs root; skips otherwise.
+
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bridge_isolation::backend::nftables::NFT;
+use bridge_isolation::lab::{self, domain_xml, is_vm, NicSpec};
+use common::{hooks_dir, tagged, vm_uuid, Finished, Fixture, HOOK, NET, PLAIN, UPLINK};
+use serde_json::{json, Value};
+
+fn env(key: &str, value: &str) -> (String, String) {
+    (key.to_string(), value.to_string())
+}
+
+fn nftables() -> (String, String) {
+    env("BRIDGE_ISOLATION_BACKEND", "nftables")
+}
+
+/// Runs hook `point` as [`Fixture::spawn`] does, but with `nft` replaced by `/usr/bin/false`
+/// in a private mount namespace of the hook (a shell only here, in the test).
+fn run_without_nft(fx: &Fixture, point: &str, payload: &[u8], extra: &[(String, String)]) -> Finished {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("payload");
+    std::fs::write(&file, payload).unwrap();
+    let var = bridge_isolation::hook::Point::from_name(point).unwrap().payload_var();
+    let out = Command::new(lab::IP)
+        .args(["netns", "exec", fx.lab.host_ns(), "/usr/bin/unshare", "--mount", "--"])
+        .args([
+            "/usr/bin/sh",
+            "-c",
+            &format!("/usr/bin/mount --bind /usr/bin/false {NFT} && exec \"$0\""),
+        ])
+        .arg(hooks_dir().join(point).join(HOOK))
+        .env_clear()
+        .env("PATH", lab::HOOK_PATH)
+        .envs(fx.env().iter().map(|(k, v)| (k, v)))
+        .env(var, &file)
+        .envs(extra.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Finished {
+        point: point.to_string(),
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        payload_after: std::fs::read(&file).unwrap(),
+    }
+}
+
+/// `bridge-isolation ARGS` in the host namespace with the nftables backend.
+fn cli(fx: &Fixture, args: &[&str]) -> Output {
+    Command::new(lab::IP)
+        .args([
+            "netns",
+            "exec",
+            fx.lab.host_ns(),
+            env!("CARGO_BIN_EXE_bridge-isolation"),
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", lab::HOOK_PATH)
+        .envs(fx.env().iter().map(|(k, v)| (k, v)))
+        .envs([nftables()])
+        .output()
+        .unwrap()
+}
+
+/// Bridge port state of every port of `NET` (`forwarding`, `disabled`, ...).
+fn port_states(fx: &Fixture) -> BTreeMap<String, String> {
+    let json = fx.lab.ip_in_host(&["-d", "-j", "link", "show", "master", NET]).unwrap();
+    let links: Vec<Value> = serde_json::from_str(&json).unwrap();
+    links
+        .iter()
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap().to_string(),
+                l["linkinfo"]["info_slave_data"]["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn states(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect()
+}
+
+fn live_domain(fx: &Fixture, n: u8) -> String {
+    let nic = NicSpec {
+        tap: Some(fx.vm(n).tap),
+        ..fx.engine_nic(n, PLAIN)
+    };
+    domain_xml(&fx.vm(n).name, &vm_uuid(n), &[nic])
+}
+
+#[test]
+fn enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds() {
+    if !lab::root_tests_enabled("enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds") {
+        return;
+    }
+    let fx = Fixture::new("bifail", 2);
+    let limit = Duration::from_secs(60);
+    for point in ["before_network_setup", "after_network_setup"] {
+        let run = fx
+            .spawn(point, tagged("true").as_bytes(), &[nftables()])
+            .wait_at_most(limit);
+        assert_eq!(run.code(), Some(0), "{point}: {}", run.stderr);
+    }
+    let forwarding = states(&[(UPLINK, "forwarding"), ("vnet1", "forwarding"), ("vnet2", "forwarding")]);
+    assert_eq!(port_states(&fx), forwarding);
+    let vm1 = [nftables(), env("vmId", &vm_uuid(1))];
+
+    // on_failure = warn: one warning, exit 1, nothing blocked.
+    let conf = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::write(conf.path(), "on_failure = warn\n").unwrap();
+    let warn_env = [
+        nftables(),
+        env("vmId", &vm_uuid(1)),
+        env("BRIDGE_ISOLATION_CONFIG", conf.path().to_str().unwrap()),
+    ];
+    let run = run_without_nft(&fx, "after_vm_start", live_domain(&fx, 1).as_bytes(), &warn_env);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let warnings: Vec<&str> = run.lines().into_iter().filter(|l| l.contains(" warn: ")).collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stderr);
+    assert!(
+        warnings[0].contains("on_failure = warn") && warnings[0].contains("bridge isonet ports vnet1, vnet2"),
+        "{}",
+        warnings[0]
+    );
+    assert_eq!(port_states(&fx), forwarding, "warn mode blocked ports");
+    assert_eq!(fx.state_json().get("blocked"), None);
+
+    // on_failure = block (default): the VM ports are disabled, recorded, and named.
+    let run = run_without_nft(&fx, "after_vm_start", live_domain(&fx, 1).as_bytes(), &vm1);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let errors: Vec<&str> = run.lines().into_iter().filter(|l| l.contains(" error: ")).collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("fail-closed: blocked bridge isonet ports vnet1, vnet2"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        port_states(&fx),
+        states(&[(UPLINK, "forwarding"), ("vnet1", "disabled"), ("vnet2", "disabled")])
+    );
+    assert_eq!(fx.state_json()["blocked"], json!({ NET: ["vnet1", "vnet2"] }));
+    // The VM ports forward nothing; gateway and host still reach each other.
+    fx.lab.matrix().unwrap().assert_expected(&|a, b| !is_vm(a) && !is_vm(b));
+
+    // before_vm_start refuses a vNIC on the isolated bridge while nothing can enforce.
+    let engine = fx.engine_domain(1, PLAIN);
+    let run = run_without_nft(&fx, "before_vm_start", engine.as_bytes(), &vm1);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert_eq!(run.lines().len(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("on isolated bridge isonet: refusing to run it unprotected"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.payload_after, engine.as_bytes(), "payload changed on abort");
+
+    // status and verify report the blocked ports.
+    let status = cli(&fx, &["status", "--json"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["blocked"], json!({ NET: ["vnet1", "vnet2"] }));
+    let text = String::from_utf8_lossy(&cli(&fx, &["status"]).stdout).into_owned();
+    assert!(text.contains("bridge isonet port vnet2: BLOCKED"), "{text}");
+    let verify = cli(&fx, &["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(out.contains("blocked: bridge isonet port vnet1"), "{out}");
+
+    // A normal reconcile confirms enforcement, re-enables the ports and forgets them.
+    let reconcile = cli(&fx, &["reconcile"]);
+    assert!(
+        reconcile.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    assert_eq!(port_states(&fx), forwarding);
+    assert_eq!(fx.state_json().get("blocked"), None);
+    let verify = cli(&fx, &["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let run = fx.spawn("before_vm_start", engine.as_bytes(), &vm1).wait_at_most(limit);
+    assert_eq!(run.code(), Some(0), "a healthy host refused a VM start: {}", run.stderr);
+    fx.assert_isolation(&[]);
+}
