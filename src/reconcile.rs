@@ -551,24 +551,26 @@ fn enforceable(
     select().map_err(|e| Error::Config(format!("isolation cannot be enforced on this host: {e}")))
 }
 
+/// Plans built by hand, for the unit tests of reconcile and the backends.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
-    use crate::backend::BackendKind::*;
 
-    fn port(name: &str, role: Role, flag: Option<bool>) -> PortPlan {
+    /// A port of `role` with interface index `ifindex` and kernel flag `isolated`.
+    pub fn port(name: &str, ifindex: u32, role: Role, isolated: Option<bool>) -> PortPlan {
         PortPlan {
             port: Port {
                 name: name.into(),
-                ifindex: 1,
+                ifindex,
                 mac: None,
-                isolated: flag,
+                isolated,
             },
             role,
         }
     }
 
-    fn bridge(name: &str, ports: Vec<PortPlan>) -> BridgePlan {
+    /// An isolated bridge named like its network, with uplink eth1.
+    pub fn bridge(name: &str, ports: Vec<PortPlan>) -> BridgePlan {
         BridgePlan {
             network: name.into(),
             bridge: name.into(),
@@ -576,6 +578,38 @@ mod tests {
             present: true,
             ports,
         }
+    }
+
+    /// Bridge `red`: uplink eth1 (index 4), VM ports vnet1 (7) and vnet2 (9), trusted vnet3 (11).
+    pub fn red() -> BridgePlan {
+        bridge(
+            "red",
+            vec![
+                port("eth1", 4, Role::Uplink, Some(false)),
+                port("vnet1", 7, Role::Vm, Some(false)),
+                port("vnet2", 9, Role::Vm, Some(false)),
+                port("vnet3", 11, Role::Trusted, Some(false)),
+            ],
+        )
+    }
+
+    /// A plan isolating `bridges`, with nothing lifted.
+    pub fn plan(bridges: Vec<BridgePlan>) -> Plan {
+        Plan {
+            bridges,
+            lifted: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::bridge;
+    use super::*;
+    use crate::backend::BackendKind::*;
+
+    fn port(name: &str, role: Role, flag: Option<bool>) -> PortPlan {
+        super::fixtures::port(name, 1, role, flag)
     }
 
     #[test]

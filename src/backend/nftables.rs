@@ -791,49 +791,11 @@ impl Backend for Nftables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::Port;
+    use crate::reconcile::fixtures::{bridge, plan, red};
     use crate::reconcile::{PortPlan, Role};
 
     fn port(name: &str, ifindex: u32, role: Role) -> PortPlan {
-        PortPlan {
-            port: Port {
-                name: name.into(),
-                ifindex,
-                mac: None,
-                isolated: Some(false),
-            },
-            role,
-        }
-    }
-
-    fn bridge(name: &str, ports: Vec<PortPlan>) -> BridgePlan {
-        BridgePlan {
-            network: name.into(),
-            bridge: name.into(),
-            uplink: Some("eth1".into()),
-            present: true,
-            ports,
-        }
-    }
-
-    /// Bridge `red`: uplink eth1, VM ports vnet1 and vnet2, trusted vnet3.
-    fn red() -> BridgePlan {
-        bridge(
-            "red",
-            vec![
-                port("eth1", 4, Role::Uplink),
-                port("vnet1", 7, Role::Vm),
-                port("vnet2", 9, Role::Vm),
-                port("vnet3", 11, Role::Trusted),
-            ],
-        )
-    }
-
-    fn plan(bridges: Vec<BridgePlan>) -> Plan {
-        Plan {
-            bridges,
-            lifted: Vec::new(),
-        }
+        crate::reconcile::fixtures::port(name, ifindex, role, Some(false))
     }
 
     /// What `nft -j list table bridge bridge_isolation` printed (nft 1.0.6) after `render`
