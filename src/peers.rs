@@ -45,7 +45,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::backend::nftables::{FAMILY, NFT, PRIORITY};
-use crate::backend::DropCounter;
+use crate::backend::{BackendKind, DropCounter};
 use crate::error::{Error, Result};
 use crate::policy::{mac_from_u64, mac_to_u64, merge_ranges, MacRange};
 use crate::reconcile::{self, Plan, Role};
@@ -607,7 +607,7 @@ pub fn list() -> Result<Live> {
 fn apply(cmds: &[Cmd]) -> Result<()> {
     if !Path::new(NFT).exists() {
         return Err(Error::Kernel(format!(
-            "{NFT} is missing: {} needs the nftables package",
+            "{NFT} is missing: {} needs the nftables package (with every backend but firewalld)",
             crate::policy::PROP_PEER_MACS
         )));
     }
@@ -616,6 +616,115 @@ fn apply(cmds: &[Cmd]) -> Result<()> {
     nft(&["-j", "-f", "-"], Some(text.as_bytes()))
         .map(drop)
         .map_err(|e| Error::Kernel(format!("cross-host nftables transaction refused: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. With the firewalld backend: `eb` direct rules instead of the table.
+
+/// Prefix of the per-bridge direct chains (`BRIDGE_PEERS_<bridge>`, at most 28 bytes, under
+/// ebtables' 31); never taken for the firewalld backend's own `BRIDGE_ISO_*` chains.
+pub const EB_CHAIN_PREFIX: &str = "BRIDGE_PEERS_";
+/// Priority of the RETURN rules (trusted sources, trusted vNICs).
+pub const EB_PRIORITY_RETURN: i32 = 0;
+/// Priority of the DROP rules (after every RETURN).
+pub const EB_PRIORITY_DROP: i32 = 1;
+
+/// The direct chain of `bridge`.
+pub fn eb_chain(bridge: &str) -> String {
+    format!("{EB_CHAIN_PREFIX}{bridge}")
+}
+
+fn owns_eb_chain(chain: &str) -> bool {
+    chain.strip_prefix(EB_CHAIN_PREFIX).is_some_and(|b| !b.is_empty())
+}
+
+/// The interval `first..=last` of 48-bit MACs as the fewest prefixes `(base, length)`,
+/// in order: what `ebtables -s MAC/MASK` can match.
+pub fn mac_prefixes(first: u64, last: u64) -> Vec<(u64, u32)> {
+    const TOP: u64 = 1 << 48;
+    let mut out = Vec::new();
+    let (mut at, end) = (first, last.min(TOP - 1) + 1);
+    while at < end {
+        // The largest block aligned at `at` that does not pass `end`.
+        let mut size = if at == 0 {
+            TOP
+        } else {
+            1u64 << at.trailing_zeros().min(48)
+        };
+        while at + size > end {
+            size >>= 1;
+        }
+        out.push((at, 48 - size.trailing_zeros()));
+        at += size;
+    }
+    out
+}
+
+/// `-s` operand of a prefix: the MAC alone for /48, else `MAC/MASK` in MAC notation.
+pub fn eb_source(base: u64, len: u32) -> String {
+    if len >= 48 {
+        return mac_from_u64(base).to_string();
+    }
+    let mask = ((1u64 << 48) - 1) & !((1u64 << (48 - len)) - 1);
+    format!("{}/{}", mac_from_u64(base), mac_from_u64(mask))
+}
+
+impl Ruleset {
+    /// The direct chains and rules of the firewalld backend's variant, one chain per bridge:
+    ///
+    /// ```text
+    /// eb filter FORWARD 0 -i eth1 -j BRIDGE_PEERS_red
+    /// eb filter BRIDGE_PEERS_red 0 -s 56:6f:4c:ab:00:04 -j RETURN          # trusted MAC
+    /// eb filter BRIDGE_PEERS_red 0 -o vnet4 -j RETURN                      # trusted vNIC
+    /// eb filter BRIDGE_PEERS_red 1 -s 56:6f:4c:ab:00:00/ff:ff:ff:ff:00:00 -j DROP   # per prefix
+    /// ```
+    pub fn eb(&self) -> Result<crate::backend::firewalld::Ours> {
+        let mut ours = crate::backend::firewalld::Ours::default();
+        let port = |p: &str| crate::backend::iptables::exact_port_name(p);
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for b in &self.bridges {
+            crate::ifname::validate(&b.bridge).map_err(|e| Error::Kernel(format!("bridge {}: {e}", b.bridge)))?;
+            port(&b.uplink)?;
+            let chain = eb_chain(&b.bridge);
+            ours.chains.insert(chain.clone());
+            let fwd = crate::backend::firewalld::FORWARD.to_string();
+            ours.rules.insert((fwd, 0, args(&["-i", &b.uplink, "-j", &chain])));
+            for &m in &b.trusted {
+                let src = mac_from_u64(m).to_string();
+                ours.rules
+                    .insert((chain.clone(), EB_PRIORITY_RETURN, args(&["-s", &src, "-j", "RETURN"])));
+            }
+            for (name, _) in &b.open {
+                port(name)?;
+                ours.rules
+                    .insert((chain.clone(), EB_PRIORITY_RETURN, args(&["-o", name, "-j", "RETURN"])));
+            }
+            for &(first, last) in &b.peers {
+                for (base, len) in mac_prefixes(first, last) {
+                    let src = eb_source(base, len);
+                    ours.rules
+                        .insert((chain.clone(), EB_PRIORITY_DROP, args(&["-s", &src, "-j", "DROP"])));
+                }
+            }
+        }
+        Ok(ours)
+    }
+}
+
+/// Makes the firewalld variant `want` (runtime and permanent). Returns the calls made.
+fn eb_sync(fw: &crate::backend::firewalld::Firewalld, want: &Ruleset) -> Result<usize> {
+    let ours = want.eb()?;
+    fw.sync_part(owns_eb_chain, &ours)
+        .map_err(|e| Error::Kernel(format!("cross-host firewalld direct rules: {e}")))
+}
+
+/// Removes the firewalld variant when firewalld runs. Returns the calls made.
+fn eb_clear() -> Result<usize> {
+    let fw = crate::backend::firewalld::Firewalld::new();
+    if !fw.running() {
+        return Ok(0);
+    }
+    eb_sync(&fw, &Ruleset::default())
 }
 
 /// The rules `state` wants, reading the live ports of the bridges concerned.
@@ -630,8 +739,30 @@ pub fn wanted(state: &State) -> Result<Ruleset> {
 
 /// Makes the kernel's cross-host table match `state` (root): one listing, and one
 /// transaction when something differs. Returns the number of commands applied.
+///
+/// With the firewalld backend the filter is `eb` direct rules instead (see [`Ruleset::eb`])
+/// and the table is deleted; with any other backend (iptables included: br_netfilter cannot
+/// see ARP and non-IP frames) the table is used and our direct rules, if firewalld runs,
+/// are removed.
 pub fn reconcile(state: &State) -> Result<usize> {
     let want = wanted(state)?;
+    if state.backend == Some(BackendKind::Firewalld) {
+        let fw = crate::backend::firewalld::Firewalld::new();
+        let mut n = eb_sync(&fw, &want)?;
+        if list()?.exists {
+            apply(&[Cmd::AddTable, Cmd::DeleteTable])?;
+            n += 2;
+        }
+        if n > 0 {
+            log::info!("cross-host: firewalld direct rules updated ({n} change(s))");
+        }
+        return Ok(n);
+    }
+    match eb_clear() {
+        Ok(0) => {}
+        Ok(n) => log::info!("cross-host: firewalld direct rules removed ({n} change(s))"),
+        Err(e) => log::warn!("cross-host: removing firewalld direct rules: {e}"),
+    }
     let live = list()?;
     let cmds = live.diff(&want);
     if cmds.is_empty() {
@@ -666,9 +797,10 @@ pub fn reconcile(state: &State) -> Result<usize> {
 
 /// Deletes our table if it exists (release-all). Returns whether it existed.
 pub fn remove_all() -> Result<bool> {
+    let direct = eb_clear()? > 0;
     let live = list()?;
     if !live.exists {
-        return Ok(false);
+        return Ok(direct);
     }
     apply(&[Cmd::AddTable, Cmd::DeleteTable])?;
     if list()?.exists {
@@ -892,5 +1024,113 @@ mod tests {
         let cmds = live.diff(&want);
         assert_eq!(cmds[..2], [Cmd::AddTable, Cmd::DeleteTable]);
         assert_eq!(cmds[2..], want.create()[..]);
+    }
+
+    #[test]
+    fn splits_ranges_into_prefixes() {
+        // A prefix stays one.
+        assert_eq!(
+            mac_prefixes(0x566f_4cab_0000, 0x566f_4cab_ffff),
+            [(0x566f_4cab_0000, 32)]
+        );
+        // One MAC.
+        assert_eq!(
+            mac_prefixes(0x566f_4cab_0004, 0x566f_4cab_0004),
+            [(0x566f_4cab_0004, 48)]
+        );
+        // :00:01-:00:0e is 1/48, 2/47, 4/46, 8/45 up, then down 4, 2 (and nothing at 1).
+        assert_eq!(
+            mac_prefixes(0x01, 0x0e),
+            [(0x01, 48), (0x02, 47), (0x04, 46), (0x08, 46), (0x0c, 47), (0x0e, 48)]
+        );
+        // Everything.
+        assert_eq!(mac_prefixes(0, (1 << 48) - 1), [(0, 0)]);
+        // Any range: the prefixes tile it exactly, in order, each aligned.
+        for (first, last) in [
+            (0x566f_4cab_0003u64, 0x566f_4cab_fffd),
+            (0x0000_0000_0000, 0x7fff_ffff_ffff),
+            (0x1234_5678_9abc, 0x1234_5678_9abc),
+            (0xffff_ffff_fff0, 0xffff_ffff_ffff),
+            (0x0000_0000_0001, 0xffff_ffff_fffe),
+        ] {
+            let p = mac_prefixes(first, last);
+            let mut at = first;
+            for &(base, len) in &p {
+                let size = 1u64 << (48 - len);
+                assert_eq!(base, at);
+                assert_eq!(base % size, 0, "{base:x}/{len} is aligned");
+                at = base + size;
+            }
+            assert_eq!(at, last + 1);
+            assert!(p.len() <= 2 * 48);
+        }
+        assert_eq!(eb_source(0x566f_4cab_0000, 32), "56:6f:4c:ab:00:00/ff:ff:ff:ff:00:00");
+        assert_eq!(eb_source(0x566f_4cab_8000, 33), "56:6f:4c:ab:80:00/ff:ff:ff:ff:80:00");
+        assert_eq!(eb_source(0x566f_4cab_0004, 48), "56:6f:4c:ab:00:04");
+    }
+
+    #[test]
+    fn renders_the_firewalld_variant() {
+        use crate::backend::firewalld::{diff_part, part_of_direct, DirectRule, Ours, IPV, TABLE};
+        let mut want = Ruleset::from_state(&state(), &plan());
+        want.bridges[0].peers = vec![
+            (0x566f_4cab_0000, 0x566f_4cab_ffff),
+            (0x566f_4cac_0000, 0x566f_4cac_7fff),
+        ];
+        let eb = want.eb().unwrap();
+        let lines: Vec<String> = eb
+            .direct_rules()
+            .iter()
+            .map(|(_, _, c, p, a)| format!("{c} {p} {}", a.join(" ")))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "BRIDGE_PEERS_red 0 -o vnet4 -j RETURN",
+                "BRIDGE_PEERS_red 0 -s 56:6f:4c:ab:00:04 -j RETURN",
+                "BRIDGE_PEERS_red 1 -s 56:6f:4c:ab:00:00/ff:ff:ff:ff:00:00 -j DROP",
+                "BRIDGE_PEERS_red 1 -s 56:6f:4c:ac:00:00/ff:ff:ff:ff:80:00 -j DROP",
+                "FORWARD 0 -i eth1 -j BRIDGE_PEERS_red",
+            ]
+        );
+        assert_eq!(eb.chains, BTreeSet::from(["BRIDGE_PEERS_red".to_string()]));
+        // Listed among the backend's own rules and others', each part sees only itself.
+        let mut rules: Vec<DirectRule> = eb.direct_rules();
+        let backend = Ours::from_plan(&plan()).unwrap();
+        rules.extend(backend.direct_rules());
+        rules.push((
+            IPV.into(),
+            TABLE.into(),
+            "FORWARD".into(),
+            0,
+            vec!["-j".into(), "ACCEPT".into()],
+        ));
+        let mut chains = eb.direct_chains();
+        chains.extend(backend.direct_chains());
+        assert_eq!(part_of_direct(&chains, &rules, owns_eb_chain), eb);
+        assert_eq!(Ours::of_direct(&chains, &rules), backend);
+        // Chains first, the jump last; removal the other way round.
+        let add: Vec<String> = diff_part(&Ours::default(), &eb, owns_eb_chain)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(add.first().unwrap(), "addChain eb filter BRIDGE_PEERS_red");
+        assert_eq!(
+            add.last().unwrap(),
+            "addRule eb filter FORWARD 0 -i eth1 -j BRIDGE_PEERS_red"
+        );
+        let del: Vec<String> = diff_part(&eb, &Ours::default(), owns_eb_chain)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            del.first().unwrap(),
+            "removeRule eb filter FORWARD 0 -i eth1 -j BRIDGE_PEERS_red"
+        );
+        assert_eq!(del.last().unwrap(), "removeChain eb filter BRIDGE_PEERS_red");
+        assert!(diff_part(&eb, &eb, owns_eb_chain).is_empty());
+        // A wildcard uplink cannot be matched exactly.
+        want.bridges[0].uplink = "eth+".into();
+        assert!(want.eb().is_err());
     }
 }

@@ -661,3 +661,149 @@ fn iptables_refuses_beside_firewalld() {
         rig.assert_all_pass();
     }
 }
+
+/// Cross-host isolation (issue 7) with the firewalld backend on the two-host fabric: each
+/// host namespace runs its own bus and firewalld, and the peer filter is `eb` direct rules
+/// (runtime and permanent) instead of the nftables table. VM1@h1 and VM2@h2 are blocked
+/// from each other, every VM reaches the gateway and hosts, the router VM (trusted vNIC on
+/// h2, trusted MAC on h1) reaches everyone; removal and release-all leave no rule.
+#[test]
+fn firewalld_blocks_peers_across_hosts() {
+    if !firewalld_tests_enabled("firewalld_blocks_peers_across_hosts") {
+        return;
+    }
+    const PEERS: &str = "bridge_isolation_peer_macs";
+    const TRUSTED_MACS: &str = "bridge_isolation_trusted_macs";
+    let mut fabric = lab::Fabric::create(&lab::unique_prefix("xhfw"), 2).expect("creating the fabric");
+    let args: Vec<String> = SYSCTLS.iter().map(|s| format!("net.bridge.{s}=0")).collect();
+    let mut fws = Vec::new();
+    let mut states = Vec::new();
+    for host in ["h1", "h2"] {
+        let ns = fabric.host_ns(host).unwrap().to_string();
+        let mut argv = vec![SYSCTL, "-qw"];
+        argv.extend(args.iter().map(String::as_str));
+        ok(fabric.exec_in(&ns, &argv).expect("running sysctl"));
+        fws.push(Firewalld::start(&ns, "nftables"));
+        states.push((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
+    }
+    let hooks = tempfile::tempdir().expect("creating the hook tree");
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks")).unwrap() {
+        let dir = hooks.path().join(entry.unwrap().file_name());
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"), dir.join(HOOK)).unwrap();
+    }
+    let idx = |host: &str| usize::from(host == "h2");
+    let env = |host: &str| -> Vec<(String, String)> {
+        let (state, etc) = &states[idx(host)];
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("BRIDGE_ISOLATION_STATE_DIR".into(), path(state.path())),
+            ("BRIDGE_ISOLATION_CONFIG".into(), "/nonexistent".into()),
+            ("BRIDGE_ISOLATION_BACKEND".into(), "firewalld".into()),
+            ("BRIDGE_ISOLATION_MODULES_LOAD_DIR".into(), path(&etc.path().join("m"))),
+            ("BRIDGE_ISOLATION_SYSCTL_DIR".into(), path(&etc.path().join("s"))),
+            ("DBUS_SYSTEM_BUS_ADDRESS".into(), fws[idx(host)].address()),
+        ]
+    };
+    let hook = |fabric: &lab::Fabric, host: &str, point: &str, payload: Payload, vm: Option<u8>| -> HookRun {
+        let mut e = env(host);
+        e.extend(vm.map(|n| ("vmId".to_string(), vm_uuid(n))));
+        let ns = fabric.host_ns(host).unwrap();
+        let run = lab::run_hook_point(ns, hooks.path(), point, payload, &e).unwrap();
+        assert_eq!(run.codes, [(HOOK.to_string(), 0)], "{point} on {host}:\n{}", run.stderr);
+        run
+    };
+    let setup = |fabric: &lab::Fabric, host: &str, net: NetSpec| {
+        let json = lab::setup_networks_json(&[(NET, net)]);
+        for point in ["before_network_setup", "after_network_setup"] {
+            hook(fabric, host, point, Payload::Json(json.clone()), None);
+        }
+    };
+    let h1_net = NetSpec::on_nic(UPLINK)
+        .with_isolation("true")
+        .with_custom(PEERS, "56:6f:4c:ab:00:00-56:6f:4c:ab:00:ff")
+        .with_custom(TRUSTED_MACS, "56:6f:4c:ab:00:04");
+    let h2_net = NetSpec::on_nic(UPLINK)
+        .with_isolation("true")
+        .with_custom(PEERS, "56:6f:4c:ab:00:00/40");
+    setup(&fabric, "h1", h1_net);
+    setup(&fabric, "h2", h2_net);
+    for (host, n, trusted) in [("h1", 1, false), ("h1", 3, false), ("h2", 2, false), ("h2", 4, true)] {
+        let vm = fabric.numbered_vm(n);
+        let nic = NicSpec {
+            trusted,
+            ..NicSpec::new(NET, vm.guest_mac)
+        };
+        let engine = domain_xml(&vm.name, &vm_uuid(n), std::slice::from_ref(&nic));
+        hook(&fabric, host, "before_vm_start", Payload::DomXml(engine), Some(n));
+        fabric.add_vm(host, &vm).expect("plugging the VM");
+        let live = NicSpec {
+            tap: Some(vm.tap.clone()),
+            ..nic
+        };
+        let xml = domain_xml(&vm.name, &vm_uuid(n), &[live]);
+        hook(&fabric, host, "after_vm_start", Payload::DomXml(xml), Some(n));
+    }
+
+    let is_host = |n: &str| fabric.is_host(n);
+    let expected = |a: &str, b: &str| {
+        let vm = |n: &str| is_vm(n) && !is_host(n);
+        !(vm(a) && vm(b)) || a == "vm4" || b == "vm4"
+    };
+    fabric.matrix().expect("probing").assert_expected(&expected);
+
+    let peers = |host: &str| -> Vec<String> {
+        let [runtime, permanent, chains, pchains] = fws[idx(host)].direct();
+        assert_eq!(runtime, permanent, "{host}: runtime and permanent differ");
+        assert_eq!(chains, pchains);
+        assert!(chains.contains(&format!("eb filter BRIDGE_PEERS_{NET}")), "{chains:?}");
+        runtime.into_iter().filter(|l| l.contains("BRIDGE_PEERS_")).collect()
+    };
+    let mut h1 = vec![
+        format!("eb filter FORWARD 0 -i {UPLINK} -j BRIDGE_PEERS_{NET}"),
+        format!("eb filter BRIDGE_PEERS_{NET} 0 -s 56:6f:4c:ab:00:04 -j RETURN"),
+        format!("eb filter BRIDGE_PEERS_{NET} 1 -s 56:6f:4c:ab:00:00/ff:ff:ff:ff:ff:00 -j DROP"),
+    ];
+    h1.sort();
+    assert_eq!(peers("h1"), h1);
+    let mut h2 = vec![
+        format!("eb filter FORWARD 0 -i {UPLINK} -j BRIDGE_PEERS_{NET}"),
+        format!("eb filter BRIDGE_PEERS_{NET} 0 -o vnet4 -j RETURN"),
+        format!("eb filter BRIDGE_PEERS_{NET} 1 -s 56:6f:4c:ab:00:00/ff:ff:ff:ff:ff:00 -j DROP"),
+    ];
+    h2.sort();
+    assert_eq!(peers("h2"), h2);
+    for host in ["h1", "h2"] {
+        let ns = fabric.host_ns(host).unwrap();
+        let out = fabric
+            .exec_in(
+                ns,
+                &[lab::NFT, "list", "table", "bridge", bridge_isolation::peers::TABLE],
+            )
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{host}: the nft table is not used with firewalld"
+        );
+    }
+
+    // Removal on h1, release-all on h2: no rule of ours left, runtime or permanent.
+    setup(&fabric, "h1", NetSpec::removed());
+    let mut e = env("h2");
+    e.retain(|(k, _)| k != "BRIDGE_ISOLATION_BACKEND");
+    let out = Command::new(lab::IP)
+        .args(["netns", "exec", fabric.host_ns("h2").unwrap()])
+        .arg(env!("CARGO_BIN_EXE_bridge-isolation"))
+        .arg("release-all")
+        .envs(e)
+        .output()
+        .unwrap();
+    ok(out);
+    for fw in &fws {
+        let empty: [Vec<String>; 4] = Default::default();
+        assert_eq!(fw.direct(), empty);
+    }
+    fabric.matrix().expect("probing").assert_expected(&|_, _| true);
+    drop(fws);
+    fabric.destroy().expect("destroying the fabric");
+}

@@ -315,11 +315,16 @@ fn out_port(args: &[String]) -> Option<&str> {
 /// The permanent configuration with our part replaced by `want` (others' chains, rules and
 /// passthroughs untouched, in their order), or `None` when our part already is `want`.
 pub fn merged(settings: &DirectSettings, want: &Ours) -> Option<DirectSettings> {
+    merged_part(settings, &Ours::of_direct(&settings.0, &settings.1), want)
+}
+
+/// [`merged`] for any part of the direct configuration: `ours_now` (as listed in
+/// `settings`) replaced by `want`, or `None` when they are equal.
+pub fn merged_part(settings: &DirectSettings, ours_now: &Ours, want: &Ours) -> Option<DirectSettings> {
     let (chains, rules, passthroughs) = settings;
-    if Ours::of_direct(chains, rules) == *want {
+    if *ours_now == *want {
         return None;
     }
-    let ours_now = Ours::of_direct(chains, rules);
     let mut new_chains: Vec<DirectChain> = chains
         .iter()
         .filter(|(ipv, table, c)| !(ipv == IPV && table == TABLE && ours_now.chains.contains(c)))
@@ -335,6 +340,50 @@ pub fn merged(settings: &DirectSettings, want: &Ours) -> Option<DirectSettings> 
         .collect();
     new_rules.extend(want.direct_rules());
     Some((new_chains, new_rules, passthroughs.clone()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Another part of the `eb` direct rules (the cross-host filter, [`crate::peers`]), kept
+// apart from the backend's own by chain names: `owns(chain)` names its chains, which must
+// never look like ours ([`CHAIN`], `BRIDGE_ISO_*`).
+
+/// The part among firewalld's direct chains and rules whose chains `owns`: those chains,
+/// every rule in one, and the FORWARD rules jumping to one.
+pub fn part_of_direct(chains: &[DirectChain], rules: &[DirectRule], owns: fn(&str) -> bool) -> Ours {
+    let here = |ipv: &str, table: &str| ipv == IPV && table == TABLE;
+    Ours {
+        chains: chains
+            .iter()
+            .filter(|(ipv, table, chain)| here(ipv, table) && owns(chain))
+            .map(|(_, _, chain)| chain.clone())
+            .collect(),
+        rules: rules
+            .iter()
+            .filter(|(ipv, table, chain, _, args)| {
+                here(ipv, table) && (owns(chain) || (chain == FORWARD && target(args).is_some_and(owns)))
+            })
+            .map(|(_, _, chain, priority, args)| (chain.clone(), *priority, args.clone()))
+            .collect(),
+    }
+}
+
+/// The runtime calls taking the part `now` to `want`: chains, rules in them, then the
+/// jumps; removals the other way round, chains last.
+pub fn diff_part(now: &Ours, want: &Ours, owns: fn(&str) -> bool) -> Vec<Op> {
+    let rank = |chain: &str| u8::from(!owns(chain));
+    let mut ops: Vec<Op> = want
+        .chains
+        .difference(&now.chains)
+        .map(|c| Op::AddChain(c.clone()))
+        .collect();
+    let mut adds: Vec<&Rule> = want.rules.difference(&now.rules).collect();
+    adds.sort_by_key(|(chain, _, _)| rank(chain));
+    ops.extend(adds.into_iter().cloned().map(Op::AddRule));
+    let mut removes: Vec<&Rule> = now.rules.difference(&want.rules).collect();
+    removes.sort_by_key(|(chain, _, _)| std::cmp::Reverse(rank(chain)));
+    ops.extend(removes.into_iter().cloned().map(Op::RemoveRule));
+    ops.extend(now.chains.difference(&want.chains).map(|c| Op::RemoveChain(c.clone())));
+    ops
 }
 
 // ---------------------------------------------------------------------------------------
@@ -582,6 +631,33 @@ impl Firewalld {
                 .map_err(|e| Error::Kernel(format!("firewalld refused the permanent direct rules: {e}")))?;
         }
         Ok(())
+    }
+}
+
+impl Firewalld {
+    /// Whether firewalld owns its bus name (false without a system bus).
+    pub fn running(&self) -> bool {
+        matches!(self.bus().and_then(|bus| bus.has_owner(BUS_NAME)), Ok(true))
+    }
+
+    /// Makes the part whose chains `owns` (see [`part_of_direct`]) `want`, runtime and
+    /// permanent, with the backend's bus code. Returns the number of runtime calls made
+    /// (plus one when the permanent configuration was written).
+    pub fn sync_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<usize> {
+        let bus = self.bus()?;
+        let chains: Vec<DirectChain> = bus.call(PATH, IFACE_DIRECT, "getAllChains", &())?;
+        let rules: Vec<DirectRule> = bus.call(PATH, IFACE_DIRECT, "getAllRules", &())?;
+        let ops = diff_part(&part_of_direct(&chains, &rules, owns), want, owns);
+        self.run(&ops)?;
+        let settings: DirectSettings = bus.call(CONFIG_PATH, IFACE_CONFIG_DIRECT, "getSettings", &())?;
+        let now = part_of_direct(&settings.0, &settings.1, owns);
+        let mut calls = ops.len();
+        if let Some(new) = merged_part(&settings, &now, want) {
+            bus.call::<_, ()>(CONFIG_PATH, IFACE_CONFIG_DIRECT, "update", &(new,))
+                .map_err(|e| Error::Kernel(format!("firewalld refused the permanent direct rules: {e}")))?;
+            calls += 1;
+        }
+        Ok(calls)
     }
 }
 
