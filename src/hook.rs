@@ -479,8 +479,14 @@ fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> 
         return reconcile::run_and_commit(locked, settings).map(drop);
     }
     let state = store.read()?;
+    // Only root can read the cross-host filter: a trusted vNIC (a router, rare) on a network
+    // with peer ranges always asks the helper, so it joins the filter's open ports at once.
+    let trusted_router = report.vnics.iter().any(|v| v.trusted == Some(true))
+        && bridges
+            .iter()
+            .any(|b| state.network_of_bridge(b).is_some_and(|(_, p)| !p.peer_macs.is_empty()));
     // Blocked ports (fail-closed) wait for a root reconcile to re-enable them.
-    if report.recorded_in(&state) && state.blocked.is_empty() {
+    if report.recorded_in(&state) && state.blocked.is_empty() && !trusted_router {
         let plan = reconcile::plan_for(&state, |b| bridges.contains(b))?;
         if plan.bridges.is_empty() {
             return Ok(());
