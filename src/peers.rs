@@ -744,8 +744,18 @@ pub fn wanted(state: &State) -> Result<Ruleset> {
 /// and the table is deleted; with any other backend (iptables included: br_netfilter cannot
 /// see ARP and non-IP frames) the table is used and our direct rules, if firewalld runs,
 /// are removed.
-pub fn reconcile(state: &State) -> Result<usize> {
+pub fn reconcile(state: &mut State) -> Result<usize> {
     let want = wanted(state)?;
+    if want.bridges.is_empty() && !state.cross_host {
+        return Ok(0);
+    }
+    let changed = sync(state, &want)?;
+    state.cross_host = !want.bridges.is_empty();
+    Ok(changed)
+}
+
+/// Makes the filter of the active backend equal to `want` and removes the other one.
+fn sync(state: &State, want: &Ruleset) -> Result<usize> {
     if state.backend == Some(BackendKind::Firewalld) {
         let fw = crate::backend::firewalld::Firewalld::new();
         let mut n = eb_sync(&fw, &want)?;

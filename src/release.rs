@@ -81,7 +81,7 @@ pub fn release_all(settings: &Settings) -> Result<Released> {
     }
 
     // Cross-host isolation: its table goes whatever the backends were.
-    if crate::peers::remove_all()? {
+    if state.cross_host && crate::peers::remove_all()? {
         log::info!("cross-host table {} removed (release-all)", crate::peers::TABLE);
     }
 
