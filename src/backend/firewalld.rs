@@ -762,48 +762,11 @@ impl Backend for Firewalld {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::Port;
+    use crate::reconcile::fixtures::{bridge, plan, red};
     use crate::reconcile::{PortPlan, Role};
 
     fn port(name: &str, role: Role) -> PortPlan {
-        PortPlan {
-            port: Port {
-                name: name.into(),
-                ifindex: 1,
-                mac: None,
-                isolated: Some(false),
-            },
-            role,
-        }
-    }
-
-    fn bridge(name: &str, ports: Vec<PortPlan>) -> BridgePlan {
-        BridgePlan {
-            network: name.into(),
-            bridge: name.into(),
-            uplink: Some("eth1".into()),
-            present: true,
-            ports,
-        }
-    }
-
-    fn red() -> BridgePlan {
-        bridge(
-            "red",
-            vec![
-                port("eth1", Role::Uplink),
-                port("vnet1", Role::Vm),
-                port("vnet2", Role::Vm),
-                port("vnet3", Role::Trusted),
-            ],
-        )
-    }
-
-    fn plan(bridges: Vec<BridgePlan>) -> Plan {
-        Plan {
-            bridges,
-            lifted: Vec::new(),
-        }
+        crate::reconcile::fixtures::port(name, 1, role, Some(false))
     }
 
     fn ours(bridges: Vec<BridgePlan>) -> Ours {
