@@ -758,7 +758,7 @@ pub fn reconcile(state: &mut State) -> Result<usize> {
 fn sync(state: &State, want: &Ruleset) -> Result<usize> {
     if state.backend == Some(BackendKind::Firewalld) {
         let fw = crate::backend::firewalld::Firewalld::new();
-        let mut n = eb_sync(&fw, &want)?;
+        let mut n = eb_sync(&fw, want)?;
         if list()?.exists {
             apply(&[Cmd::AddTable, Cmd::DeleteTable])?;
             n += 2;
@@ -774,13 +774,13 @@ fn sync(state: &State, want: &Ruleset) -> Result<usize> {
         Err(e) => log::warn!("cross-host: removing firewalld direct rules: {e}"),
     }
     let live = list()?;
-    let cmds = live.diff(&want);
+    let cmds = live.diff(want);
     if cmds.is_empty() {
         return Ok(0);
     }
     apply(&cmds)?;
     let after = list()?;
-    let left = after.diff(&want);
+    let left = after.diff(want);
     if !left.is_empty() {
         return Err(Error::Kernel(format!(
             "cross-host table still differs after reconcile ({} command(s))",
