@@ -29,6 +29,7 @@ pub mod reconcile;
 pub mod release;
 pub mod setup;
 pub mod state;
+pub mod tool;
 pub mod vnic;
 
 pub use error::{Error, Result};

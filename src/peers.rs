@@ -37,9 +37,7 @@
 //! run when converged. The table is deleted when no network has peer ranges.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -566,30 +564,7 @@ pub fn batch(cmds: &[Cmd]) -> Value {
 // 4. Running nft, and the entry points.
 
 fn nft(args: &[&str], input: Option<&[u8]>) -> Result<std::process::Output> {
-    let shown = format!("{NFT} {}", args.join(" "));
-    let mut child = Command::new(NFT)
-        .args(args)
-        .env_clear()
-        .env("LC_ALL", "C")
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Kernel(format!("running {shown}: {e}")))?;
-    let written = match (input, child.stdin.take()) {
-        (Some(bytes), Some(mut stdin)) => stdin.write_all(bytes),
-        _ => Ok(()),
-    };
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Kernel(format!("waiting for {shown}: {e}")))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
-        return Err(Error::Kernel(format!("{shown} failed ({}): {err}", out.status)));
-    }
-    written.map_err(|e| Error::Kernel(format!("writing to {shown}: {e}")))?;
-    Ok(out)
+    crate::tool::run(NFT, args, input)
 }
 
 /// Our table as listed; empty when it (or nft) does not exist.

@@ -36,9 +36,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{Backend, BackendKind, Change, DropCounter, Observed};
@@ -603,20 +601,8 @@ impl BrNetfilter {
     pub fn enable(&self) -> Result<bool> {
         let loaded = self.loaded();
         if !loaded {
-            let out = Command::new(&self.modprobe)
-                .arg("br_netfilter")
-                .env_clear()
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| Error::Kernel(format!("running {} br_netfilter: {e}", self.modprobe.display())))?;
-            if !out.status.success() {
-                return Err(Error::Kernel(format!(
-                    "{} br_netfilter failed ({}): {}",
-                    self.modprobe.display(),
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+            let modprobe = self.modprobe.to_string_lossy();
+            crate::tool::run(&modprobe, &["br_netfilter"], None)?;
         }
         if !self.proc_dir.is_dir() {
             return Err(Error::Kernel(format!(
@@ -802,37 +788,16 @@ impl Family {
 /// Runs `program args` with `input` on stdin (no shell, no PATH, empty environment); on a
 /// held xtables lock (another program changing rules) retries a few times.
 fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<String> {
-    let shown = format!("{program} {}", args.join(" "));
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut child = Command::new(program)
-            .args(args)
-            .env_clear()
-            .env("LC_ALL", "C")
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Kernel(format!("running {shown}: {e}")))?;
-        let written = match (input, child.stdin.take()) {
-            (Some(bytes), Some(mut stdin)) => stdin.write_all(bytes),
-            _ => Ok(()),
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::Kernel(format!("waiting for {shown}: {e}")))?;
-        if out.status.success() {
-            written.map_err(|e| Error::Kernel(format!("writing to {shown}: {e}")))?;
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        match crate::tool::attempt(program, args, input)? {
+            Ok(out) => return Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Err(f) if f.stderr.contains("xtables lock") && attempt < 10 => {
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+            }
+            Err(f) => return Err(f.into()),
         }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
-        if err.contains("xtables lock") && attempt < 10 {
-            std::thread::sleep(Duration::from_millis(100 * attempt));
-            continue;
-        }
-        return Err(Error::Kernel(format!("{shown} failed ({}): {err}", out.status)));
     }
 }
 

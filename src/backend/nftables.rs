@@ -34,9 +34,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
@@ -592,30 +590,7 @@ impl Default for Nft {
 
 impl Nft {
     fn run(&self, args: &[&str], input: Option<&[u8]>) -> Result<std::process::Output> {
-        let shown = format!("{} {}", self.program, args.join(" "));
-        let mut child = Command::new(self.program)
-            .args(args)
-            .env_clear()
-            .env("LC_ALL", "C")
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Kernel(format!("running {shown}: {e}")))?;
-        let written = match (input, child.stdin.take()) {
-            (Some(bytes), Some(mut stdin)) => stdin.write_all(bytes),
-            _ => Ok(()),
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::Kernel(format!("waiting for {shown}: {e}")))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
-            return Err(Error::Kernel(format!("{shown} failed ({}): {err}", out.status)));
-        }
-        written.map_err(|e| Error::Kernel(format!("writing to {shown}: {e}")))?;
-        Ok(out)
+        crate::tool::run(self.program, args, input)
     }
 
     /// Our table as listed, or an empty [`Live`] when it does not exist.
