@@ -958,27 +958,8 @@ impl Backend for Iptables {
     }
 
     fn observe(&mut self, plan: &Plan) -> Result<Vec<Observed>> {
-        if !is_root() {
-            // iptables-save needs CAP_NET_ADMIN: report every port open, so an unprivileged
-            // hook sees drift and asks the root helper, which reads for real.
-            return Ok(Vec::new());
-        }
         let tables = self.tables()?;
-        Ok(plan
-            .bridges
-            .iter()
-            .flat_map(|b| {
-                let isolated = self.isolated(&tables, &b.bridge);
-                b.ports
-                    .iter()
-                    .map(move |p| Observed {
-                        bridge: b.bridge.clone(),
-                        port: p.port.name.clone(),
-                        isolated: isolated.contains(&p.port.name),
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect())
+        Ok(super::observed(plan, |bridge| self.isolated(&tables, bridge)))
     }
 
     fn apply(&mut self, plan: &Plan) -> Result<Vec<Change>> {

@@ -13,7 +13,7 @@ pub mod iptables;
 pub mod nftables;
 mod port_isolation;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,8 +111,8 @@ pub trait Backend {
     fn available(&self) -> Result<()>;
 
     /// What the backend enforces now on the ports of the planned bridges. A backend that
-    /// cannot read the kernel without root ([`Backend::needs_root_to_observe`]) reports
-    /// every port open to an unprivileged caller, which then asks the root helper.
+    /// cannot read the kernel without root says so ([`Backend::needs_root_to_observe`]);
+    /// an unprivileged caller then asks the root helper instead of calling this.
     fn observe(&mut self, plan: &Plan) -> Result<Vec<Observed>>;
 
     /// True when [`Backend::observe`] needs root to see anything.
@@ -130,6 +130,25 @@ pub trait Backend {
 
     /// Removes everything this backend enforces on `bridges` (isolation lifted or handed over).
     fn remove(&mut self, bridges: &[BridgePlan]) -> Result<Vec<Change>>;
+}
+
+/// One [`Observed`] per port of the plan's bridges: isolated when its name is in what
+/// `enforced` says the backend enforces on that bridge.
+pub(crate) fn observed(plan: &Plan, mut enforced: impl FnMut(&str) -> BTreeSet<String>) -> Vec<Observed> {
+    plan.bridges
+        .iter()
+        .flat_map(|b| {
+            let enforced = enforced(&b.bridge);
+            b.ports
+                .iter()
+                .map(|p| Observed {
+                    bridge: b.bridge.clone(),
+                    port: p.port.name.clone(),
+                    isolated: enforced.contains(&p.port.name),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Opens the backend of that kind (without checking the host: see [`Backend::available`]).

@@ -691,27 +691,8 @@ impl Backend for Nftables {
     }
 
     fn observe(&mut self, plan: &Plan) -> Result<Vec<Observed>> {
-        if !is_root() {
-            // Without CAP_NET_ADMIN nothing can be read: report every port open, so an
-            // unprivileged hook sees drift and asks the root helper, which reads for real.
-            return Ok(Vec::new());
-        }
         let live = self.live()?;
-        Ok(plan
-            .bridges
-            .iter()
-            .flat_map(|b| {
-                let enforced = live.enforced(&b.bridge);
-                b.ports
-                    .iter()
-                    .map(move |p| Observed {
-                        bridge: b.bridge.clone(),
-                        port: p.port.name.clone(),
-                        isolated: enforced.contains(&p.port.name),
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect())
+        Ok(super::observed(plan, |bridge| live.enforced(bridge)))
     }
 
     fn apply(&mut self, plan: &Plan) -> Result<Vec<Change>> {
