@@ -81,7 +81,8 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => {
-            let report = StatusReport::gather(&settings, &store.read()?)?;
+            let state = store.read()?;
+            let report = StatusReport::gather(&settings, &state)?;
             let drifts: Vec<String> = report
                 .bridges
                 .iter()
@@ -102,6 +103,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     ps.iter()
                         .map(move |p| format!("blocked: bridge {b} port {p} (enforcement failed; run reconcile)"))
                 }))
+                .chain(cross_host_drift(&state)?.into_iter().map(|d| format!("drift: {d}")))
                 .collect();
             for d in &drifts {
                 println!("{d}");
@@ -179,6 +181,18 @@ pub struct StatusReport {
     /// Cross-host isolation per network: peer ranges, trusted MACs, frames dropped.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub cross_host: std::collections::BTreeMap<String, crate::peers::PeerStatus>,
+}
+
+/// What differs in the cross-host filter; only root can read it, so for anyone else a note
+/// on stderr says it was not checked.
+fn cross_host_drift(state: &crate::state::State) -> Result<Vec<String>> {
+    if config::is_root() {
+        return crate::peers::drift(state);
+    }
+    if !crate::peers::wanted_bridges(state).is_empty() {
+        eprintln!("note: the cross-host filter was not checked (only root can read it)");
+    }
+    Ok(Vec::new())
 }
 
 /// One isolated bridge.

@@ -794,6 +794,96 @@ pub fn remove_all() -> Result<bool> {
     Ok(true)
 }
 
+/// What `verify` reports of the cross-host filter (root): one line per difference a reconcile
+/// would repair, none when the kernel (or firewalld, with its backend) holds exactly what
+/// `state` asks for. Nothing is read when no network has peer ranges and none had.
+pub fn drift(state: &State) -> Result<Vec<String>> {
+    let want = wanted(state)?;
+    if want.bridges.is_empty() && !state.cross_host {
+        return Ok(Vec::new());
+    }
+    if state.backend == Some(BackendKind::Firewalld) {
+        let fw = crate::backend::firewalld::Firewalld::new();
+        let mut out: Vec<String> = fw
+            .drift_part(owns_eb_chain, &want.eb()?)?
+            .into_iter()
+            .map(|d| format!("cross-host (firewalld direct rules): {d}"))
+            .collect();
+        if list()?.exists {
+            out.push(format!(
+                "cross-host: table {FAMILY} {TABLE} is left beside the firewalld direct rules"
+            ));
+        }
+        return Ok(out);
+    }
+    let live = list()?;
+    Ok(live.drift(&want))
+}
+
+impl Live {
+    /// What differs from `want`, in words (see [`drift`]).
+    pub fn drift(&self, want: &Ruleset) -> Vec<String> {
+        let table = format!("cross-host: table {FAMILY} {TABLE}");
+        let cmds = self.diff(want);
+        if cmds.is_empty() {
+            return Vec::new();
+        }
+        if want.bridges.is_empty() {
+            return vec![format!("{table} is still there, but no network has peer ranges")];
+        }
+        if !self.exists {
+            return vec![format!("{table} is missing")];
+        }
+        if cmds.contains(&Cmd::DeleteTable) {
+            return vec![format!(
+                "{table} has a changed chain {CHAIN} or objects not ours: it has to be rebuilt"
+            )];
+        }
+        cmds.iter()
+            .filter_map(|c| match c {
+                Cmd::DeleteRule(h) => Some(format!(
+                    "{table}: rule handle {h} in chain {CHAIN} is not ours or altered"
+                )),
+                Cmd::DeleteSet(n)
+                    if want
+                        .bridges
+                        .iter()
+                        .any(|b| SetKind::ALL.iter().any(|&k| set_name(k, &b.bridge) == *n)) =>
+                {
+                    None
+                }
+                Cmd::DeleteSet(n) => Some(format!("{table}: set {n} belongs to no network with peer ranges")),
+                Cmd::AddSet(_, n) => Some(format!("{table}: set {n} is missing or has the wrong type")),
+                Cmd::FlushSet(n) => Some(format!("{table}: set {n} holds other elements than recorded")),
+                Cmd::AddRule(b) => Some(format!(
+                    "{table}: bridge {}: the drop rule is missing or altered",
+                    b.bridge
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Frames dropped per bridge by the firewalld variant's direct chains.
+fn eb_counters(state: &State) -> BTreeMap<String, DropCounter> {
+    let fw = crate::backend::firewalld::Firewalld::new();
+    let mut out = BTreeMap::new();
+    for bridge in wanted_bridges(state) {
+        match fw.eb_drops(&eb_chain(&bridge)) {
+            Ok(Some(c)) => {
+                out.insert(bridge, c);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::debug!("cross-host counters unreadable: {e}");
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// What `status` shows of one network's cross-host isolation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerStatus {
@@ -809,7 +899,9 @@ pub struct PeerStatus {
 /// counter needs root; without it (or nft) `drops` is `None`.
 pub fn status(state: &State) -> BTreeMap<String, PeerStatus> {
     let readable = crate::config::is_root();
-    let counters = if readable {
+    let counters = if readable && state.backend == Some(BackendKind::Firewalld) {
+        eb_counters(state)
+    } else if readable {
         match (wanted(state), list()) {
             (Ok(want), Ok(live)) => live.counters(&want),
             (Err(e), _) | (_, Err(e)) => {
@@ -995,6 +1087,35 @@ mod tests {
         );
         // Nothing wanted any more: the whole table goes.
         assert_eq!(live.diff(&Ruleset::default()), [Cmd::AddTable, Cmd::DeleteTable]);
+    }
+
+    #[test]
+    fn drift_names_what_reconcile_would_repair() {
+        let want = Ruleset::from_state(&state(), &plan());
+        assert_eq!(
+            Live::parse(&listed(7, r#""vnet4""#)).unwrap().drift(&want),
+            Vec::<String>::new()
+        );
+        let table = "cross-host: table bridge bridge_isolation_peers";
+        let live = Live::parse(&listed(7, r#""vnet9""#)).unwrap();
+        assert_eq!(
+            live.drift(&want),
+            [format!("{table}: set open_red holds other elements than recorded")]
+        );
+        let mut moved = want.clone();
+        moved.bridges[0].uplink = "bond0".into();
+        assert_eq!(
+            Live::parse(&listed(7, r#""vnet4""#)).unwrap().drift(&moved),
+            [
+                format!("{table}: rule handle 5 in chain forward is not ours or altered"),
+                format!("{table}: bridge red: the drop rule is missing or altered"),
+            ]
+        );
+        assert_eq!(Live::default().drift(&want), [format!("{table} is missing")]);
+        assert_eq!(
+            live.drift(&Ruleset::default()),
+            [format!("{table} is still there, but no network has peer ranges")]
+        );
     }
 
     #[test]

@@ -253,6 +253,33 @@ fn peers_are_blocked_across_hosts_gateway_and_router_stay_reachable() {
     rig.network_setup("h1", &restore);
     assert!(rig.cli("h1", &["reconcile"]).status.success());
     assert_eq!(rig.handles("h1"), before);
+
+    // verify: quiet when converged; an emptied peer set on h1 (VM2@h2 reaches VM1@h1) is
+    // reported with exit 1, and a reconcile closes the hole.
+    let verify = |rig: &Rig| {
+        let out = rig.cli("h1", &["verify"]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = verify(&rig);
+    assert_eq!(code, Some(0), "{text}");
+    let ns = rig.fabric.host_ns("h1").unwrap();
+    let out = rig
+        .fabric
+        .exec_in(ns, &[lab::NFT, "flush", "set", "bridge", TABLE, "peers_isonet"])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (h2 still drops VM1's replies: the one-way raw frame shows the hole.)
+    let open = rig.fabric.matrix().expect("probing");
+    assert!(open.get("vm2", "vm1", lab::Protocol::Raw), "{open}");
+    let (code, text) = verify(&rig);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("drift: cross-host: table bridge bridge_isolation_peers: set peers_isonet holds other elements than recorded"),
+        "{text}"
+    );
+    assert!(rig.cli("h1", &["reconcile"]).status.success());
+    assert_eq!(verify(&rig).0, Some(0));
+    rig.fabric.matrix().expect("probing").assert_expected(&expected);
 }
 
 #[test]

@@ -787,6 +787,39 @@ fn firewalld_blocks_peers_across_hosts() {
         );
     }
 
+    let cli = |host: &str, args: &[&str]| -> Output {
+        Command::new(lab::IP)
+            .args(["netns", "exec", fabric.host_ns(host).unwrap()])
+            .arg(env!("CARGO_BIN_EXE_bridge-isolation"))
+            .args(args)
+            .envs(env(host))
+            .output()
+            .unwrap()
+    };
+    // status counts what the DROP rules took (the matrix sent VM2@h2 -> VM1@h1).
+    let v: Value = serde_json::from_str(&ok(cli("h1", &["status", "--json"]))).unwrap();
+    assert!(v["cross_host"][NET]["drops"]["packets"].as_u64().unwrap() > 0, "{v}");
+    // verify: quiet when converged; a DROP rule removed behind our back is reported (exit
+    // 1) and a reconcile puts it back.
+    ok(cli("h1", &["verify"]));
+    let chain = format!("BRIDGE_PEERS_{NET}");
+    let drop_rule = ["1", "-s", "56:6f:4c:ab:00:00/ff:ff:ff:ff:ff:00", "-j", "DROP"];
+    let mut remove = vec!["--direct", "--remove-rule", "eb", "filter", &chain];
+    remove.extend(drop_rule);
+    ok(fws[0].cmd(&remove));
+    let out = cli("h1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "drift: cross-host (firewalld direct rules): runtime needs addRule eb filter {chain} {}",
+            drop_rule.join(" ")
+        )),
+        "{text}"
+    );
+    ok(cli("h1", &["reconcile"]));
+    ok(cli("h1", &["verify"]));
+
     // Removal on h1, release-all on h2: no rule of ours left, runtime or permanent.
     setup(&fabric, "h1", NetSpec::removed());
     let mut e = env("h2");

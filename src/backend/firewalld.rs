@@ -40,7 +40,7 @@ use zbus::blocking::Connection;
 use zbus::zvariant::{DynamicType, OwnedValue};
 
 use super::iptables::{changes, exact_port_name};
-use super::{Backend, BackendKind, Change, Observed};
+use super::{Backend, BackendKind, Change, DropCounter, Observed};
 use crate::config::is_root;
 use crate::error::{Error, Result};
 use crate::reconcile::{BridgePlan, Plan};
@@ -645,9 +645,7 @@ impl Firewalld {
     /// (plus one when the permanent configuration was written).
     pub fn sync_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<usize> {
         let bus = self.bus()?;
-        let chains: Vec<DirectChain> = bus.call(PATH, IFACE_DIRECT, "getAllChains", &())?;
-        let rules: Vec<DirectRule> = bus.call(PATH, IFACE_DIRECT, "getAllRules", &())?;
-        let ops = diff_part(&part_of_direct(&chains, &rules, owns), want, owns);
+        let ops = diff_part(&self.runtime_part(owns)?, want, owns);
         self.run(&ops)?;
         let settings: DirectSettings = bus.call(CONFIG_PATH, IFACE_CONFIG_DIRECT, "getSettings", &())?;
         let now = part_of_direct(&settings.0, &settings.1, owns);
@@ -659,6 +657,69 @@ impl Firewalld {
         }
         Ok(calls)
     }
+}
+
+impl Firewalld {
+    /// The runtime part whose chains `owns`.
+    fn runtime_part(&self, owns: fn(&str) -> bool) -> Result<Ours> {
+        let bus = self.bus()?;
+        let chains: Vec<DirectChain> = bus.call(PATH, IFACE_DIRECT, "getAllChains", &())?;
+        let rules: Vec<DirectRule> = bus.call(PATH, IFACE_DIRECT, "getAllRules", &())?;
+        Ok(part_of_direct(&chains, &rules, owns))
+    }
+
+    /// What [`Firewalld::sync_part`] would change, in words (runtime, then permanent);
+    /// empty when both already are `want`. Changes nothing.
+    pub fn drift_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<Vec<String>> {
+        let mut out: Vec<String> = diff_part(&self.runtime_part(owns)?, want, owns)
+            .iter()
+            .map(|op| format!("runtime needs {op}"))
+            .collect();
+        let settings: DirectSettings = self.bus()?.call(CONFIG_PATH, IFACE_CONFIG_DIRECT, "getSettings", &())?;
+        let permanent = part_of_direct(&settings.0, &settings.1, owns);
+        out.extend(
+            diff_part(&permanent, want, owns)
+                .iter()
+                .map(|op| format!("permanent configuration needs {op}")),
+        );
+        Ok(out)
+    }
+
+    /// Frames dropped by the `-j DROP` rules of ebtables chain `chain` (filter table), read
+    /// through firewalld's passthrough, which runs the ebtables it drives; `None` when the
+    /// chain is not there.
+    pub fn eb_drops(&self, chain: &str) -> Result<Option<DropCounter>> {
+        let args = strings(&["-t", TABLE, "-L", chain, "--Lc"]);
+        match self
+            .bus()?
+            .call::<_, String>(PATH, IFACE_DIRECT, "passthrough", &(IPV, &args))
+        {
+            Ok(listing) => Ok(Some(eb_drops_in(&listing))),
+            Err(e) => {
+                log::debug!("firewalld: listing {chain} with counters: {e}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The sum of the counters of the `-j DROP` rules in `ebtables -L --Lc` output
+/// (`-s 56:6f:4c:ab:0:0/ff:ff:ff:ff:ff:0 -j DROP , pcnt = 12 -- bcnt = 840`).
+pub fn eb_drops_in(listing: &str) -> DropCounter {
+    let mut sum = DropCounter::default();
+    for line in listing.lines() {
+        let Some((rule, counts)) = line.rsplit_once(" , pcnt = ") else {
+            continue;
+        };
+        if !rule.trim_end().ends_with("-j DROP") {
+            continue;
+        }
+        if let Some((p, b)) = counts.split_once(" -- bcnt = ") {
+            sum.packets += p.trim().parse::<u64>().unwrap_or_default();
+            sum.bytes += b.trim().parse::<u64>().unwrap_or_default();
+        }
+    }
+    sum
 }
 
 impl Backend for Firewalld {
@@ -756,6 +817,25 @@ mod tests {
 
     fn rule(chain: &str, args: &[&str]) -> DirectRule {
         (IPV.into(), TABLE.into(), chain.into(), 0, strings(args))
+    }
+
+    #[test]
+    fn sums_the_drop_counters_of_an_eb_listing() {
+        // ebtables-nft 1.8.9, and legacy ebtables' shorter MACs.
+        let listing = "Bridge table: filter\n\n\
+            Bridge chain: BRIDGE_PEERS_red, entries: 4, policy: RETURN\n\
+            -s 56:6f:4c:ab:0:4 -j RETURN , pcnt = 3 -- bcnt = 180\n\
+            -o vnet4 -j RETURN , pcnt = 5 -- bcnt = 300\n\
+            -s 56:6f:4c:ab:00:00/ff:ff:ff:ff:ff:00 -j DROP , pcnt = 12 -- bcnt = 840\n\
+            -s 56:6f:4c:ac:0:0/ff:ff:ff:ff:0:0 -j DROP , pcnt = 1 -- bcnt = 60\n";
+        assert_eq!(
+            eb_drops_in(listing),
+            DropCounter {
+                packets: 13,
+                bytes: 900
+            }
+        );
+        assert_eq!(eb_drops_in("Bridge table: filter\n"), DropCounter::default());
     }
 
     #[test]
