@@ -1,15 +1,17 @@
-//! Prototype (measured, not used by the library): the ports of bridges read with RTM_GETLINK
-//! dumps over one rtnetlink socket instead of three sysfs files per port
-//! (`bridge::ports`). Same result type, so the bench checks both agree before timing them.
+//! Other ways to read the ports of bridges, measured beside the library's
+//! (`bridge::Snapshot`: one RTM_GETLINK dump of family AF_BRIDGE). Same result type, so the
+//! bench checks they all agree before timing them.
 //!
-//! - [`one_dump`]: one dump of every link of the namespace (stats skipped), grouped by
-//!   IFLA_MASTER: one syscall round trip per ~30 links, whatever the number of bridges;
+//! - [`sysfs`]: what the library did before, `brif/` and three files per port (ifindex,
+//!   address, `brport/isolated`);
+//! - [`one_dump`]: one dump of every link of the namespace (family AF_UNSPEC, stats
+//!   skipped), grouped by IFLA_MASTER: every interface, not only the ports, fully parsed;
 //! - [`per_bridge`]: per bridge, its ifindex from sysfs (one file), then one dump filtered
 //!   by the kernel on IFLA_MASTER: what is parsed follows the ports asked for, not the
 //!   interfaces the namespace has;
-//! - [`sysfs_flag_ioctl`]: the port list and `brport/isolated` from sysfs as today, the
-//!   ifindex and MAC from two ioctls (SIOCGIFINDEX, SIOCGIFHWADDR: RCU lookups, no file
-//!   opened) instead of two more sysfs files.
+//! - [`sysfs_flag_ioctl`]: the port list and `brport/isolated` from sysfs, the ifindex and
+//!   MAC from two ioctls (SIOCGIFINDEX, SIOCGIFHWADDR: RCU lookups, no file opened) instead
+//!   of two more sysfs files.
 
 use std::collections::BTreeMap;
 
@@ -250,6 +252,45 @@ pub fn sysfs_flag_ioctl(bridges: &[String]) -> Result<BTreeMap<String, Option<Ve
                 mac,
                 isolated,
             });
+        }
+        ports.sort_by(|a, b| a.name.cmp(&b.name));
+        out.insert(b.clone(), Some(ports));
+    }
+    Ok(out)
+}
+
+/// Ports of each of `bridges` as the library read them before: `brif/`, then ifindex,
+/// address and `brport/isolated` of each port; a port gone meanwhile is skipped.
+pub fn sysfs(bridges: &[String]) -> Result<BTreeMap<String, Option<Vec<Port>>>> {
+    let read = |path: String| std::fs::read_to_string(path).map(|s| s.trim().to_string());
+    let mut out = BTreeMap::new();
+    for b in bridges {
+        let entries = match std::fs::read_dir(format!("/sys/class/net/{b}/brif")) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                out.insert(b.clone(), None);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut ports = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let port = (|| -> std::io::Result<Port> {
+                Ok(Port {
+                    ifindex: read(format!("/sys/class/net/{name}/ifindex"))?
+                        .parse()
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+                    mac: read(format!("/sys/class/net/{name}/address"))?.parse().ok(),
+                    isolated: Some(read(format!("/sys/class/net/{name}/brport/isolated"))? == "1"),
+                    name: name.clone(),
+                })
+            })();
+            match port {
+                Ok(p) => ports.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
         ports.sort_by(|a, b| a.name.cmp(&b.name));
         out.insert(b.clone(), Some(ports));

@@ -18,7 +18,8 @@
 //! Each in-process through the library (`bridge_isolation::reconcile::run` on a `State`) and
 //! as the CLI process `bridge-isolation reconcile` (state file, env overrides), interleaved
 //! round by round in rotating order with a plain exec of /bin/true. The time of
-//! `reconcile::plan` alone (reading the ports from sysfs) is shown too, to attribute the cost.
+//! `reconcile::plan` alone (reading the ports: one rtnetlink dump) is shown too, to
+//! attribute the cost, beside other ways to read the ports (`proto_ports`).
 //! Child processes per CLI run are counted once per backend and mode under `strace -f`.
 
 mod common;
@@ -42,7 +43,9 @@ const TRUE: &str = "/bin/true";
 const BRIDGES: usize = 200;
 const PORTS_PER_BRIDGE: usize = 10;
 const SIZES: [usize; 5] = [10, 100, 500, 1000, 2000];
-const PROTO_ONE: &str = "prototype: ports from one RTM_GETLINK dump";
+const PLAN: &str = "reconcile::plan alone (ports: one AF_BRIDGE dump)";
+const PROTO_SYSFS: &str = "before: ports from sysfs (brif/ + 3 files per port)";
+const PROTO_ONE: &str = "prototype: ports from one AF_UNSPEC RTM_GETLINK dump";
 const PROTO_PER: &str = "prototype: ports from per-bridge IFLA_MASTER dumps";
 const PROTO_IOCTL: &str = "prototype: sysfs flag + ifindex/MAC by ioctl";
 
@@ -316,21 +319,23 @@ fn inner(args: &[String]) -> Result<()> {
             cli.write_state(&st)?;
             states.push(st);
         }
-        // The netlink prototypes must read exactly what bridge::ports reads.
+        // The other readers must read exactly what the library reads.
         let names: Vec<String> = state0.networks.values().map(|p| p.bridge.clone()).collect();
-        let sysfs: BTreeMap<String, Option<Vec<bridge_isolation::bridge::Port>>> = names
+        let snapshot = bridge_isolation::bridge::Snapshot::read()?;
+        let library: BTreeMap<String, Option<Vec<bridge_isolation::bridge::Port>>> = names
             .iter()
-            .map(|b| Ok((b.clone(), bridge_isolation::bridge::ports(b)?)))
-            .collect::<Result<_>>()?;
-        if proto_ports::one_dump(&names)? != sysfs
-            || proto_ports::per_bridge(&names)? != sysfs
-            || proto_ports::sysfs_flag_ioctl(&names)? != sysfs
+            .map(|b| (b.clone(), snapshot.ports(b).map(<[_]>::to_vec)))
+            .collect();
+        if proto_ports::sysfs(&names)? != library
+            || proto_ports::one_dump(&names)? != library
+            || proto_ports::per_bridge(&names)? != library
+            || proto_ports::sysfs_flag_ioctl(&names)? != library
         {
-            bail!("the netlink prototypes disagree with bridge::ports at {size} ports");
+            bail!("the other port readers disagree with bridge::Snapshot at {size} ports");
         }
-        // Steady: library and CLI for each backend, plan alone, the netlink prototypes, and
+        // Steady: library and CLI for each backend, plan alone, the other readers, and
         // /bin/true, rotating.
-        let steady_variants = kinds.len() * 2 + 5;
+        let steady_variants = kinds.len() * 2 + 6;
         for rep in 0..steady_reps + 2 {
             for i in rotation(steady_variants, rep) {
                 check_stop()?;
@@ -357,20 +362,26 @@ fn inner(args: &[String]) -> Result<()> {
                     if ports != size {
                         bail!("plan found {ports} ports, expected {size}");
                     }
-                    ("reconcile::plan alone (sysfs)".to_string(), dt)
+                    (PLAN.to_string(), dt)
                 } else if i == kinds.len() * 2 + 1 {
+                    let t = Instant::now();
+                    let ports = proto_ports::sysfs(&names)?;
+                    let dt = ms(t);
+                    std::hint::black_box(ports);
+                    (PROTO_SYSFS.to_string(), dt)
+                } else if i == kinds.len() * 2 + 2 {
                     let t = Instant::now();
                     let ports = proto_ports::one_dump(&names)?;
                     let dt = ms(t);
                     std::hint::black_box(ports);
                     (PROTO_ONE.to_string(), dt)
-                } else if i == kinds.len() * 2 + 2 {
+                } else if i == kinds.len() * 2 + 3 {
                     let t = Instant::now();
                     let ports = proto_ports::per_bridge(&names)?;
                     let dt = ms(t);
                     std::hint::black_box(ports);
                     (PROTO_PER.to_string(), dt)
-                } else if i == kinds.len() * 2 + 3 {
+                } else if i == kinds.len() * 2 + 4 {
                     let t = Instant::now();
                     let ports = proto_ports::sysfs_flag_ioctl(&names)?;
                     let dt = ms(t);
@@ -420,7 +431,8 @@ fn report(
             variants.push(format!("{} {v}", k.name()));
         }
     }
-    variants.push("reconcile::plan alone (sysfs)".into());
+    variants.push(PLAN.into());
+    variants.push(PROTO_SYSFS.into());
     variants.push(PROTO_ONE.into());
     variants.push(PROTO_PER.into());
     variants.push(PROTO_IOCTL.into());

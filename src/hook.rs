@@ -468,8 +468,8 @@ fn required_vm_id(doc: &Document) -> Result<String> {
 }
 
 /// Records `report` and makes the kernel match. Root does it here; an unprivileged hook
-/// checks the recorded state and the kernel (sysfs) and asks the root helper only when
-/// something must change, so the steady path spawns nothing.
+/// checks the recorded state and the kernel (an rtnetlink dump) and asks the root helper
+/// only when something must change, so the steady path spawns nothing.
 fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> Result<()> {
     report.validate()?;
     let store = Store::new(&settings.state_dir);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use crate::backend::{self, Backend, BackendKind, Change, Observed};
-use crate::bridge::{self, Port};
+use crate::bridge::{Port, Snapshot};
 use crate::config::{BackendChoice, OnFailure, Settings};
 use crate::error::{Error, Result};
 use crate::mac::Mac;
@@ -100,8 +100,25 @@ pub fn plan(state: &State) -> Result<Plan> {
     plan_for(state, |_| true)
 }
 
-/// Like [`plan`], for the bridges `keep` accepts.
+/// Like [`plan`], for the bridges `keep` accepts. The ports of all of them come from one
+/// [`Snapshot`], read only when there is a bridge to plan.
 pub fn plan_for(state: &State, keep: impl Fn(&str) -> bool) -> Result<Plan> {
+    let isolated: Vec<(&str, &str, Option<&str>)> = state
+        .networks
+        .iter()
+        .filter(|(_, policy)| keep(&policy.bridge))
+        .map(|(network, policy)| (network.as_str(), policy.bridge.as_str(), policy.uplink.as_deref()))
+        .collect();
+    let lifted: Vec<&str> = state
+        .released
+        .iter()
+        .filter(|b| !state.is_isolated(b) && keep(b))
+        .map(String::as_str)
+        .collect();
+    if isolated.is_empty() && lifted.is_empty() {
+        return Ok(Plan::default());
+    }
+    let live = Snapshot::read()?;
     let trusted_taps: HashSet<Mac> = state.trusted.keys().map(|m| m.tap()).collect();
     let classify = |port: &Port, uplink: Option<&str>| {
         if uplink == Some(port.name.as_str()) {
@@ -112,34 +129,30 @@ pub fn plan_for(state: &State, keep: impl Fn(&str) -> bool) -> Result<Plan> {
             Role::Vm
         }
     };
-    let bridge_plan = |network: &str, bridge: &str, uplink: Option<&str>| -> Result<BridgePlan> {
-        let ports = bridge::ports(bridge)?;
-        Ok(BridgePlan {
+    let bridge_plan = |network: &str, bridge: &str, uplink: Option<&str>| {
+        let ports = live.ports(bridge);
+        BridgePlan {
             network: network.to_string(),
             bridge: bridge.to_string(),
             uplink: uplink.map(str::to_string),
             present: ports.is_some(),
             ports: ports
                 .unwrap_or_default()
-                .into_iter()
+                .iter()
                 .map(|p| PortPlan {
-                    role: classify(&p, uplink),
-                    port: p,
+                    role: classify(p, uplink),
+                    port: p.clone(),
                 })
                 .collect(),
-        })
-    };
-    let mut plan = Plan::default();
-    for (network, policy) in &state.networks {
-        if keep(&policy.bridge) {
-            plan.bridges
-                .push(bridge_plan(network, &policy.bridge, policy.uplink.as_deref())?);
         }
-    }
-    for bridge in state.released.iter().filter(|b| !state.is_isolated(b) && keep(b)) {
-        plan.lifted.push(bridge_plan("", bridge, None)?);
-    }
-    Ok(plan)
+    };
+    Ok(Plan {
+        bridges: isolated
+            .into_iter()
+            .map(|(network, bridge, uplink)| bridge_plan(network, bridge, uplink))
+            .collect(),
+        lifted: lifted.into_iter().map(|bridge| bridge_plan("", bridge, None)).collect(),
+    })
 }
 
 /// Ports where what the backend enforces differs from the plan.
@@ -476,12 +489,15 @@ fn set_forwarding(socket: &mut Option<RouteSocket>, port: &Port, forwarding: boo
 /// port that left its bridge (VM gone) is forgotten untouched; one no longer disabled (its
 /// link went down and up) is only forgotten.
 fn unblock(state: &mut State) -> Result<()> {
+    if state.blocked.is_empty() {
+        return Ok(());
+    }
+    let live = Snapshot::read()?;
     let mut socket = None;
     for (bridge, ports) in std::mem::take(&mut state.blocked) {
-        let live = bridge::ports(&bridge)?.unwrap_or_default();
         let mut kept = BTreeSet::new();
         for name in ports {
-            let Some(port) = live.iter().find(|p| p.name == name) else {
+            let Some(port) = live.ports(&bridge).unwrap_or_default().iter().find(|p| p.name == name) else {
                 continue;
             };
             if netlink::port_state(&name).ok() != Some(netlink::BR_STATE_DISABLED) {
