@@ -15,16 +15,22 @@
 //!   --physdev-in vnet+ --physdev-out vnet+ -j DROP` (the recipe's cost on a rule that the
 //!   allowed path does not match: the plain recipe rule `-i BR -o BR -j DROP` would drop
 //!   VM -> uplink altogether);
-//! - two probes of the nftables backend's cost (its own table `bench_probe`, not the
-//!   backend's): the bridge forward base chain with no rule (the cost of the hook alone), and
-//!   the backend's rule with its two lookups swapped (`oif @vm iif @vm`: VM -> uplink then
-//!   fails the first lookup).
+//! - probes: nftables rule shapes in a table of their own (`bench_probe`, not the
+//!   backend's), listed in `PROBES`: the bridge forward base chain with no rule (the hook's
+//!   cost alone), the backend's shape, its lookups swapped, sized and anonymous sets, one
+//!   `oif vmap` over every VM port jumping to a per-bridge chain, an `iif . oif`
+//!   concatenation, 20 bridges' worth of per-bridge rules against one vmap, and a netdev
+//!   ingress-mark/egress-drop pair. By default the empty chain and the vmap shapes run;
+//!   `BENCH_DP_CONFIGS=name,...` picks any (`none` is always measured).
 //!
-//! Sender: a thread in vm1's namespace (setns) blasting with sendmmsg (64 datagrams per
-//! call) to the gateway; receiver: a thread in the gateway's namespace counting datagrams
-//! with recvmmsg; a monitor thread there reads eth0's rx_packets (/proc/thread-self/net/dev)
-//! at the window's edges. Figure: frames per second that crossed the bridge to the gateway,
-//! over a 1 s window after 0.3 s of warm-up. Each configuration is first checked to
+//! Both directions of the allowed path (`BENCH_DP_DIRS=up|down`, default both): VM ->
+//! gateway and gateway -> VM; a shape that tests `oif` first moves lookups from one to the
+//! other. Sender: a thread in one namespace (setns) blasting with sendmmsg (64 datagrams per
+//! call); receiver: a thread in the other counting datagrams with recvmmsg; a monitor thread
+//! there reads eth0's rx_packets (/proc/thread-self/net/dev) and the sender's CPU clock at
+//! the window's edges. Figures: frames per second that crossed the bridge, over a 1 s window
+//! after 0.3 s of warm-up, and frames per second of the sender's CPU time (the per-frame
+//! cost, insensitive to the share of a CPU a busy machine leaves the sender; see `measure`). Each configuration is first checked to
 //! enforce what it claims (vm1 -> vm2 datagrams dropped, or delivered for none/br_netfilter).
 //!
 //! br_netfilter's sysctls are per network namespace on current kernels: they are set only in
@@ -77,47 +83,197 @@ enum Config {
     Nftables,
     BrNetfilter,
     Recipe,
-    NftEmptyChain,
-    NftOifFirst,
+    /// A rule shape of its own table (`PROBES[i]`), measured for a proposal.
+    Probe(usize),
 }
+
+/// An nftables rule shape measured beside the backend (its own table, `PROBE_TABLE` or a
+/// netdev one), with whether it isolates vm1 from vm2.
+struct Probe {
+    name: &'static str,
+    label: &'static str,
+    isolates: bool,
+    /// The nft script that creates it.
+    script: fn() -> String,
+}
+
+/// `table bridge bench_probe { <body> }` with the set `vm` of the lab's two VM ports.
+fn bridge_probe(body: &str) -> String {
+    format!("table bridge {PROBE_TABLE} {{\n{body}\n}}\n")
+}
+
+const SET_VM: &str = " set vm { type iface_index; elements = { \"vnet1\", \"vnet2\" } }\n";
+const FORWARD: &str = " chain forward { type filter hook forward priority -200; policy accept;\n";
+
+/// Extra bridges' worth of per-bridge rules (sets of interface indexes that do not exist in
+/// the lab), ahead of the lab bridge's rule: the cost grows with the number of bridges when
+/// every bridge has a rule of its own.
+const EXTRA_BRIDGES: usize = 19;
+
+fn extra_bridge_sets() -> String {
+    (0..EXTRA_BRIDGES)
+        .map(|i| {
+            let a = 100_000 + 2 * i;
+            format!(" set vm_x{i} {{ type iface_index; elements = {{ {a}, {} }} }}\n", a + 1)
+        })
+        .collect()
+}
+
+const PROBES: &[Probe] = &[
+    Probe {
+        name: "nft-empty-chain",
+        label: "probe: nft forward chain, no rule",
+        isolates: false,
+        script: || bridge_probe(&format!("{SET_VM}{FORWARD} }}")),
+    },
+    Probe {
+        name: "nft-iif-oif",
+        label: "probe: `iif @vm oif @vm` (= backend)",
+        isolates: true,
+        script: || bridge_probe(&format!("{SET_VM}{FORWARD} iif @vm oif @vm counter drop\n }}")),
+    },
+    Probe {
+        name: "nft-oif-first",
+        label: "probe: `oif @vm iif @vm`",
+        isolates: true,
+        script: || bridge_probe(&format!("{SET_VM}{FORWARD} oif @vm iif @vm counter drop\n }}")),
+    },
+    Probe {
+        name: "nft-oif-first-sized",
+        label: "probe: `oif @vm iif @vm`, sets `size 1024`",
+        isolates: true,
+        script: || {
+            bridge_probe(&format!(
+                " set vm {{ type iface_index; size 1024; elements = {{ \"vnet1\", \"vnet2\" }} }}\n\
+                 {FORWARD} oif @vm iif @vm counter drop\n }}"
+            ))
+        },
+    },
+    Probe {
+        name: "nft-oif-anon",
+        label: "probe: `oif {..} iif {..}` anonymous sets",
+        isolates: true,
+        script: || {
+            bridge_probe(&format!(
+                "{FORWARD} oif {{ \"vnet1\", \"vnet2\" }} iif {{ \"vnet1\", \"vnet2\" }} counter drop\n }}"
+            ))
+        },
+    },
+    Probe {
+        name: "nft-oif-vmap",
+        label: "probe: `oif vmap @ports` -> bridge chain",
+        isolates: true,
+        script: || {
+            bridge_probe(&format!(
+                "{SET_VM} map ports {{ type iface_index : verdict; elements = {{ \"vnet1\" : goto br_isonet, \"vnet2\" : goto br_isonet }} }}\n\
+                 {FORWARD} oif vmap @ports\n }}\n chain br_isonet {{ iif @vm counter drop comment \"bridge isonet\"\n }}"
+            ))
+        },
+    },
+    Probe {
+        name: "nft-concat",
+        label: "probe: `iif . oif @pairs`",
+        isolates: true,
+        script: || {
+            bridge_probe(&format!(
+                " set pairs {{ type iface_index . iface_index; elements = {{ \"vnet1\" . \"vnet2\", \"vnet2\" . \"vnet1\" }} }}\n\
+                 {FORWARD} iif . oif @pairs counter drop\n }}"
+            ))
+        },
+    },
+    Probe {
+        name: "nft-iif-oif-20br",
+        label: "probe: `iif @vm oif @vm` x 20 bridges",
+        isolates: true,
+        script: || {
+            let rules: String = (0..EXTRA_BRIDGES)
+                .map(|i| format!(" iif @vm_x{i} oif @vm_x{i} counter drop\n"))
+                .collect();
+            bridge_probe(&format!(
+                "{SET_VM}{}{FORWARD}{rules} iif @vm oif @vm counter drop\n }}",
+                extra_bridge_sets()
+            ))
+        },
+    },
+    Probe {
+        name: "nft-oif-vmap-20br",
+        label: "probe: `oif vmap @ports`, 20 bridges",
+        isolates: true,
+        script: || {
+            let mut elems = vec![
+                "\"vnet1\" : goto br_isonet".to_string(),
+                "\"vnet2\" : goto br_isonet".to_string(),
+            ];
+            let mut chains = String::new();
+            for i in 0..EXTRA_BRIDGES {
+                let a = 100_000 + 2 * i;
+                elems.push(format!("{a} : goto br_x{i}"));
+                elems.push(format!("{} : goto br_x{i}", a + 1));
+                chains.push_str(&format!(" chain br_x{i} {{ iif @vm_x{i} counter drop\n }}\n"));
+            }
+            bridge_probe(&format!(
+                "{SET_VM}{} map ports {{ type iface_index : verdict; elements = {{ {} }} }}\n\
+                 {FORWARD} oif vmap @ports\n }}\n chain br_isonet {{ iif @vm counter drop\n }}\n{chains}",
+                extra_bridge_sets(),
+                elems.join(", ")
+            ))
+        },
+    },
+    Probe {
+        name: "netdev-mark",
+        label: "probe: netdev ingress mark + egress drop",
+        isolates: true,
+        script: || {
+            format!(
+                "table netdev {PROBE_TABLE} {{\n\
+                 chain in {{ type filter hook ingress devices = {{ \"vnet1\", \"vnet2\" }} priority 0; policy accept;\n meta mark set meta mark or 0x40000000\n }}\n\
+                 chain out {{ type filter hook egress devices = {{ \"vnet1\", \"vnet2\" }} priority 0; policy accept;\n meta mark and 0x40000000 == 0x40000000 counter drop\n }}\n}}\n"
+            )
+        },
+    },
+];
 
 impl Config {
     fn name(self) -> &'static str {
         match self {
+            Config::Probe(i) => PROBES[i].name,
             Config::None => "none",
             Config::PortIsolation => "port-isolation",
             Config::Nftables => "nftables",
             Config::BrNetfilter => "br-netfilter",
             Config::Recipe => "recipe",
-            Config::NftEmptyChain => "nft-empty-chain",
-            Config::NftOifFirst => "nft-oif-first",
         }
     }
 
     fn label(self) -> &'static str {
         match self {
+            Config::Probe(i) => PROBES[i].label,
             Config::None => "no isolation",
             Config::PortIsolation => "port-isolation (kernel flag)",
             Config::Nftables => "nftables (bridge table)",
             Config::BrNetfilter => "br_netfilter on, no rule",
             Config::Recipe => "recipe: br_netfilter + iptables physdev",
-            Config::NftEmptyChain => "probe: nft forward chain, no rule",
-            Config::NftOifFirst => "probe: nft rule `oif @vm iif @vm`",
         }
     }
 
-    fn from_name(s: &str) -> Option<Config> {
-        [
+    fn all() -> Vec<Config> {
+        let mut all = vec![
             Config::None,
             Config::PortIsolation,
             Config::Nftables,
             Config::BrNetfilter,
             Config::Recipe,
-            Config::NftEmptyChain,
-            Config::NftOifFirst,
-        ]
-        .into_iter()
-        .find(|c| c.name() == s)
+        ];
+        all.extend((0..PROBES.len()).map(Config::Probe));
+        all
+    }
+
+    fn from_name(s: &str) -> Option<Config> {
+        Config::all().into_iter().find(|c| c.name() == s)
+    }
+
+    fn is_nft(self) -> bool {
+        matches!(self, Config::Nftables | Config::Probe(_))
     }
 
     fn needs_br_netfilter(self) -> bool {
@@ -126,10 +282,10 @@ impl Config {
 
     /// Whether vm1 -> vm2 must be blocked.
     fn isolates(self) -> bool {
-        matches!(
-            self,
-            Config::PortIsolation | Config::Nftables | Config::Recipe | Config::NftOifFirst
-        )
+        match self {
+            Config::Probe(i) => PROBES[i].isolates,
+            c => matches!(c, Config::PortIsolation | Config::Nftables | Config::Recipe),
+        }
     }
 }
 
@@ -210,6 +366,7 @@ fn inner(args: &[String]) -> Result<()> {
         backend::open(BackendKind::Nftables)?.remove(&plan.bridges)?;
     }
     let _ = nft_script(&format!("delete table bridge {PROBE_TABLE}\n"));
+    let _ = nft_script(&format!("delete table netdev {PROBE_TABLE}\n"));
     let mut del = vec!["-w", "-D"];
     del.extend_from_slice(&PHYSDEV_RULE);
     while run_ok(IPTABLES, &del).is_ok() {}
@@ -228,16 +385,8 @@ fn inner(args: &[String]) -> Result<()> {
         Config::Nftables => {
             backend::open(BackendKind::Nftables)?.apply(&plan)?;
         }
-        Config::NftEmptyChain | Config::NftOifFirst => {
-            let rule = if config == Config::NftOifFirst {
-                "oif @vm iif @vm counter drop"
-            } else {
-                ""
-            };
-            nft_script(&format!(
-                "table bridge {PROBE_TABLE} {{\n set vm {{ type iface_index; elements = {{ \"vnet1\", \"vnet2\" }} }}\n \
-                 chain forward {{ type filter hook forward priority -200; policy accept;\n {rule}\n }}\n}}\n"
-            ))?;
+        Config::Probe(i) => {
+            nft_script(&(PROBES[i].script)())?;
         }
         Config::BrNetfilter | Config::Recipe => {
             if !Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
@@ -308,6 +457,12 @@ struct Window {
     delivered_pps: f64,
     /// Datagrams the sender handed to the kernel per second.
     sent_pps: f64,
+    /// Frames received per second of the sending thread's CPU time: the inverse of the
+    /// per-frame cost of the whole path (see `measure`), whatever share of a CPU the sender
+    /// got from a busy machine.
+    cpu_pps: f64,
+    /// Share of one CPU the sending thread ran during the window.
+    cpu_share: f64,
 }
 
 /// rx_packets of `ifname` in the calling thread's network namespace.
@@ -329,7 +484,19 @@ fn rx_packets(ifname: &str) -> Result<u64> {
 }
 
 /// Sends minimum-size datagrams to `dst` from namespace `ns` until `stop`; counts them.
-fn blaster(ns: String, dst: SocketAddrV4, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> Result<()> {
+fn blaster(
+    ns: String,
+    dst: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    clock: Arc<AtomicU64>,
+) -> Result<()> {
+    let mut clk: libc::clockid_t = 0;
+    // SAFETY: the calling thread's own CPU clock; clk is a valid out pointer.
+    if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clk) } != 0 {
+        bail!("pthread_getcpuclockid failed");
+    }
+    clock.store(clk as u32 as u64 | 1 << 32, Ordering::SeqCst);
     enter_netns(&ns)?;
     let sock = UdpSocket::bind("0.0.0.0:0")?;
     sock.connect(dst)?;
@@ -410,7 +577,25 @@ fn receiver(ns: String, ready: Arc<AtomicBool>, stop: Arc<AtomicBool>, got: Arc<
     Ok(())
 }
 
+/// CPU time consumed so far by the thread whose CPU clock is `clk`, in seconds.
+fn thread_cpu(clk: libc::clockid_t) -> Result<f64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer; the clock belongs to a thread that is still running.
+    if unsafe { libc::clock_gettime(clk, &mut ts) } != 0 {
+        bail!("clock_gettime of the sender's CPU clock failed");
+    }
+    Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
 /// Blasts from `src_ns` to `dst` (received in `dst_ns`) for WARMUP + `secs`; measures the window.
+///
+/// With veth, everything a frame costs up to the receiving socket's queue (the sender's
+/// syscall, IP output, the bridge and its hooks, the receiving side's IP and UDP input) runs
+/// in the sending thread's context: each veth transmit queues the frame on the CPU's backlog
+/// and the softirq runs when the sending syscall re-enables bottom halves. Without
+/// CONFIG_IRQ_TIME_ACCOUNTING that softirq time is the thread's own CPU time, so frames per
+/// second of that CPU time measure the per-frame cost even when compilers share the machine
+/// (wall-clock pps also moves with the share of a CPU the sender gets).
 fn measure(src_ns: &str, dst_ns: &str, dst: SocketAddrV4, secs: f64) -> Result<Window> {
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -422,33 +607,42 @@ fn measure(src_ns: &str, dst_ns: &str, dst: SocketAddrV4, secs: f64) -> Result<W
     while !ready.load(Ordering::SeqCst) && !rx.is_finished() {
         std::thread::sleep(Duration::from_millis(1));
     }
+    let clock = Arc::new(AtomicU64::new(0));
     let tx = {
-        let (ns, stop, sent) = (src_ns.to_string(), stop.clone(), sent.clone());
-        std::thread::spawn(move || blaster(ns, dst, stop, sent))
+        let (ns, stop, sent, clock) = (src_ns.to_string(), stop.clone(), sent.clone(), clock.clone());
+        std::thread::spawn(move || blaster(ns, dst, stop, sent, clock))
     };
     // The monitor reads the gateway's counters from inside its namespace.
     let monitor = {
-        let (ns, sent, got) = (dst_ns.to_string(), sent.clone(), got.clone());
+        let (ns, sent, got, clock) = (dst_ns.to_string(), sent.clone(), got.clone(), clock.clone());
         std::thread::spawn(move || -> Result<Window> {
             enter_netns(&ns)?;
             std::thread::sleep(WARMUP);
-            let (r0, g0, s0, t0) = (
+            let clk = match clock.load(Ordering::SeqCst) {
+                0 => bail!("the sender did not start"),
+                c => c as u32 as libc::clockid_t,
+            };
+            let (r0, g0, s0, c0, t0) = (
                 rx_packets("eth0")?,
                 got.load(Ordering::Relaxed),
                 sent.load(Ordering::Relaxed),
+                thread_cpu(clk)?,
                 Instant::now(),
             );
             std::thread::sleep(Duration::from_secs_f64(secs));
-            let (r1, g1, s1, dt) = (
+            let (r1, g1, s1, c1, dt) = (
                 rx_packets("eth0")?,
                 got.load(Ordering::Relaxed),
                 sent.load(Ordering::Relaxed),
+                thread_cpu(clk)?,
                 t0.elapsed().as_secs_f64(),
             );
             Ok(Window {
                 rx_pps: (r1 - r0) as f64 / dt,
                 delivered_pps: (g1 - g0) as f64 / dt,
                 sent_pps: (s1 - s0) as f64 / dt,
+                cpu_pps: (r1 - r0) as f64 / (c1 - c0),
+                cpu_share: (c1 - c0) / dt,
             })
         })
     };
@@ -475,35 +669,125 @@ fn switch(host: &str, config: Config, brnf: &mut BrNetfilter) -> Result<()> {
     Ok(())
 }
 
+/// Direction of the measured traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    /// vm1 -> gateway: the bridge forwards from a VM port to the uplink.
+    Up,
+    /// gateway -> vm1: from the uplink to a VM port.
+    Down,
+}
+
+impl Dir {
+    fn label(self) -> &'static str {
+        match self {
+            Dir::Up => "VM -> gateway (vnet1 -> uplink)",
+            Dir::Down => "gateway -> VM (uplink -> vnet1)",
+        }
+    }
+}
+
+/// The configurations of a run: `BENCH_DP_CONFIGS` (names, comma-separated; `none` is
+/// always measured, first), else the default set.
+fn chosen_configs(nft_ok: bool, can_brnf: bool) -> Result<Vec<Config>> {
+    let mut configs = vec![Config::None];
+    match std::env::var("BENCH_DP_CONFIGS") {
+        Ok(list) if !list.trim().is_empty() => {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let c = Config::from_name(name).with_context(|| {
+                    let names: Vec<_> = Config::all().iter().map(|c| c.name()).collect();
+                    format!("unknown configuration {name} (known: {})", names.join(", "))
+                })?;
+                if c.is_nft() && !nft_ok || c.needs_br_netfilter() && !can_brnf {
+                    println!("   {name}: not available here, skipped");
+                } else if !configs.contains(&c) {
+                    configs.push(c);
+                }
+            }
+        }
+        _ => {
+            configs.push(Config::PortIsolation);
+            if nft_ok {
+                configs.push(Config::Nftables);
+                configs.extend(
+                    [
+                        "nft-empty-chain",
+                        "nft-oif-vmap",
+                        "nft-iif-oif-20br",
+                        "nft-oif-vmap-20br",
+                    ]
+                    .iter()
+                    .filter_map(|n| Config::from_name(n)),
+                );
+            }
+            if can_brnf {
+                configs.extend([Config::BrNetfilter, Config::Recipe]);
+            }
+        }
+    }
+    Ok(configs)
+}
+
+/// Whether the running kernel accounts softirq time apart from tasks
+/// (`CONFIG_IRQ_TIME_ACCOUNTING=y`), which would leave the bridge's work out of the sender's
+/// CPU time; `None` when its configuration cannot be read.
+fn irq_time_accounting() -> Option<bool> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let text = std::fs::read_to_string(format!("/boot/config-{}", release.trim()))
+        .ok()
+        .or_else(|| run_ok("/usr/bin/zcat", &["/proc/config.gz"]).ok())?;
+    Some(text.lines().any(|l| l == "CONFIG_IRQ_TIME_ACCOUNTING=y"))
+}
+
 fn outer() -> Result<()> {
     cleanup_stale(TAG);
     let rounds = env_usize("BENCH_DP_ROUNDS", 9);
-    let secs = env_usize("BENCH_DP_SECS", 1) as f64;
+    let secs: f64 = std::env::var("BENCH_DP_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let dirs: Vec<Dir> = match std::env::var("BENCH_DP_DIRS").as_deref() {
+        Ok("up") => vec![Dir::Up],
+        Ok("down") => vec![Dir::Down],
+        _ => vec![Dir::Up, Dir::Down],
+    };
     let lab =
         Lab::create(&LabSpec::new(&format!("{TAG}-{}", std::process::id())).with_vms(2)).context("building the lab")?;
     let host = lab.host_ns().to_string();
     let vm1 = lab.ns_of("vm1");
-    let (gw_ip, vm2_ip) = (lab.spec().gw_ipv4, lab.vm("vm2").context("vm2")?.ipv4);
+    let gw = lab.gw_ns().to_string();
+    let (gw_ip, vm1_ip, vm2_ip) = (
+        lab.spec().gw_ipv4,
+        lab.vm("vm1").context("vm1")?.ipv4,
+        lab.vm("vm2").context("vm2")?.ipv4,
+    );
     let mut brnf = BrNetfilter::probe();
     let result = (|| -> Result<()> {
-        let mut configs = vec![Config::None, Config::PortIsolation];
-        match backend::open(BackendKind::Nftables).and_then(|b| b.available()) {
-            Ok(()) => configs.extend([Config::Nftables, Config::NftEmptyChain, Config::NftOifFirst]),
-            Err(e) => println!("nftables backend not usable here ({e}): skipped"),
-        }
+        let nft_ok = match backend::open(BackendKind::Nftables).and_then(|b| b.available()) {
+            Ok(()) => true,
+            Err(e) => {
+                println!("nftables backend not usable here ({e}): skipped");
+                false
+            }
+        };
         let can_brnf = brnf.present_before || Path::new(MODPROBE).exists();
-        if can_brnf {
-            configs.push(Config::BrNetfilter);
-            configs.push(Config::Recipe);
-        }
+        let configs = chosen_configs(nft_ok, can_brnf)?;
         println!(
-            "== {NAME}: {rounds} rounds x {} configurations, {secs} s windows after {} ms warm-up; 64-byte frames; loadavg {}",
+            "== {NAME}: {rounds} rounds x {} configurations x {} direction(s), {secs} s windows after {} ms warm-up; 64-byte frames; loadavg {}",
             configs.len(),
+            dirs.len(),
             WARMUP.as_millis(),
             loadavg()
         );
         if brnf.present_before {
             println!("   br_netfilter is present (built in or loaded) before the run: its per-namespace sysctls are set in the lab only");
+        }
+        match irq_time_accounting() {
+            Some(false) => {}
+            Some(true) => println!(
+                "   WARNING: CONFIG_IRQ_TIME_ACCOUNTING=y: softirq time is not the sender's CPU time, so the per-CPU figures miss the bridge's work; judge by the wall figures on an idle machine"
+            ),
+            None => println!("   note: kernel configuration not readable: per-CPU figures assume CONFIG_IRQ_TIME_ACCOUNTING is off"),
         }
         // Each configuration must do what it claims.
         for &c in &configs {
@@ -512,7 +796,7 @@ fn outer() -> Result<()> {
             let w = measure(&vm1, &lab.ns_of("vm2"), SocketAddrV4::new(vm2_ip, PORT), 0.3)?;
             let blocked = w.delivered_pps == 0.0;
             println!(
-                "   check {:<40} vm1 -> vm2: {:>9.0} datagrams/s delivered ({})",
+                "   check {:<44} vm1 -> vm2: {:>9.0} datagrams/s delivered ({})",
                 c.label(),
                 w.delivered_pps,
                 if blocked { "blocked" } else { "open" }
@@ -521,19 +805,29 @@ fn outer() -> Result<()> {
                 bail!("configuration {} does not behave as expected", c.name());
             }
         }
-        let mut results: Vec<Vec<Window>> = vec![Vec::new(); configs.len()];
+        // results[d][c]: one window per round. A configuration is switched once per round and
+        // measured in every direction before the next one.
+        let mut results: Vec<Vec<Vec<Window>>> = vec![vec![Vec::new(); configs.len()]; dirs.len()];
         for round in 0..rounds {
             for i in rotation(configs.len(), round) {
                 check_stop()?;
                 switch(&host, configs[i], &mut brnf)?;
-                let w = measure(&vm1, lab.gw_ns(), SocketAddrV4::new(gw_ip, PORT), secs)?;
-                results[i].push(w);
+                for (d, &dir) in dirs.iter().enumerate() {
+                    let w = match dir {
+                        Dir::Up => measure(&vm1, &gw, SocketAddrV4::new(gw_ip, PORT), secs)?,
+                        Dir::Down => measure(&gw, &vm1, SocketAddrV4::new(vm1_ip, PORT), secs)?,
+                    };
+                    results[d][i].push(w);
+                }
             }
             eprint!("\r   round {}/{rounds} done", round + 1);
         }
         eprintln!();
         switch(&host, Config::None, &mut brnf)?;
-        report(&configs, &results);
+        for (d, &dir) in dirs.iter().enumerate() {
+            report(dir, &configs, &results[d]);
+        }
+        println!("  loadavg at the end: {}", loadavg());
         Ok(())
     })();
     brnf.release();
@@ -541,60 +835,87 @@ fn outer() -> Result<()> {
     result
 }
 
-fn report(configs: &[Config], results: &[Vec<Window>]) {
-    let base: Vec<f64> = results[0].iter().map(|w| w.rx_pps).collect();
+fn report(dir: Dir, configs: &[Config], results: &[Vec<Window>]) {
+    let wall = |w: &Window| w.rx_pps / 1e3;
+    let cpu = |w: &Window| w.cpu_pps / 1e3;
+    let base_wall: Vec<f64> = results[0].iter().map(wall).collect();
+    let base_cpu: Vec<f64> = results[0].iter().map(cpu).collect();
     println!(
-        "\n-- VM -> gateway through the bridge, frames/s received by the gateway (kpps), {} rounds",
-        base.len()
+        "\n-- {} through the bridge, {} rounds: frames received per second (kpps), and per second of the sender's CPU time",
+        dir.label(),
+        base_wall.len()
     );
     println!(
-        "  {:<40} {:>8} {:>8} {:>8}  {:>22}  {:>10} {:>10}",
-        "configuration", "median", "p25", "p75", "vs none [paired IQR]", "delivered", "sent"
+        "  {:<44} {:>7} {:>7} {:>7} {:>22}  {:>7} {:>22} {:>6}  {:>7} {:>7}",
+        "configuration",
+        "wall",
+        "p25",
+        "p75",
+        "vs none [paired IQR]",
+        "per-cpu",
+        "vs none [paired IQR]",
+        "cpu",
+        "deliv",
+        "sent"
     );
     let mut ratios = Vec::new();
     for (c, ws) in configs.iter().zip(results) {
-        let rx: Vec<f64> = ws.iter().map(|w| w.rx_pps / 1e3).collect();
-        let s = summarize(&rx);
-        let r = paired_ratio(&rx, &base.iter().map(|b| b / 1e3).collect::<Vec<_>>());
+        let w: Vec<f64> = ws.iter().map(wall).collect();
+        let k: Vec<f64> = ws.iter().map(cpu).collect();
+        let (sw, sk) = (summarize(&w), summarize(&k));
+        let (rw, rk) = (paired_ratio(&w, &base_wall), paired_ratio(&k, &base_cpu));
+        let ratio_w = sw.median / summarize(&base_wall).median;
+        let ratio_k = sk.median / summarize(&base_cpu).median;
+        let share = summarize(&ws.iter().map(|w| w.cpu_share).collect::<Vec<_>>());
         let d = summarize(&ws.iter().map(|w| w.delivered_pps / 1e3).collect::<Vec<_>>());
         let sent = summarize(&ws.iter().map(|w| w.sent_pps / 1e3).collect::<Vec<_>>());
-        let ratio = s.median / (summarize(&base).median / 1e3);
         println!(
-            "  {:<40} {:>8.1} {:>8.1} {:>8.1}  {:>7.3}x [{:.3}-{:.3}]  {:>10.1} {:>10.1}",
+            "  {:<44} {:>7.1} {:>7.1} {:>7.1} {:>7.3}x [{:.3}-{:.3}]  {:>7.1} {:>7.3}x [{:.3}-{:.3}] {:>5.0}%  {:>7.1} {:>7.1}",
             c.label(),
-            s.median,
-            s.p25,
-            s.p75,
-            ratio,
-            r.p25,
-            r.p75,
+            sw.median,
+            sw.p25,
+            sw.p75,
+            ratio_w,
+            rw.p25,
+            rw.p75,
+            sk.median,
+            ratio_k,
+            rk.p25,
+            rk.p75,
+            share.median * 100.0,
             d.median,
             sent.median
         );
-        ratios.push((*c, ratio, r.median));
+        ratios.push((*c, ratio_k, rk.median, ratio_w, rw.median));
     }
     println!(
-        "  (delivered: datagrams read by the gateway's socket per s; sent: handed to the kernel by the VM per s; kpps)"
+        "  (wall: frames/s received; per-cpu: frames per second of the sending thread's CPU time, which includes the\n   \
+         bridge's softirq work; cpu: median share of a CPU the sender got; deliv: datagrams read by the receiver's\n   \
+         socket per s; sent: handed to the kernel by the sender per s; kpps)"
     );
-    println!("\n-- targets (ratio of medians to no isolation; paired per-round median in parentheses)");
-    for (c, ratio, paired) in ratios {
+    println!(
+        "\n-- {}: targets on the per-CPU-time figure (ratio of medians to no isolation; paired per-round median and the\n   \
+         wall-clock figures in parentheses)",
+        dir.label()
+    );
+    for (c, ratio, paired, ratio_w, paired_w) in ratios {
+        let both = format!("{ratio:.3} ({paired:.3}; wall {ratio_w:.3}, {paired_w:.3})");
         match c {
             Config::PortIsolation | Config::Nftables => println!(
-                "  {:<40} {ratio:.3} ({paired:.3})  (target >= 0.97)  {}",
+                "  {:<44} {both:<32}  (target >= 0.97)  {}",
                 c.label(),
                 verdict(ratio >= 0.97)
             ),
-            Config::NftEmptyChain | Config::NftOifFirst => println!(
-                "  {:<40} {ratio:.3} ({paired:.3})  (probe for the nftables backend's rule shape, informative)",
+            Config::Probe(_) => println!(
+                "  {:<44} {both:<32}  (probe of an nftables rule shape, informative)",
                 c.label()
             ),
             Config::BrNetfilter | Config::Recipe => println!(
-                "  {:<40} {ratio:.3} ({paired:.3})  cost {:.0}% of the allowed path's pps (informative)",
+                "  {:<44} {both:<32}  cost {:.0}% of the allowed path's per-frame budget (informative)",
                 c.label(),
                 (1.0 - ratio) * 100.0
             ),
             Config::None => {}
         }
     }
-    println!("  loadavg at the end: {}", loadavg());
 }
