@@ -556,7 +556,7 @@ fn inner(args: &[String]) -> Result<()> {
     }
 
     // Phase 2: nftables as user vdsm (the installed config says nftables; every run goes
-    // through sudo and the root helper, which lists the table).
+    // through sudo and the root helper, which reads the table).
     let phase2 = if nft_ok {
         match nft_as_vdsm(
             &scratch,

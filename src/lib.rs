@@ -22,6 +22,7 @@ pub mod logging;
 pub mod mac;
 pub mod manpage;
 pub mod netlink;
+pub mod nftnl;
 pub mod paths;
 pub mod peers;
 pub mod policy;

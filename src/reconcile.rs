@@ -539,13 +539,21 @@ pub fn blocked_list(blocked: &BTreeMap<String, BTreeSet<String>>) -> String {
 /// Passes at once when port isolation may be used and the kernel has the flag (`uname`
 /// only), or when the firewall backend recorded in `state` did the work and no port is blocked
 /// (its last run succeeded); otherwise asks [`select_backend`] (without root, a firewall
-/// backend only checks its tool is installed).
+/// backend only checks its tool is installed), and after a failed run (ports blocked) also
+/// [`Backend::check_writer`].
 pub fn check_enforceable(settings: &Settings, state: &State) -> Result<()> {
     enforceable(
         settings.backend,
         state,
         || backend::open(BackendKind::PortIsolation)?.available(),
-        || select_backend(settings).map(drop),
+        || {
+            let backend = select_backend(settings)?;
+            if state.blocked.is_empty() {
+                Ok(())
+            } else {
+                backend.check_writer()
+            }
+        },
     )
 }
 

@@ -1,6 +1,7 @@
 //! Fail closed (issue 6 item 4) on a real kernel: the nftables backend is made to fail for
-//! real (`/usr/bin/false` bind-mounted over `nft` in a private mount namespace of the hook),
-//! and the VM ports of the isolated bridge are blocked (bridge port state disabled) rather
+//! real (its table deleted, so that the run must write, and `/usr/bin/false` bind-mounted
+//! over `nft` in a private mount namespace of the hook: the backend reads in-process but
+//! writes with `nft`), and the VM ports of the isolated bridge are blocked (bridge port state disabled) rather
 //! than left forwarding; `status` and `verify` report it; a later normal reconcile re-enables
 //! them. With `on_failure = warn` nothing is blocked. `before_vm_start` refuses to start a
 //! vNIC on the isolated bridge while no backend can enforce. Needs root; skips otherwise.
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use bridge_isolation::backend::nftables::NFT;
+use bridge_isolation::backend::nftables::{NFT, TABLE};
 use bridge_isolation::lab::{self, domain_xml, is_vm, NicSpec};
 use common::{hooks_dir, tagged, vm_uuid, Finished, Fixture, HOOK, NET, PLAIN, UPLINK};
 use serde_json::{json, Value};
@@ -54,6 +55,24 @@ fn run_without_nft(fx: &Fixture, point: &str, payload: &[u8], extra: &[(String, 
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         payload_after: std::fs::read(&file).unwrap(),
     }
+}
+
+/// Deletes the backend's table in the lab host, so that the next run has to write.
+fn drop_table(fx: &Fixture) {
+    let out = Command::new(lab::IP)
+        .args([
+            "netns",
+            "exec",
+            fx.lab.host_ns(),
+            NFT,
+            "delete",
+            "table",
+            "bridge",
+            TABLE,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `bridge-isolation ARGS` in the host namespace with the nftables backend.
@@ -117,6 +136,8 @@ fn enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds() {
     let forwarding = states(&[(UPLINK, "forwarding"), ("vnet1", "forwarding"), ("vnet2", "forwarding")]);
     assert_eq!(port_states(&fx), forwarding);
     let vm1 = [nftables(), env("vmId", &vm_uuid(1))];
+    // A converged table is read in-process and needs no `nft`: take it away.
+    drop_table(&fx);
 
     // on_failure = warn: one warning, exit 1, nothing blocked.
     let conf = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

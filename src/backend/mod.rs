@@ -2,7 +2,7 @@
 //!
 //! A backend that programs a firewall ([`nftables`], [`iptables`], [`firewalld`]) keeps the
 //! shape of [`nftables`]: the rules a plan wants built as plain data, the kernel's
-//! rules read back in one listing, the difference rendered and applied as **one**
+//! rules read back in one listing (in-process for nftables), the difference rendered and applied as **one**
 //! transaction per run (one `nft -f`, one `iptables-restore --noflush`, one D-Bus session),
 //! nothing done when there is no difference, and everything but the process or bus call
 //! unit-tested without root. It owns its objects outright (a table, a chain, a direct-rule
@@ -109,6 +109,14 @@ pub trait Backend {
     /// Whether this host's kernel and tools can run it (as far as the caller may tell:
     /// without root, a firewall backend can only check that its tool is installed).
     fn available(&self) -> Result<()>;
+
+    /// A check for the `before_*` points after a failed run (ports blocked): runs the tool
+    /// that writes the rules once, without changing anything (nftables: `nft -c` of a probe
+    /// table), where [`Backend::available`] may only read the kernel. Without root, or for a
+    /// backend whose [`Backend::available`] already runs its tools, nothing more to check.
+    fn check_writer(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// What the backend enforces now on the ports of the planned bridges. A backend that
     /// cannot read the kernel without root says so ([`Backend::needs_root_to_observe`]);
