@@ -17,9 +17,10 @@
 //!   VM -> uplink altogether);
 //! - probes: nftables rule shapes in a table of their own (`bench_probe`, not the
 //!   backend's), listed in `PROBES`: the bridge forward base chain with no rule (the hook's
-//!   cost alone), the backend's shape, its lookups swapped, sized and anonymous sets, one
-//!   `oif vmap` over every VM port jumping to a per-bridge chain, an `iif . oif`
-//!   concatenation, 20 bridges' worth of per-bridge rules against one vmap, and a netdev
+//!   cost alone), the backend's previous shape (`iif @vm oif @vm`), its lookups swapped, sized
+//!   and anonymous sets, one `oif vmap` over every VM port jumping to a per-bridge chain (the
+//!   backend's shape now), an `iif . oif` concatenation, 20 bridges' worth of per-bridge rules
+//!   against one vmap, and a netdev
 //!   ingress-mark/egress-drop pair. By default the empty chain and the vmap shapes run;
 //!   `BENCH_DP_CONFIGS=name,...` picks any (`none` is always measured).
 //!
@@ -128,7 +129,7 @@ const PROBES: &[Probe] = &[
     },
     Probe {
         name: "nft-iif-oif",
-        label: "probe: `iif @vm oif @vm` (= backend)",
+        label: "probe: `iif @vm oif @vm` (backend before vmap)",
         isolates: true,
         script: || bridge_probe(&format!("{SET_VM}{FORWARD} iif @vm oif @vm counter drop\n }}")),
     },

@@ -16,10 +16,10 @@
 //!   register bytes in the datatype's own order (interface indexes host order, MAC addresses
 //!   network order).
 //!
-//! [`read_table`] returns one table as plain data ([`Table`]: chains, sets with their
-//! elements, rules with their expressions, a count of other objects); a rule's expressions
-//! are folded into [`Stmt`]s (a load and the lookup or comparison of its register), close to
-//! what `nft list` prints.
+//! [`read_table`] returns one table as plain data ([`Table`]: chains, sets and maps with their
+//! elements (a verdict map's with their verdicts), rules with their expressions, a count of
+//! other objects); a rule's expressions are folded into [`Stmt`]s (a load and the lookup,
+//! verdict map or comparison of its register), close to what `nft list` prints.
 
 use std::collections::BTreeSet;
 
@@ -35,6 +35,12 @@ pub const NF_BR_FORWARD: u32 = 2;
 pub const NF_DROP: i32 = 0;
 /// `NF_ACCEPT`, as a verdict code and a chain policy.
 pub const NF_ACCEPT: i32 = 1;
+/// `NFT_JUMP`: verdict code of `jump CHAIN`.
+pub const NFT_JUMP: i32 = -3;
+/// `NFT_GOTO`: verdict code of `goto CHAIN`.
+pub const NFT_GOTO: i32 = -4;
+/// `NFT_DATA_VERDICT`: the data type of a verdict map (`type KEY : verdict`).
+pub const DATA_TYPE_VERDICT: u32 = 0xffff_ff00;
 /// `NFT_META_IIF`: input interface index.
 pub const META_IIF: u32 = 4;
 /// `NFT_META_OIF`: output interface index.
@@ -109,15 +115,18 @@ const SET_NAME: u16 = 2;
 const SET_FLAGS: u16 = 3;
 const SET_KEY_TYPE: u16 = 4;
 const SET_KEY_LEN: u16 = 5;
+const SET_DATA_TYPE: u16 = 6;
 const SET_ELEM_LIST_TABLE: u16 = 1;
 const SET_ELEM_LIST_SET: u16 = 2;
 const SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const SET_ELEM_KEY: u16 = 1;
+const SET_ELEM_DATA: u16 = 2;
 const SET_ELEM_FLAGS: u16 = 3;
 const SET_ELEM_KEY_END: u16 = 9;
 const DATA_VALUE: u16 = 1;
 const DATA_VERDICT: u16 = 2;
 const VERDICT_CODE: u16 = 1;
+const VERDICT_CHAIN: u16 = 2;
 const GEN_ID: u16 = 1;
 const OBJ_TABLE: u16 = 1;
 const FLOWTABLE_TABLE: u16 = 1;
@@ -201,6 +210,8 @@ pub struct Set {
     pub key_type: u32,
     /// Key length in bytes.
     pub key_len: u32,
+    /// Data type of a map ([`DATA_TYPE_VERDICT`] for a verdict map; 0 for a set).
+    pub data_type: u32,
     /// Elements, in the kernel's order.
     pub elements: Vec<Element>,
 }
@@ -214,6 +225,17 @@ pub struct Element {
     pub key_end: Option<Vec<u8>>,
     /// `NFT_SET_ELEM_*` flags.
     pub flags: u32,
+    /// The verdict a verdict map's element maps its key to.
+    pub verdict: Option<Verdict>,
+}
+
+/// A verdict as data: its code and, for a jump or goto, the chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// `NF_DROP`, `NF_ACCEPT` or a negative `NFT_*` code ([`NFT_GOTO`], [`NFT_JUMP`], ...).
+    pub code: i32,
+    /// The chain of a jump or goto.
+    pub chain: Option<String>,
 }
 
 impl Set {
@@ -225,6 +247,13 @@ impl Set {
     /// The name of the key's datatype.
     pub fn datatype(&self) -> String {
         datatype_name(self.key_type)
+    }
+
+    /// True for a verdict map (`type KEY : verdict`, not anonymous).
+    pub fn is_verdict_map(&self) -> bool {
+        self.flags & (SET_ANONYMOUS | SET_OBJECT) == 0
+            && self.flags & SET_MAP != 0
+            && self.data_type == DATA_TYPE_VERDICT
     }
 
     /// The keys of 4-byte elements as host-order numbers (interface indexes).
@@ -331,6 +360,13 @@ pub enum Expr {
         /// Destination register.
         dreg: u32,
     },
+    /// `lookup reg SREG set MAP dreg 0`: a verdict map (`vmap @MAP`).
+    VerdictMap {
+        /// The map.
+        map: String,
+        /// Source register.
+        sreg: u32,
+    },
     /// `lookup reg SREG set SET`, inverted with `!=`.
     Lookup {
         /// The set.
@@ -358,7 +394,8 @@ pub enum Expr {
     },
     /// `immediate reg 0 VERDICT`: a verdict.
     Verdict(i32),
-    /// Anything else (or one of the above used otherwise: a meta set, a map lookup), by name.
+    /// Anything else (or one of the above used otherwise: a meta set, a lookup into a data
+    /// register), by name.
     Other(String),
 }
 
@@ -391,6 +428,13 @@ pub enum Stmt {
         /// True for `!=`.
         inverted: bool,
     },
+    /// `OPERAND vmap @MAP`: the verdict the map has for it, if any.
+    VerdictMap {
+        /// What is looked up.
+        left: Operand,
+        /// The map.
+        map: String,
+    },
     /// `OPERAND OP VALUE`. For interface names the trailing NUL bytes of an exact match
     /// are kept as one (nft pads the name to 16 bytes; without any NUL it is a wildcard).
     Cmp {
@@ -414,8 +458,8 @@ pub enum Stmt {
     Other(String),
 }
 
-/// Folds expressions into statements: each load with the lookup or comparison that reads
-/// its register right after it. A load used otherwise, or a lookup or comparison of
+/// Folds expressions into statements: each load with the lookup, verdict map or comparison
+/// that reads its register right after it. A load used otherwise, or a lookup or comparison of
 /// nothing loaded just before, becomes [`Stmt::Other`].
 pub fn statements(exprs: &[Expr]) -> Vec<Stmt> {
     let mut out = Vec::new();
@@ -445,6 +489,9 @@ pub fn statements(exprs: &[Expr]) -> Vec<Stmt> {
                     set: set.clone(),
                     inverted: *inverted,
                 }),
+                Some(Expr::VerdictMap { map, sreg }) if *sreg == dreg => {
+                    Some(Stmt::VerdictMap { left, map: map.clone() })
+                }
                 Some(Expr::Cmp { sreg, op, data }) if *sreg == dreg => {
                     let data = match left {
                         Operand::Meta(META_IIFNAME | META_OIFNAME) => ifname_bytes(data),
@@ -498,7 +545,7 @@ fn expr_name(e: &Expr) -> &str {
     match e {
         Expr::Meta { .. } => "meta",
         Expr::Payload { .. } => "payload",
-        Expr::Lookup { .. } => "lookup",
+        Expr::Lookup { .. } | Expr::VerdictMap { .. } => "lookup",
         Expr::Cmp { .. } => "cmp",
         Expr::Counter { .. } => "counter",
         Expr::Verdict(_) => "immediate",
@@ -600,6 +647,7 @@ fn parse_set(a: &Attrs) -> Set {
         flags: a.be32(SET_FLAGS).unwrap_or_default(),
         key_type: a.be32(SET_KEY_TYPE).unwrap_or_default(),
         key_len: a.be32(SET_KEY_LEN).unwrap_or_default(),
+        data_type: a.be32(SET_DATA_TYPE).unwrap_or_default(),
         elements: Vec::new(),
     }
 }
@@ -621,9 +669,21 @@ fn parse_elements(a: &Attrs, into: &mut Vec<Element>) -> Result<()> {
             key: value(SET_ELEM_KEY)?.unwrap_or_default(),
             key_end: value(SET_ELEM_KEY_END)?,
             flags: e.be32(SET_ELEM_FLAGS).unwrap_or_default(),
+            verdict: e.nested(SET_ELEM_DATA)?.map(|d| verdict(&d)).transpose()?.flatten(),
         });
     }
     Ok(())
+}
+
+/// The verdict in data attributes (`NFTA_DATA_VERDICT { CODE, CHAIN }`), if they hold one.
+fn verdict(data: &Attrs) -> Result<Option<Verdict>> {
+    let Some(v) = data.nested(DATA_VERDICT)? else {
+        return Ok(None);
+    };
+    Ok(v.be32(VERDICT_CODE).map(|code| Verdict {
+        code: code as i32,
+        chain: v.string(VERDICT_CHAIN),
+    }))
 }
 
 fn parse_rule(a: &Attrs) -> Result<Rule> {
@@ -678,13 +738,15 @@ fn parse_expr(a: &Attrs) -> Result<Expr> {
             }),
             _ => other(),
         },
-        // NFTA_LOOKUP_SET 1, SREG 2, DREG 3 (a map), FLAGS 5 (NFT_LOOKUP_F_INV 1)
-        "lookup" => match (d.string(1), d.be32(2), d.get(3)) {
-            (Some(set), Some(sreg), None) => Ok(Expr::Lookup {
+        // NFTA_LOOKUP_SET 1, SREG 2, DREG 3 (a map; 0: the verdict register), FLAGS 5
+        // (NFT_LOOKUP_F_INV 1)
+        "lookup" => match (d.string(1), d.be32(2), d.be32(3)) {
+            (Some(set), Some(sreg), None) if d.get(3).is_none() => Ok(Expr::Lookup {
                 set,
                 sreg,
                 inverted: d.be32(5).unwrap_or_default() & 1 != 0,
             }),
+            (Some(map), Some(sreg), Some(0)) => Ok(Expr::VerdictMap { map, sreg }),
             _ => other(),
         },
         // NFTA_CMP_SREG 1, OP 2, DATA 3 { NFTA_DATA_VALUE }
@@ -1264,7 +1326,7 @@ mod tests {
         set.elements = vec![Element {
             key: vec![0, 0, 0, 0, 0, 4],
             key_end: Some(vec![0, 0, 0, 0, 0, 9]),
-            flags: 0,
+            ..Element::default()
         }];
         assert_eq!(set.intervals(), [(4, 9)]);
         set.flags = 0;
@@ -1291,6 +1353,93 @@ mod tests {
         assert_eq!(set.host_u32_keys(), BTreeSet::from([7, 9]));
         set.flags = SET_ANONYMOUS;
         assert!(!set.is_plain());
+    }
+
+    #[test]
+    fn reads_verdict_maps_and_their_lookup() {
+        // `map ports { type iface_index : verdict; elements = { "vnet1" : goto br_red,
+        // "vnet2" : accept } }`: NFT_SET_MAP, data type NFT_DATA_VERDICT, each element's
+        // data a verdict (NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { CODE, CHAIN } }).
+        let msg = [
+            s(SET_TABLE, "t"),
+            s(SET_NAME, "ports"),
+            be32(SET_FLAGS, SET_MAP),
+            be32(SET_KEY_TYPE, 20),
+            be32(SET_KEY_LEN, 4),
+            be32(SET_DATA_TYPE, DATA_TYPE_VERDICT),
+            be32(7, 0), // NFTA_SET_DATA_LEN
+        ]
+        .concat();
+        let mut map = parse_set(&Attrs::parse(&msg).unwrap());
+        assert!(map.is_verdict_map() && !map.is_plain());
+        let verdict = |code: i32, chain: Option<&str>| {
+            let mut v = vec![be32(VERDICT_CODE, code as u32)];
+            v.extend(chain.map(|c| s(VERDICT_CHAIN, c)));
+            nest(SET_ELEM_DATA, &[nest(DATA_VERDICT, &v)])
+        };
+        let item = |index: u32, data: Vec<u8>| {
+            nest(
+                LIST_ELEM,
+                &[nest(SET_ELEM_KEY, &[attr(DATA_VALUE, &index.to_ne_bytes())]), data],
+            )
+        };
+        elements(
+            &mut map,
+            &[
+                item(7, verdict(NFT_GOTO, Some("br_red"))),
+                item(9, verdict(NF_ACCEPT, None)),
+            ],
+        );
+        assert_eq!(map.host_u32_keys(), BTreeSet::from([7, 9]));
+        let verdicts: Vec<_> = map.elements.iter().map(|e| e.verdict.clone()).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Some(Verdict {
+                    code: NFT_GOTO,
+                    chain: Some("br_red".into())
+                }),
+                Some(Verdict {
+                    code: NF_ACCEPT,
+                    chain: None
+                })
+            ]
+        );
+        // A plain set's elements have none; a map to values is no verdict map.
+        let plain = Set {
+            flags: SET_MAP,
+            data_type: 20,
+            ..map.clone()
+        };
+        assert!(!plain.is_verdict_map());
+
+        // `oif vmap @ports`: meta load oif => reg 1, lookup reg 1 set ports dreg 0.
+        let rule = [
+            s(RULE_TABLE, "t"),
+            s(RULE_CHAIN, "forward"),
+            attr(RULE_HANDLE, &3u64.to_be_bytes()),
+            nest(
+                RULE_EXPRESSIONS,
+                &[
+                    expr("meta", &[be32(2, META_OIF), be32(1, 1)]),
+                    expr("lookup", &[s(1, "ports"), be32(2, 1), be32(3, 0)]),
+                ],
+            ),
+        ]
+        .concat();
+        let rule = parse_rule(&Attrs::parse(&rule).unwrap()).unwrap();
+        assert_eq!(
+            rule.statements(),
+            [Stmt::VerdictMap {
+                left: Operand::Meta(META_OIF),
+                map: "ports".into()
+            }]
+        );
+        // A lookup into a data register is something else.
+        let data_map = expr("lookup", &[s(1, "m"), be32(2, 1), be32(3, 1)]);
+        let data_map = Attrs::parse(&data_map).unwrap();
+        let inner = Attrs::parse(data_map.get(LIST_ELEM).unwrap()).unwrap();
+        assert_eq!(parse_expr(&inner).unwrap(), Expr::Other("lookup".into()));
     }
 
     #[test]

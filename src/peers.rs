@@ -1013,8 +1013,8 @@ mod tests {
             keys.iter()
                 .map(|&(m, end)| nftnl::Element {
                     key: mac(m),
-                    key_end: None,
                     flags: if end { nftnl::ELEM_INTERVAL_END } else { 0 },
+                    ..nftnl::Element::default()
                 })
                 .collect()
         };
@@ -1024,12 +1024,14 @@ mod tests {
             key_type: 9,
             key_len: 6,
             elements: elements(keys),
+            ..nftnl::Set::default()
         };
         let ports = nftnl::Set {
             name: "open_red".into(),
             flags: 0,
             key_type: 20,
             key_len: 4,
+            data_type: 0,
             elements: open
                 .iter()
                 .map(|i| nftnl::Element {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bridge_isolation::backend::nftables::{set_name, TABLE};
+use bridge_isolation::backend::nftables::{chain_name, set_name, MAP, TABLE};
 use bridge_isolation::lab::{self, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -217,6 +217,31 @@ fn members(v: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The port map's elements, as nft names them: (port, chain its element goes to).
+fn map_entries(v: &Value) -> BTreeSet<(String, String)> {
+    let map = objects(v, "map")
+        .into_iter()
+        .find(|m| m["name"] == json!(MAP))
+        .unwrap_or_else(|| panic!("no map {MAP} in {v:#}"));
+    map.get("elem")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let port = e[0].as_str().expect("element name").to_string();
+                    let chain = e[1]["goto"]["target"].as_str().expect("a goto").to_string();
+                    (port, chain)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each port of `ports` sent to the lab bridge's chain.
+fn to_chain(ports: &[&str]) -> BTreeSet<(String, String)> {
+    ports.iter().map(|p| (p.to_string(), chain_name(NET))).collect()
+}
+
 fn names(ports: &[&str]) -> BTreeSet<String> {
     ports.iter().map(|p| p.to_string()).collect()
 }
@@ -234,9 +259,10 @@ fn ok(out: Output) -> String {
 }
 
 /// Tagging the network of three running VMs puts their ports (not the uplink) in the
-/// bridge's set, sets no port flag, and blocks VM<->VM on every protocol while
-/// VM<->gateway/host passes. Restore-nets and `reconcile` change nothing in the table (same
-/// handles, one rule). A tap recreated under the same name is drift until reconciled.
+/// bridge's set and the port map, sets no port flag, and blocks VM<->VM on every protocol
+/// while VM<->gateway/host passes. Restore-nets and `reconcile` change nothing in the table
+/// (same handles, one rule in `forward` and one in the bridge's chain). A tap recreated under
+/// the same name is drift until reconciled.
 #[test]
 fn nftables_isolates_running_vms_and_restore_nets_changes_nothing() {
     if !lab::root_tests_enabled("nftables_isolates_running_vms_and_restore_nets_changes_nothing") {
@@ -251,8 +277,16 @@ fn nftables_isolates_running_vms_and_restore_nets_changes_nothing() {
     assert_eq!(rig.flagged(), names(&[]));
     let listed = rig.table().expect("our table exists");
     assert_eq!(members(&listed), names(&["vnet1", "vnet2", "vnet3"]));
-    assert_eq!(objects(&listed, "rule").len(), 1, "{listed:#}");
-    assert_eq!(objects(&listed, "chain").len(), 1, "{listed:#}");
+    assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2", "vnet3"]));
+    let rules = objects(&listed, "rule");
+    assert_eq!(rules.len(), 2, "{listed:#}");
+    assert_eq!(
+        rules[0]["expr"],
+        json!([{"vmap": {"key": {"meta": {"key": "oif"}}, "data": "@ports"}}]),
+        "{listed:#}"
+    );
+    assert_eq!(rules[1]["chain"], json!(chain_name(NET)), "{listed:#}");
+    assert_eq!(objects(&listed, "chain").len(), 2, "{listed:#}");
     rig.assert_isolation(&[]);
 
     let before = without_counters(listed);
@@ -283,13 +317,16 @@ fn nftables_isolates_running_vms_and_restore_nets_changes_nothing() {
     assert!(String::from_utf8_lossy(&verify.stdout).contains("port vnet2"));
     let out = ok(rig.cli(NFT, &["reconcile"]));
     assert_eq!(out.trim(), "nftables: 1 port(s) changed");
-    assert_eq!(members(&rig.table().unwrap()), names(&["vnet1", "vnet2", "vnet3"]));
+    let listed = rig.table().unwrap();
+    assert_eq!(members(&listed), names(&["vnet1", "vnet2", "vnet3"]));
+    assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2", "vnet3"]));
     rig.assert_isolation(&[]);
 }
 
-/// VMs started through the hooks: a trusted vNIC stays out of the set and reaches every VM;
-/// the others are kept apart by the rule alone (the flags libvirt set from the rewritten XML
-/// cleared behind our back). `status` shows the bridge's drop counter, in text and JSON.
+/// VMs started through the hooks: a trusted vNIC stays out of the set and the map and reaches
+/// every VM; the others are kept apart by the rules alone (the flags libvirt set from the
+/// rewritten XML cleared behind our back). A VM start adds elements only: the rules, their
+/// handles and counters stay. `status` shows the bridge's drop counter, in text and JSON.
 #[test]
 fn nftables_trusted_vnic_stays_open_and_status_counts_drops() {
     if !lab::root_tests_enabled("nftables_trusted_vnic_stays_open_and_status_counts_drops") {
@@ -298,9 +335,14 @@ fn nftables_trusted_vnic_stays_open_and_status_counts_drops() {
     let mut rig = Rig::new("bintr", 0);
     rig.network_setup(NFT, &tagged());
     rig.start_vm(NFT, 1, false);
+    let rules = |v: &Value| without_counters(json!(objects(v, "rule")));
+    let before = rules(&rig.table().unwrap());
     rig.start_vm(NFT, 2, false);
     rig.start_vm(NFT, 3, true);
-    assert_eq!(members(&rig.table().unwrap()), names(&["vnet1", "vnet2"]));
+    let listed = rig.table().unwrap();
+    assert_eq!(rules(&listed), before, "a VM start changed a rule");
+    assert_eq!(members(&listed), names(&["vnet1", "vnet2"]));
+    assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2"]));
     for tap in ["vnet1", "vnet2"] {
         rig.lab.set_port_isolated(tap, false).expect("clearing a flag");
     }
@@ -335,6 +377,48 @@ fn nftables_trusted_vnic_stays_open_and_status_counts_drops() {
     // port-isolation's status has no counters: its JSON is what it was.
     let flags: Value = serde_json::from_str(&ok(rig.cli(PORT_ISOLATION, &["status", "--json"]))).unwrap();
     assert_eq!(flags["bridges"][0].get("drops"), None);
+}
+
+/// A table of the previous shape (one `iif @vm_X oif @vm_X` rule per bridge in `forward`, as
+/// an earlier version left it) enforces the same ports, so `verify` passes on it; the next run
+/// migrates it in one transaction: the old rule goes, the set stays, the map, the bridge's
+/// chain and the dispatch rule arrive, and no port changes.
+#[test]
+fn nftables_migrates_a_table_of_the_previous_shape() {
+    if !lab::root_tests_enabled("nftables_migrates_a_table_of_the_previous_shape") {
+        return;
+    }
+    let rig = Rig::new("binmig", 3);
+    rig.network_setup(NFT, &tagged());
+    let set = set_name(NET);
+    let old = format!(
+        "delete table bridge {TABLE}; add table bridge {TABLE}; \
+         add set bridge {TABLE} {set} {{ type iface_index; elements = {{ \"vnet1\", \"vnet2\", \"vnet3\" }}; }}; \
+         add chain bridge {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}; \
+         add rule bridge {TABLE} forward iif @{set} oif @{set} counter drop comment \"bridge {NET}\""
+    );
+    ok(rig.lab.exec_in_host(&[lab::NFT, &old]).expect("running nft"));
+    let listed = rig.table().unwrap();
+    assert!(objects(&listed, "map").is_empty(), "{listed:#}");
+    assert_eq!(objects(&listed, "rule").len(), 1, "{listed:#}");
+    ok(rig.cli(NFT, &["verify"]));
+
+    let out = ok(rig.cli(NFT, &["reconcile"]));
+    assert_eq!(out.trim(), "nftables: 0 port(s) changed");
+    let listed = rig.table().unwrap();
+    assert_eq!(members(&listed), names(&["vnet1", "vnet2", "vnet3"]));
+    assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2", "vnet3"]));
+    let rules = objects(&listed, "rule");
+    assert_eq!(rules.len(), 2, "{listed:#}");
+    assert_eq!(objects(&listed, "chain").len(), 2, "{listed:#}");
+    assert!(
+        rules.iter().all(|r| r["expr"].to_string().matches("@").count() == 1),
+        "no rule of the old shape left: {listed:#}"
+    );
+    rig.assert_isolation(&[]);
+    let before = without_counters(listed);
+    assert_eq!(ok(rig.cli(NFT, &["reconcile"])).trim(), "nftables: 0 port(s) changed");
+    assert_eq!(without_counters(rig.table().unwrap()), before, "not converged");
 }
 
 /// Lifting the property removes the table (no residue) and the port flags libvirt set from

@@ -7,21 +7,35 @@
 //!         type iface_index
 //!         elements = { "vnet1", "vnet2" }
 //!     }
+//!     map ports {                            # every isolated VM port -> its bridge's chain
+//!         type iface_index : verdict
+//!         elements = { "vnet1" : goto br_red, "vnet2" : goto br_red }
+//!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         iif @vm_red oif @vm_red counter packets 0 bytes 0 drop comment "bridge red"
+//!         oif vmap @ports
+//!     }
+//!     chain br_red {                         # one regular chain per isolated bridge
+//!         iif @vm_red counter packets 0 bytes 0 drop comment "bridge red"
 //!     }
 //! }
 //! ```
 //!
 //! The bridge `forward` hook sees every frame the bridge forwards from one port to another
-//! (each copy of a flooded frame too), before any protocol is looked at: the drop covers
-//! IPv4, IPv6, ARP and raw ethertypes, needs no br_netfilter, and leaves the uplink, trusted
-//! vNICs and the host (frames to or from the bridge itself are not forwarded) open. Sets are
-//! scoped per bridge by their explicit members, not by `meta ibrname`, which needs
-//! NFT_BRIDGE_META (DESIGN.md section 4). Members are interface *indexes*: like the kernel's
-//! port flag they belong to one interface, so a tap name that libvirt reuses on another
-//! bridge is never caught by a stale entry; `nft list` still prints them by name.
+//! (each copy of a flooded frame too, with its own output port), before any protocol is
+//! looked at: the drop covers IPv4, IPv6, ARP and raw ethertypes, needs no br_netfilter, and
+//! leaves the uplink, trusted vNICs and the host (frames to or from the bridge itself are not
+//! forwarded) open. A frame to a VM port goes to the chain of that port's bridge; there it is
+//! dropped when it came in from a VM port of the same set. A bridge forwards only between its
+//! own ports, so that is VM -> VM on one bridge. One map lookup per frame, whatever the number
+//! of isolated bridges (a rule per bridge in `forward` cost one lookup per bridge per frame).
+//! The sets stay per bridge: a chain a map's verdict leads to cannot look that map up itself
+//! (the kernel refuses the loop). Sets are scoped per bridge by their explicit members, not by
+//! `meta ibrname`, which needs NFT_BRIDGE_META (DESIGN.md section 4). Members are interface
+//! *indexes*: like the kernel's port flag they belong to one interface, so a tap name that
+//! libvirt reuses on another bridge is never caught by a stale entry; `nft list` still prints
+//! them by name. A table of the previous shape (one `iif @vm_X oif @vm_X` rule per bridge in
+//! `forward`) is migrated in one transaction: its rules go, its sets stay.
 //!
 //! The shape every firewall backend follows (netavark's `src/firewall/` does the same):
 //! 1. [`Ruleset`]: the rules wanted for a [`Plan`], as plain data;
@@ -57,16 +71,18 @@ pub const TABLE: &str = "bridge_isolation";
 pub const CHAIN: &str = "forward";
 /// Priority of the chain: `filter` of the bridge family.
 pub const PRIORITY: i32 = -200;
-/// Datatype of the port sets.
+/// Datatype of the port sets and the key of the port map.
 pub const SET_TYPE: &str = "iface_index";
+/// The verdict map from every isolated VM port to its bridge's chain. Not `vm_...`: sets and
+/// maps share one namespace, and `vm_` and any name are some bridge's set.
+pub const MAP: &str = "ports";
 const SET_PREFIX: &str = "vm_";
+const CHAIN_PREFIX: &str = "br_";
 
-/// The set holding the VM ports of `bridge`: `vm_` and the name with every byte but ASCII
-/// letters and digits escaped (`_` as `__`, others as `_` and two lowercase hex digits), so
-/// any Linux interface name gives a distinct, valid nft identifier (`my-net.10` ->
-/// `vm_my_2dnet_2e10`).
-pub fn set_name(bridge: &str) -> String {
-    let mut name = String::from(SET_PREFIX);
+/// `prefix` and `bridge` with every byte but ASCII letters and digits escaped (`_` as `__`,
+/// others as `_` and two lowercase hex digits).
+fn escaped(prefix: &str, bridge: &str) -> String {
+    let mut name = String::from(prefix);
     for b in bridge.bytes() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => name.push(char::from(b)),
@@ -77,9 +93,9 @@ pub fn set_name(bridge: &str) -> String {
     name
 }
 
-/// The bridge whose set is `set`, or `None` when `set` is not one of ours.
-pub fn bridge_of_set(set: &str) -> Option<String> {
-    let mut rest = set.strip_prefix(SET_PREFIX)?.bytes();
+/// The bridge name `escaped(prefix, ..)` made `name` from, or `None`.
+fn unescaped(prefix: &str, name: &str) -> Option<String> {
+    let mut rest = name.strip_prefix(prefix)?.bytes();
     let mut bytes = Vec::new();
     while let Some(b) = rest.next() {
         match b {
@@ -101,6 +117,30 @@ pub fn bridge_of_set(set: &str) -> Option<String> {
     String::from_utf8(bytes).ok().filter(|b| !b.is_empty())
 }
 
+/// The set holding the VM ports of `bridge`: `vm_` and the name with every byte but ASCII
+/// letters and digits escaped (`_` as `__`, others as `_` and two lowercase hex digits), so
+/// any Linux interface name gives a distinct, valid nft identifier (`my-net.10` ->
+/// `vm_my_2dnet_2e10`).
+pub fn set_name(bridge: &str) -> String {
+    escaped(SET_PREFIX, bridge)
+}
+
+/// The bridge whose set is `set`, or `None` when `set` is not one of ours.
+pub fn bridge_of_set(set: &str) -> Option<String> {
+    unescaped(SET_PREFIX, set)
+}
+
+/// The regular chain of `bridge`, where frames to its VM ports go: `br_` and the name
+/// escaped as in [`set_name`] (`my-net.10` -> `br_my_2dnet_2e10`).
+pub fn chain_name(bridge: &str) -> String {
+    escaped(CHAIN_PREFIX, bridge)
+}
+
+/// The bridge whose chain is `chain`, or `None` when `chain` is not one of ours.
+pub fn bridge_of_chain(chain: &str) -> Option<String> {
+    unescaped(CHAIN_PREFIX, chain)
+}
+
 /// The rule comment naming the bridge, for the administrator reading `nft list`.
 fn comment(bridge: &str) -> String {
     format!("bridge {bridge}")
@@ -118,7 +158,7 @@ pub struct Member {
     pub ifindex: u32,
 }
 
-/// The set and rule of one isolated bridge.
+/// The set, chain and map entries of one isolated bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeRules {
     /// The Linux bridge.
@@ -132,9 +172,15 @@ impl BridgeRules {
     pub fn set(&self) -> String {
         set_name(&self.bridge)
     }
+
+    /// Its chain's name.
+    pub fn chain(&self) -> String {
+        chain_name(&self.bridge)
+    }
 }
 
-/// Our table as it should be: one set and one rule per isolated bridge.
+/// Our table as it should be: one set and one chain per isolated bridge, and the map from
+/// their VM ports to their chains.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// Isolated bridges, in plan order.
@@ -169,13 +215,28 @@ impl Ruleset {
         }
     }
 
+    /// The map's elements: every VM port's index and its bridge's chain.
+    pub fn verdicts(&self) -> BTreeMap<u32, String> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.members.iter().map(move |m| (m.ifindex, b.chain())))
+            .collect()
+    }
+
     /// The commands creating the whole table from nothing.
     pub fn create(&self) -> Vec<Cmd> {
         let mut cmds = vec![Cmd::AddTable, Cmd::AddChain];
         for b in &self.bridges {
-            cmds.extend(b.create_set());
+            cmds.push(Cmd::AddSet(b.set()));
+            cmds.extend(add_elements(b.set(), b.indexes()));
         }
-        cmds.extend(self.bridges.iter().map(BridgeRules::add_rule));
+        for b in &self.bridges {
+            cmds.push(Cmd::AddBridgeChain(b.chain()));
+            cmds.push(b.add_rule());
+        }
+        cmds.push(Cmd::AddMap);
+        cmds.extend(add_verdicts(self.verdicts()));
+        cmds.push(Cmd::AddDispatch);
         cmds
     }
 }
@@ -186,23 +247,30 @@ impl BridgeRules {
         self.members.iter().map(|m| m.ifindex).collect()
     }
 
-    fn create_set(&self) -> Vec<Cmd> {
-        let mut cmds = vec![Cmd::AddSet(self.set())];
-        if !self.members.is_empty() {
-            cmds.push(Cmd::AddElements(
-                self.set(),
-                self.members.iter().map(|m| m.ifindex).collect(),
-            ));
-        }
-        cmds
-    }
-
     fn add_rule(&self) -> Cmd {
         Cmd::AddRule {
+            chain: self.chain(),
             set: self.set(),
             comment: comment(&self.bridge),
         }
     }
+}
+
+/// `add element` of `indexes` to `set`, unless there are none.
+fn add_elements(set: String, indexes: impl IntoIterator<Item = u32>) -> Option<Cmd> {
+    let indexes: Vec<u32> = indexes.into_iter().collect();
+    (!indexes.is_empty()).then_some(Cmd::AddElements(set, indexes))
+}
+
+/// `delete element` of `indexes` from `set`, unless there are none.
+fn delete_elements(set: String, indexes: impl IntoIterator<Item = u32>) -> Option<Cmd> {
+    let indexes: Vec<u32> = indexes.into_iter().collect();
+    (!indexes.is_empty()).then_some(Cmd::DeleteElements(set, indexes))
+}
+
+/// `add element` of `verdicts` to the map, unless there are none.
+fn add_verdicts(verdicts: BTreeMap<u32, String>) -> Option<Cmd> {
+    (!verdicts.is_empty()).then(|| Cmd::AddVerdicts(verdicts.into_iter().collect()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -217,17 +285,40 @@ pub struct LiveSet {
     pub elements: BTreeSet<u32>,
 }
 
-/// One rule of our chain as read.
+/// What a rule of our table does, as far as we tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    /// `oif vmap @ports`: the one rule of chain `forward`.
+    Dispatch,
+    /// `iif @S counter drop`: the rule of a bridge's chain, with its set.
+    Drop(String),
+    /// `iif @S oif @S counter drop`: a rule in `forward` of the previous shape, with its set.
+    Legacy(String),
+    /// Anything else.
+    Other,
+}
+
+/// One rule of our table as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveRule {
     /// Its handle, to delete it.
     pub handle: u64,
-    /// The set of `iif @S oif @S counter drop` when the rule has exactly that shape.
-    pub set: Option<String>,
+    /// What it does.
+    pub kind: RuleKind,
     /// Its comment.
     pub comment: Option<String>,
     /// Its counter.
     pub counter: Option<DropCounter>,
+}
+
+impl LiveRule {
+    /// The set of a drop rule of either shape.
+    fn drop_set(&self) -> Option<&str> {
+        match &self.kind {
+            RuleKind::Drop(s) | RuleKind::Legacy(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// Our table as the kernel has it.
@@ -241,9 +332,14 @@ pub struct Live {
     pub chain_exact: bool,
     /// Sets by name.
     pub sets: BTreeMap<String, LiveSet>,
+    /// The port map, when it exists as an `iface_index : verdict` map: interface index ->
+    /// the chain its element goes to (`None`: another verdict than a goto).
+    pub map: Option<BTreeMap<u32, Option<String>>>,
     /// Rules of chain `forward`, in order.
     pub rules: Vec<LiveRule>,
-    /// Anything else in the table (other chains, rules elsewhere, maps, objects).
+    /// The bridges' chains (regular chains named `br_...`) by name, with their rules in order.
+    pub chains: BTreeMap<String, Vec<LiveRule>>,
+    /// Anything else in the table (other chains, maps, objects, a port map of another type).
     pub foreign: bool,
 }
 
@@ -254,6 +350,54 @@ impl Live {
             return Live::default();
         };
         let chain = table.chain(CHAIN);
+        let rules_of = |chain: &str| -> Vec<LiveRule> {
+            table
+                .rules_of(chain)
+                .map(|r| {
+                    let stmts = r.statements();
+                    LiveRule {
+                        handle: r.handle,
+                        kind: rule_kind(&stmts),
+                        comment: r.comment.clone(),
+                        counter: rule_counter(&stmts),
+                    }
+                })
+                .collect()
+        };
+        let mut foreign = table.objects > 0;
+        let mut chains = BTreeMap::new();
+        for c in table.chains.iter().filter(|c| c.name != CHAIN) {
+            if c.hook.is_none() && bridge_of_chain(&c.name).is_some() {
+                chains.insert(c.name.clone(), rules_of(&c.name));
+            } else {
+                foreign = true;
+            }
+        }
+        let mut map = None;
+        for s in table
+            .sets
+            .iter()
+            .filter(|s| !s.is_plain() && s.flags & nftnl::SET_ANONYMOUS == 0)
+        {
+            if s.name == MAP && s.is_verdict_map() && s.datatype() == SET_TYPE {
+                let entries = s
+                    .elements
+                    .iter()
+                    .filter_map(|e| {
+                        let index = u32::from_ne_bytes(e.key.as_slice().try_into().ok()?);
+                        let target = e
+                            .verdict
+                            .as_ref()
+                            .filter(|v| v.code == nftnl::NFT_GOTO)
+                            .and_then(|v| v.chain.clone());
+                        Some((index, target))
+                    })
+                    .collect();
+                map = Some(entries);
+            } else {
+                foreign = true;
+            }
+        }
         Live {
             exists: true,
             chain_hooked: chain.is_some_and(|c| {
@@ -270,25 +414,11 @@ impl Live {
                     (s.name.clone(), set)
                 })
                 .collect(),
-            rules: table
-                .rules_of(CHAIN)
-                .map(|r| {
-                    let stmts = r.statements();
-                    LiveRule {
-                        handle: r.handle,
-                        set: drop_rule_set(&stmts),
-                        comment: r.comment.clone(),
-                        counter: rule_counter(&stmts),
-                    }
-                })
-                .collect(),
-            foreign: table.has_other_than(CHAIN),
+            map,
+            rules: rules_of(CHAIN),
+            chains,
+            foreign,
         }
-    }
-
-    /// Whether this rule is the drop rule of an intact set.
-    fn rule_is_ours(&self, rule: &LiveRule) -> bool {
-        rule.set.as_ref().is_some_and(|s| self.set_ok(s))
     }
 
     /// Whether set `name` exists with our datatype.
@@ -296,33 +426,51 @@ impl Live {
         self.sets.get(name).is_some_and(|s| s.kind == SET_TYPE)
     }
 
-    /// True when rules of someone else sit in our chain: a foreign `accept` would let frames
-    /// past our drops, so nothing counts as enforced until they are gone.
+    /// True when rules of someone else sit in chain `forward`: a foreign `accept` would let
+    /// frames past our drops, so nothing counts as enforced until they are gone.
     fn foreign_rules(&self) -> bool {
-        self.rules.iter().any(|r| r.set.is_none())
+        self.rules.iter().any(|r| r.kind == RuleKind::Other)
     }
 
-    /// The ports the kernel keeps apart on `bridge` now: the interface indexes in its set,
-    /// when the chain is hooked and the set's drop rule is in place.
+    /// Whether the dispatch rule is in `forward`.
+    fn dispatching(&self) -> bool {
+        self.map.is_some() && self.rules.iter().any(|r| r.kind == RuleKind::Dispatch)
+    }
+
+    /// The ports the kernel keeps apart on `bridge` now: the interface indexes in its set
+    /// that the map sends to its chain, when the chain is hooked, the dispatch rule in place
+    /// and the bridge's chain holds its drop rule and nothing but drop rules (or, in a table
+    /// of the previous shape, the indexes in its set when its rule is in `forward`).
     pub fn enforced(&self, bridge: &str) -> BTreeSet<u32> {
         let set = set_name(bridge);
-        let active = self.exists
-            && self.chain_hooked
-            && !self.foreign_rules()
-            && self.set_ok(&set)
-            && self.rules.iter().any(|r| r.set.as_deref() == Some(set.as_str()));
-        if active {
-            self.sets[&set].elements.clone()
-        } else {
-            BTreeSet::new()
+        if !(self.exists && self.chain_hooked && !self.foreign_rules() && self.set_ok(&set)) {
+            return BTreeSet::new();
+        }
+        let elements = &self.sets[&set].elements;
+        if self.rules.iter().any(|r| r.kind == RuleKind::Legacy(set.clone())) {
+            return elements.clone();
+        }
+        let chain = chain_name(bridge);
+        let chain_ok = self.chains.get(&chain).is_some_and(|rules| {
+            rules.iter().all(|r| matches!(r.kind, RuleKind::Drop(_)))
+                && rules.iter().any(|r| r.kind == RuleKind::Drop(set.clone()))
+        });
+        match &self.map {
+            Some(map) if chain_ok && self.dispatching() => elements
+                .iter()
+                .copied()
+                .filter(|i| map.get(i).is_some_and(|t| t.as_deref() == Some(chain.as_str())))
+                .collect(),
+            _ => BTreeSet::new(),
         }
     }
 
     /// Frames dropped between the VM ports of `bridge`, when its rule exists.
     pub fn counter(&self, bridge: &str) -> Option<DropCounter> {
         let set = set_name(bridge);
+        let own = self.chains.get(&chain_name(bridge)).into_iter().flatten();
         let mut found = None;
-        for r in self.rules.iter().filter(|r| r.set.as_deref() == Some(set.as_str())) {
+        for r in own.chain(&self.rules).filter(|r| r.drop_set() == Some(set.as_str())) {
             let c = r.counter.unwrap_or_default();
             let sum = found.get_or_insert(DropCounter::default());
             sum.packets += c.packets;
@@ -337,8 +485,10 @@ impl Live {
     }
 
     /// The commands turning this table into `want`: none when it already is. The table,
-    /// chain, handles and counters stay as they are when only set members change; a table
-    /// with a chain of the wrong shape or objects of others is rebuilt in one transaction.
+    /// chains, handles and counters stay as they are when only ports change (their elements
+    /// are added to or deleted from the sets and the map); a table with a base chain of the
+    /// wrong shape or objects of others is rebuilt in one transaction; one of the previous
+    /// shape loses its rules in `forward` and gains the rest.
     pub fn diff(&self, want: &Ruleset) -> Vec<Cmd> {
         if want.bridges.is_empty() {
             return if self.exists {
@@ -356,51 +506,88 @@ impl Live {
             return cmds;
         }
         let wanted: BTreeMap<String, &BridgeRules> = want.bridges.iter().map(|b| (b.set(), b)).collect();
-        let mut deletes = Vec::new();
-        let mut kept = BTreeSet::new();
+        let chains: BTreeMap<String, &BridgeRules> = want.bridges.iter().map(|b| (b.chain(), b)).collect();
+        let verdicts = want.verdicts();
+        let mut cmds = Vec::new();
+
+        // Out first: rules in `forward` but one dispatch rule, map elements going elsewhere,
+        // the chains of other bridges (emptied, no element leading to them any more), extra
+        // rules in the wanted ones, then the sets no rule refers to any more.
+        let mut dispatch = false;
         for r in &self.rules {
-            let keep = r.set.as_ref().filter(|s| {
-                self.rule_is_ours(r)
-                    && !kept.contains(*s)
-                    && wanted
-                        .get(*s)
-                        .is_some_and(|b| r.comment.as_deref() == Some(comment(&b.bridge).as_str()))
-            });
-            match keep {
-                Some(s) => {
-                    kept.insert(s.clone());
+            if r.kind == RuleKind::Dispatch && self.map.is_some() && !dispatch {
+                dispatch = true;
+            } else {
+                cmds.push(Cmd::DeleteRule(CHAIN.into(), r.handle));
+            }
+        }
+        let map = self.map.clone().unwrap_or_default();
+        let stale = map
+            .iter()
+            .filter(|(i, target)| target.as_ref() != verdicts.get(i))
+            .map(|(i, _)| *i);
+        cmds.extend(delete_elements(MAP.into(), stale));
+        let mut kept = BTreeSet::new();
+        for (name, rules) in &self.chains {
+            let Some(b) = chains.get(name) else {
+                cmds.push(Cmd::FlushChain(name.clone()));
+                cmds.push(Cmd::DeleteChain(name.clone()));
+                continue;
+            };
+            let set = b.set();
+            for r in rules {
+                let ours = r.kind == RuleKind::Drop(set.clone())
+                    && self.set_ok(&set)
+                    && r.comment.as_deref() == Some(comment(&b.bridge).as_str());
+                if ours && kept.insert(name.clone()) {
+                    continue;
                 }
-                None => deletes.push(Cmd::DeleteRule(r.handle)),
+                cmds.push(Cmd::DeleteRule(name.clone(), r.handle));
             }
         }
         for (name, set) in &self.sets {
             if !wanted.contains_key(name) || set.kind != SET_TYPE {
-                deletes.push(Cmd::DeleteSet(name.clone()));
+                cmds.push(Cmd::DeleteSet(name.clone()));
             }
         }
-        let mut adds = Vec::new();
-        let mut rules = Vec::new();
+
+        // Then in: sets and their elements, the bridges' chains and rules, the map and its
+        // elements, the dispatch rule.
         for (name, b) in &wanted {
+            let indexes = b.indexes();
             if !self.set_ok(name) {
-                adds.extend(b.create_set());
-            } else if self.sets[name].elements != b.indexes() {
-                adds.push(Cmd::FlushSet(name.clone()));
-                if !b.members.is_empty() {
-                    adds.push(Cmd::AddElements(
-                        name.clone(),
-                        b.members.iter().map(|m| m.ifindex).collect(),
-                    ));
-                }
+                cmds.push(Cmd::AddSet(name.clone()));
+                cmds.extend(add_elements(name.clone(), indexes));
+            } else {
+                let have = &self.sets[name].elements;
+                cmds.extend(delete_elements(name.clone(), have.difference(&indexes).copied()));
+                cmds.extend(add_elements(name.clone(), indexes.difference(have).copied()));
+            }
+        }
+        for (name, b) in &chains {
+            if !self.chains.contains_key(name) {
+                cmds.push(Cmd::AddBridgeChain(name.clone()));
             }
             if !kept.contains(name) {
-                rules.push(b.add_rule());
+                cmds.push(b.add_rule());
             }
         }
-        deletes.into_iter().chain(adds).chain(rules).collect()
+        if self.map.is_none() {
+            cmds.push(Cmd::AddMap);
+        }
+        let missing = verdicts
+            .into_iter()
+            .filter(|(i, chain)| map.get(i).and_then(Option::as_ref) != Some(chain))
+            .collect();
+        cmds.extend(add_verdicts(missing));
+        if !dispatch {
+            cmds.push(Cmd::AddDispatch);
+        }
+        cmds
     }
 
-    /// The commands removing the sets and rules of `bridges`, or the whole table when no
-    /// other bridge is left in it.
+    /// The commands removing the sets, chains and map elements of `bridges`, or the whole
+    /// table when no other bridge is left in it.
     pub fn removal(&self, bridges: &BTreeSet<String>) -> Vec<Cmd> {
         if !self.exists {
             return Vec::new();
@@ -409,22 +596,36 @@ impl Live {
             return vec![Cmd::AddTable, Cmd::DeleteTable];
         }
         let sets: BTreeSet<String> = bridges.iter().map(|b| set_name(b)).collect();
-        let rules = self
+        let chains: BTreeSet<String> = bridges.iter().map(|b| chain_name(b)).collect();
+        let mut cmds: Vec<Cmd> = self
             .rules
             .iter()
-            .filter(|r| r.set.as_ref().is_some_and(|s| sets.contains(s)))
-            .map(|r| Cmd::DeleteRule(r.handle));
-        let doomed = self
-            .sets
-            .keys()
-            .filter(|s| sets.contains(*s))
-            .map(|s| Cmd::DeleteSet(s.clone()));
-        rules.chain(doomed).collect()
+            .filter(|r| r.drop_set().is_some_and(|s| sets.contains(s)))
+            .map(|r| Cmd::DeleteRule(CHAIN.into(), r.handle))
+            .collect();
+        let leading = self
+            .map
+            .iter()
+            .flatten()
+            .filter(|(_, target)| target.as_ref().is_some_and(|c| chains.contains(c)))
+            .map(|(i, _)| *i);
+        cmds.extend(delete_elements(MAP.into(), leading));
+        for name in self.chains.keys().filter(|c| chains.contains(*c)) {
+            cmds.push(Cmd::FlushChain(name.clone()));
+            cmds.push(Cmd::DeleteChain(name.clone()));
+        }
+        cmds.extend(
+            self.sets
+                .keys()
+                .filter(|s| sets.contains(*s))
+                .map(|s| Cmd::DeleteSet(s.clone())),
+        );
+        cmds
     }
 }
 
-/// The set `S` of a rule whose statements are exactly `iif @S oif @S counter drop`.
-fn drop_rule_set(stmts: &[Stmt]) -> Option<String> {
+/// What a rule with `stmts` does.
+fn rule_kind(stmts: &[Stmt]) -> RuleKind {
     let lookup = |stmt: &Stmt, key: u32| match stmt {
         Stmt::Lookup {
             left: Operand::Meta(k),
@@ -434,11 +635,20 @@ fn drop_rule_set(stmts: &[Stmt]) -> Option<String> {
         _ => None,
     };
     match stmts {
-        [iif, oif, Stmt::Counter { .. }, Stmt::Verdict(nftnl::NF_DROP)] => {
-            let set = lookup(iif, nftnl::META_IIF)?;
-            (lookup(oif, nftnl::META_OIF)? == set).then_some(set)
+        [Stmt::VerdictMap {
+            left: Operand::Meta(nftnl::META_OIF),
+            map,
+        }] if map == MAP => RuleKind::Dispatch,
+        [iif, Stmt::Counter { .. }, Stmt::Verdict(nftnl::NF_DROP)] => {
+            lookup(iif, nftnl::META_IIF).map_or(RuleKind::Other, RuleKind::Drop)
         }
-        _ => None,
+        [iif, oif, Stmt::Counter { .. }, Stmt::Verdict(nftnl::NF_DROP)] => {
+            match (lookup(iif, nftnl::META_IIF), lookup(oif, nftnl::META_OIF)) {
+                (Some(a), Some(b)) if a == b => RuleKind::Legacy(a),
+                _ => RuleKind::Other,
+            }
+        }
+        _ => RuleKind::Other,
     }
 }
 
@@ -464,30 +674,45 @@ pub enum Cmd {
     DeleteTable,
     /// `add chain forward { type filter hook forward priority filter; policy accept; }`.
     AddChain,
+    /// `add chain C`: a bridge's regular chain.
+    AddBridgeChain(String),
+    /// `flush chain C`: its rules go.
+    FlushChain(String),
+    /// `delete chain C` (empty, and no element leading to it).
+    DeleteChain(String),
     /// `add set S { type iface_index; }`.
     AddSet(String),
     /// `delete set S`.
     DeleteSet(String),
-    /// `flush set S`: removes every element.
-    FlushSet(String),
     /// `add element S { indexes }`.
     AddElements(String, Vec<u32>),
-    /// `add rule forward iif @S oif @S counter drop comment C`.
+    /// `delete element S { indexes }` (of a set or, by key, of the map).
+    DeleteElements(String, Vec<u32>),
+    /// `add map ports { type iface_index : verdict; }`.
+    AddMap,
+    /// `add element ports { index : goto C, ... }`.
+    AddVerdicts(Vec<(u32, String)>),
+    /// `add rule C iif @S counter drop comment COMMENT`.
     AddRule {
-        /// The set.
+        /// The bridge's chain.
+        chain: String,
+        /// Its set.
         set: String,
         /// The comment.
         comment: String,
     },
-    /// `delete rule forward handle H`.
-    DeleteRule(u64),
+    /// `add rule forward oif vmap @ports`.
+    AddDispatch,
+    /// `delete rule C handle H`.
+    DeleteRule(String, u64),
 }
 
 impl Cmd {
     /// The command in nft's JSON schema (libnftables-json(5)).
     pub fn to_json(&self) -> Value {
         let table = || json!({"family": FAMILY, "name": TABLE});
-        let set = |name: &str| json!({"family": FAMILY, "table": TABLE, "name": name});
+        let named = |name: &str| json!({"family": FAMILY, "table": TABLE, "name": name});
+        let elements = |name: &str, elem: Value| json!({"family": FAMILY, "table": TABLE, "name": name, "elem": elem});
         match self {
             Cmd::AddTable => json!({"add": {"table": table()}}),
             Cmd::DeleteTable => json!({"delete": {"table": table()}}),
@@ -495,23 +720,39 @@ impl Cmd {
                 "family": FAMILY, "table": TABLE, "name": CHAIN,
                 "type": "filter", "hook": "forward", "prio": PRIORITY, "policy": "accept"
             }}}),
+            Cmd::AddBridgeChain(name) => json!({"add": {"chain": named(name)}}),
+            Cmd::FlushChain(name) => json!({"flush": {"chain": named(name)}}),
+            Cmd::DeleteChain(name) => json!({"delete": {"chain": named(name)}}),
             Cmd::AddSet(name) => json!({"add": {"set": {
                 "family": FAMILY, "table": TABLE, "name": name, "type": SET_TYPE
             }}}),
-            Cmd::DeleteSet(name) => json!({"delete": {"set": set(name)}}),
-            Cmd::FlushSet(name) => json!({"flush": {"set": set(name)}}),
-            Cmd::AddElements(name, indexes) => json!({"add": {"element": {
-                "family": FAMILY, "table": TABLE, "name": name, "elem": indexes
+            Cmd::DeleteSet(name) => json!({"delete": {"set": named(name)}}),
+            Cmd::AddElements(name, indexes) => json!({"add": {"element": elements(name, json!(indexes))}}),
+            Cmd::DeleteElements(name, indexes) => json!({"delete": {"element": elements(name, json!(indexes))}}),
+            Cmd::AddMap => json!({"add": {"map": {
+                "family": FAMILY, "table": TABLE, "name": MAP, "type": SET_TYPE, "map": "verdict"
             }}}),
-            Cmd::AddRule { set, comment } => {
-                let lookup = |key: &str| json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": format!("@{set}")}});
-                json!({"add": {"rule": {
-                    "family": FAMILY, "table": TABLE, "chain": CHAIN, "comment": comment,
-                    "expr": [lookup("iif"), lookup("oif"), {"counter": null}, {"drop": null}]
-                }}})
+            Cmd::AddVerdicts(verdicts) => {
+                let elem: Vec<Value> = verdicts
+                    .iter()
+                    .map(|(index, chain)| json!([index, {"goto": {"target": chain}}]))
+                    .collect();
+                json!({"add": {"element": elements(MAP, json!(elem))}})
             }
-            Cmd::DeleteRule(handle) => json!({"delete": {"rule": {
-                "family": FAMILY, "table": TABLE, "chain": CHAIN, "handle": handle
+            Cmd::AddRule { chain, set, comment } => json!({"add": {"rule": {
+                "family": FAMILY, "table": TABLE, "chain": chain, "comment": comment,
+                "expr": [
+                    {"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": format!("@{set}")}},
+                    {"counter": null},
+                    {"drop": null}
+                ]
+            }}}),
+            Cmd::AddDispatch => json!({"add": {"rule": {
+                "family": FAMILY, "table": TABLE, "chain": CHAIN,
+                "expr": [{"vmap": {"key": {"meta": {"key": "oif"}}, "data": format!("@{MAP}")}}]
+            }}}),
+            Cmd::DeleteRule(chain, handle) => json!({"delete": {"rule": {
+                "family": FAMILY, "table": TABLE, "chain": chain, "handle": handle
             }}}),
         }
     }
@@ -774,32 +1015,70 @@ mod tests {
         crate::reconcile::fixtures::port(name, ifindex, role, Some(false))
     }
 
-    /// The drop rule of set `set` as the reader returns it (`nft --debug=netlink` shows
-    /// `meta load iif => reg 1`, `lookup reg 1 set S`, the same for oif, `counter`,
-    /// `immediate reg 0 drop`).
-    fn drop_rule(handle: u64, set: &str, comment: &str, packets: u64) -> nftnl::Rule {
-        let lookup = |key| {
-            [
-                nftnl::Expr::Meta { key, dreg: 1 },
-                nftnl::Expr::Lookup {
-                    set: set.into(),
-                    sreg: 1,
-                    inverted: false,
-                },
-            ]
-        };
-        let mut exprs = lookup(nftnl::META_IIF).to_vec();
-        exprs.extend(lookup(nftnl::META_OIF));
-        exprs.push(nftnl::Expr::Counter {
-            packets,
-            bytes: packets * 84,
-        });
-        exprs.push(nftnl::Expr::Verdict(nftnl::NF_DROP));
+    fn lookup(key: u32, set: &str) -> [nftnl::Expr; 2] {
+        [
+            nftnl::Expr::Meta { key, dreg: 1 },
+            nftnl::Expr::Lookup {
+                set: set.into(),
+                sreg: 1,
+                inverted: false,
+            },
+        ]
+    }
+
+    fn counted_drop(packets: u64) -> [nftnl::Expr; 2] {
+        [
+            nftnl::Expr::Counter {
+                packets,
+                bytes: packets * 84,
+            },
+            nftnl::Expr::Verdict(nftnl::NF_DROP),
+        ]
+    }
+
+    /// The drop rule of a bridge's chain as the reader returns it (`nft --debug=netlink`
+    /// shows `meta load iif => reg 1`, `lookup reg 1 set S`, `counter`, `immediate reg 0
+    /// drop`).
+    fn drop_rule(chain: &str, handle: u64, set: &str, comment: &str, packets: u64) -> nftnl::Rule {
+        let mut exprs = lookup(nftnl::META_IIF, set).to_vec();
+        exprs.extend(counted_drop(packets));
+        nftnl::Rule {
+            chain: chain.into(),
+            handle,
+            comment: Some(comment.into()),
+            exprs,
+        }
+    }
+
+    /// A rule of the previous shape in `forward`: `iif @S oif @S counter drop`.
+    fn legacy_rule(handle: u64, set: &str, comment: &str, packets: u64) -> nftnl::Rule {
+        let mut exprs = lookup(nftnl::META_IIF, set).to_vec();
+        exprs.extend(lookup(nftnl::META_OIF, set));
+        exprs.extend(counted_drop(packets));
         nftnl::Rule {
             chain: CHAIN.into(),
             handle,
             comment: Some(comment.into()),
             exprs,
+        }
+    }
+
+    /// `oif vmap @ports` (`meta load oif => reg 1`, `lookup reg 1 set ports dreg 0`).
+    fn dispatch_rule(handle: u64) -> nftnl::Rule {
+        nftnl::Rule {
+            chain: CHAIN.into(),
+            handle,
+            comment: None,
+            exprs: vec![
+                nftnl::Expr::Meta {
+                    key: nftnl::META_OIF,
+                    dreg: 1,
+                },
+                nftnl::Expr::VerdictMap {
+                    map: MAP.into(),
+                    sreg: 1,
+                },
+            ],
         }
     }
 
@@ -809,6 +1088,7 @@ mod tests {
             flags: 0,
             key_type: 20,
             key_len: 4,
+            data_type: 0,
             elements: indexes
                 .iter()
                 .map(|i| nftnl::Element {
@@ -819,20 +1099,70 @@ mod tests {
         }
     }
 
+    fn port_map(entries: &[(u32, &str)]) -> nftnl::Set {
+        nftnl::Set {
+            name: MAP.into(),
+            flags: nftnl::SET_MAP,
+            key_type: 20,
+            key_len: 4,
+            data_type: nftnl::DATA_TYPE_VERDICT,
+            elements: entries
+                .iter()
+                .map(|(i, chain)| nftnl::Element {
+                    key: i.to_ne_bytes().to_vec(),
+                    verdict: Some(nftnl::Verdict {
+                        code: nftnl::NFT_GOTO,
+                        chain: Some(chain.to_string()),
+                    }),
+                    ..nftnl::Element::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn base_chain() -> nftnl::Chain {
+        nftnl::Chain {
+            name: CHAIN.into(),
+            hook: Some((nftnl::NF_BR_FORWARD, PRIORITY)),
+            policy: Some(nftnl::NF_ACCEPT),
+            kind: Some("filter".into()),
+        }
+    }
+
+    fn regular(name: &str) -> nftnl::Chain {
+        nftnl::Chain {
+            name: name.into(),
+            ..nftnl::Chain::default()
+        }
+    }
+
     /// Our table after `render` of red plus a bridge `my-net.10` with one VM port, and some
     /// traffic, as [`nftnl::read_table`] returns it.
     fn table() -> nftnl::Table {
         nftnl::Table {
-            chains: vec![nftnl::Chain {
-                name: CHAIN.into(),
-                hook: Some((nftnl::NF_BR_FORWARD, PRIORITY)),
-                policy: Some(nftnl::NF_ACCEPT),
-                kind: Some("filter".into()),
-            }],
+            chains: vec![base_chain(), regular("br_red"), regular("br_my_2dnet_2e10")],
+            sets: vec![
+                port_set("vm_red", &[7, 9]),
+                port_set("vm_my_2dnet_2e10", &[20]),
+                port_map(&[(7, "br_red"), (9, "br_red"), (20, "br_my_2dnet_2e10")]),
+            ],
+            rules: vec![
+                dispatch_rule(3),
+                drop_rule("br_red", 4, "vm_red", "bridge red", 12),
+                drop_rule("br_my_2dnet_2e10", 5, "vm_my_2dnet_2e10", "bridge my-net.10", 0),
+            ],
+            objects: 0,
+        }
+    }
+
+    /// The same bridges in a table of the previous shape: one rule per bridge in `forward`.
+    fn legacy_table() -> nftnl::Table {
+        nftnl::Table {
+            chains: vec![base_chain()],
             sets: vec![port_set("vm_red", &[7, 9]), port_set("vm_my_2dnet_2e10", &[20])],
             rules: vec![
-                drop_rule(4, "vm_red", "bridge red", 12),
-                drop_rule(5, "vm_my_2dnet_2e10", "bridge my-net.10", 0),
+                legacy_rule(4, "vm_red", "bridge red", 12),
+                legacy_rule(5, "vm_my_2dnet_2e10", "bridge my-net.10", 0),
             ],
             objects: 0,
         }
@@ -846,8 +1176,20 @@ mod tests {
         plan(vec![red(), bridge("my-net.10", vec![port("tap0", 20, Role::Vm)])])
     }
 
+    fn drop_cmd(bridge: &str) -> Cmd {
+        Cmd::AddRule {
+            chain: chain_name(bridge),
+            set: set_name(bridge),
+            comment: comment(bridge),
+        }
+    }
+
+    fn verdicts(entries: &[(u32, &str)]) -> Cmd {
+        Cmd::AddVerdicts(entries.iter().map(|(i, c)| (*i, c.to_string())).collect())
+    }
+
     #[test]
-    fn set_names_are_distinct_identifiers_for_any_bridge_name() {
+    fn set_and_chain_names_are_distinct_identifiers_for_any_bridge_name() {
         let names = [
             "red",
             "ovirtmgmt",
@@ -859,6 +1201,7 @@ mod tests {
             "ünï",
             "x@y:z%",
             "a-b.c_d-e.f_g",
+            "ports",
         ];
         let mut seen = BTreeSet::new();
         for n in names {
@@ -867,8 +1210,16 @@ mod tests {
             assert!(s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'), "{s}");
             assert_eq!(bridge_of_set(&s).as_deref(), Some(n), "{s}");
             assert!(seen.insert(s));
+            let c = chain_name(n);
+            assert_eq!(c[3..], set_name(n)[3..]);
+            assert_eq!(bridge_of_chain(&c).as_deref(), Some(n), "{c}");
+            assert_eq!(bridge_of_set(&c), None);
         }
+        assert_ne!(set_name("ports"), MAP, "the map is no bridge's set");
+        assert_eq!(bridge_of_set(MAP), None);
+        assert_eq!(bridge_of_chain(CHAIN), None);
         assert_eq!(set_name("my-net.10"), "vm_my_2dnet_2e10");
+        assert_eq!(chain_name("my-net.10"), "br_my_2dnet_2e10");
         assert_eq!(set_name("a_b"), "vm_a__b");
         for foreign in ["vm_", "other", "vm_a_", "vm_a_2", "vm_a_2D", "vm_a-b", "vm_a_zz"] {
             assert_eq!(bridge_of_set(foreign), None, "{foreign}");
@@ -876,26 +1227,50 @@ mod tests {
     }
 
     #[test]
-    fn renders_one_set_and_one_rule_per_bridge() {
+    fn renders_a_set_and_a_chain_per_bridge_and_one_map() {
+        let t = |mut o: Value| {
+            o["family"] = json!("bridge");
+            o["table"] = json!("bridge_isolation");
+            o
+        };
         let want = json!({"nftables": [
             {"add": {"table": {"family": "bridge", "name": "bridge_isolation"}}},
-            {"add": {"chain": {"family": "bridge", "table": "bridge_isolation", "name": "forward",
-                "type": "filter", "hook": "forward", "prio": -200, "policy": "accept"}}},
-            {"add": {"set": {"family": "bridge", "table": "bridge_isolation", "name": "vm_red", "type": "iface_index"}}},
-            {"add": {"element": {"family": "bridge", "table": "bridge_isolation", "name": "vm_red", "elem": [7, 9]}}},
-            {"add": {"rule": {"family": "bridge", "table": "bridge_isolation", "chain": "forward", "comment": "bridge red",
+            {"add": {"chain": t(json!({"name": "forward",
+                "type": "filter", "hook": "forward", "prio": -200, "policy": "accept"}))}},
+            {"add": {"set": t(json!({"name": "vm_red", "type": "iface_index"}))}},
+            {"add": {"element": t(json!({"name": "vm_red", "elem": [7, 9]}))}},
+            {"add": {"chain": t(json!({"name": "br_red"}))}},
+            {"add": {"rule": t(json!({"chain": "br_red", "comment": "bridge red",
                 "expr": [
                     {"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": "@vm_red"}},
-                    {"match": {"op": "==", "left": {"meta": {"key": "oif"}}, "right": "@vm_red"}},
                     {"counter": null},
-                    {"drop": null}]}}}
+                    {"drop": null}]}))}},
+            {"add": {"map": t(json!({"name": "ports", "type": "iface_index", "map": "verdict"}))}},
+            {"add": {"element": t(json!({"name": "ports", "elem": [
+                [7, {"goto": {"target": "br_red"}}],
+                [9, {"goto": {"target": "br_red"}}]]}))}},
+            {"add": {"rule": t(json!({"chain": "forward",
+                "expr": [{"vmap": {"key": {"meta": {"key": "oif"}}, "data": "@ports"}}]}))}}
         ]});
         assert_eq!(render(&plan(vec![red()])), want);
-        // A bridge without VM ports keeps its (empty) set and rule, and no element command.
+        // A bridge without VM ports keeps its (empty) set, its chain and rule, the map and
+        // the dispatch rule, and no element command.
         let lonely = render(&plan(vec![bridge("blue", vec![port("eth2", 5, Role::Uplink)])]));
         let cmds = lonely["nftables"].as_array().unwrap();
-        assert_eq!(cmds.len(), 4);
+        assert_eq!(cmds.len(), 7);
         assert!(cmds.iter().all(|c| c["add"].get("element").is_none()));
+        assert_eq!(
+            Cmd::DeleteElements(MAP.into(), vec![7]).to_json(),
+            json!({"delete": {"element": t(json!({"name": "ports", "elem": [7]}))}})
+        );
+        assert_eq!(
+            Cmd::DeleteRule("br_red".into(), 4).to_json(),
+            json!({"delete": {"rule": t(json!({"chain": "br_red", "handle": 4}))}})
+        );
+        assert_eq!(
+            Cmd::FlushChain("br_red".into()).to_json(),
+            json!({"flush": {"chain": t(json!({"name": "br_red"}))}})
+        );
     }
 
     #[test]
@@ -906,7 +1281,12 @@ mod tests {
             live.bridges(),
             BTreeSet::from(["my-net.10".to_string(), "red".to_string()])
         );
+        assert_eq!(live.rules.len(), 1);
+        assert_eq!(live.rules[0].kind, RuleKind::Dispatch);
+        assert_eq!(live.chains["br_red"][0].kind, RuleKind::Drop("vm_red".into()));
+        assert_eq!(live.map.as_ref().unwrap()[&20].as_deref(), Some("br_my_2dnet_2e10"));
         assert_eq!(live.enforced("red"), BTreeSet::from([7, 9]));
+        assert_eq!(live.enforced("my-net.10"), BTreeSet::from([20]));
         assert_eq!(
             live.counter("red"),
             Some(DropCounter {
@@ -914,20 +1294,30 @@ mod tests {
                 bytes: 1008
             })
         );
+        assert_eq!(live.counter("my-net.10"), Some(DropCounter::default()));
         assert_eq!(live.counter("blue"), None);
         assert!(live.enforced("blue").is_empty());
         assert_eq!(Live::from_table(None), Live::default());
-        // Someone else's chain, map or object, and a chain of another priority.
-        let mut other = table();
-        other.chains.push(nftnl::Chain {
-            name: "mine".into(),
-            ..nftnl::Chain::default()
-        });
-        assert!(Live::from_table(Some(&other)).foreign);
+        // Someone else's chain (regular or hooked), map or object, and a chain of another
+        // priority.
+        for chain in [
+            regular("mine"),
+            nftnl::Chain {
+                name: "br_blue".into(),
+                ..base_chain()
+            },
+        ] {
+            let mut other = table();
+            other.chains.push(chain);
+            assert!(Live::from_table(Some(&other)).foreign);
+        }
         let mut map = table();
         map.sets[1].flags = nftnl::SET_MAP;
         let map = Live::from_table(Some(&map));
         assert!(map.foreign && !map.sets.contains_key("vm_my_2dnet_2e10"));
+        let mut values = table();
+        values.sets[2].data_type = 20;
+        assert!(Live::from_table(Some(&values)).foreign, "a port map to values");
         let mut object = table();
         object.objects = 1;
         assert!(Live::from_table(Some(&object)).foreign);
@@ -938,6 +1328,40 @@ mod tests {
     }
 
     #[test]
+    fn enforcement_needs_the_set_the_map_the_chain_and_the_dispatch_rule() {
+        // A port the map sends elsewhere, or not at all, is not kept apart.
+        let mut live = listing();
+        let map = live.map.as_mut().unwrap();
+        map.insert(9, Some("br_my_2dnet_2e10".into()));
+        map.remove(&7);
+        assert!(live.enforced("red").is_empty());
+        let mut live = listing();
+        live.map.as_mut().unwrap().insert(9, None);
+        assert_eq!(live.enforced("red"), BTreeSet::from([7]));
+        // No dispatch rule, no drop rule, a foreign rule in the bridge's chain or in forward.
+        let mut live = listing();
+        live.rules.clear();
+        assert!(live.enforced("red").is_empty());
+        let mut live = listing();
+        live.chains.get_mut("br_red").unwrap().clear();
+        assert!(live.enforced("red").is_empty());
+        assert_eq!(live.enforced("my-net.10"), BTreeSet::from([20]));
+        let accept = LiveRule {
+            handle: 8,
+            kind: RuleKind::Other,
+            comment: None,
+            counter: None,
+        };
+        let mut live = listing();
+        live.chains.get_mut("br_red").unwrap().insert(0, accept.clone());
+        assert!(live.enforced("red").is_empty());
+        assert_eq!(live.enforced("my-net.10"), BTreeSet::from([20]));
+        let mut live = listing();
+        live.rules.insert(0, accept);
+        assert!(live.enforced("my-net.10").is_empty(), "a foreign rule may accept first");
+    }
+
+    #[test]
     fn converged_table_needs_no_transaction() {
         let live = listing();
         assert_eq!(live.diff(&Ruleset::from_plan(&two_bridges())), vec![]);
@@ -945,29 +1369,56 @@ mod tests {
     }
 
     #[test]
-    fn member_changes_only_touch_the_set() {
+    fn a_vm_start_only_adds_its_port_to_the_set_and_the_map() {
         let live = listing();
         let mut p = two_bridges();
-        p.bridges[0].ports[2].role = Role::Trusted; // vnet2 becomes trusted
         p.bridges[0].ports.push(port("vnet4", 30, Role::Vm));
         assert_eq!(
             live.diff(&Ruleset::from_plan(&p)),
+            vec![Cmd::AddElements("vm_red".into(), vec![30]), verdicts(&[(30, "br_red")]),]
+        );
+        // A VM stopped, another port made trusted: their elements go, nothing else.
+        let mut p = two_bridges();
+        p.bridges[0].ports[2].role = Role::Trusted; // vnet2 becomes trusted
+        p.bridges[1].ports.clear();
+        assert_eq!(
+            live.diff(&Ruleset::from_plan(&p)),
             vec![
-                Cmd::FlushSet("vm_red".into()),
-                Cmd::AddElements("vm_red".into(), vec![7, 30])
+                Cmd::DeleteElements(MAP.into(), vec![9, 20]),
+                Cmd::DeleteElements("vm_my_2dnet_2e10".into(), vec![20]),
+                Cmd::DeleteElements("vm_red".into(), vec![9]),
             ]
         );
+    }
+
+    #[test]
+    fn member_changes_only_touch_the_set_and_the_map() {
         // A VM port recreated under the same name: its old index no longer resolves.
-        let mut stale = live.clone();
+        let mut stale = listing();
         stale.sets.get_mut("vm_red").unwrap().elements = BTreeSet::from([17, 9]);
+        let map = stale.map.as_mut().unwrap();
+        map.remove(&7);
+        map.insert(17, Some("br_red".into()));
+        assert!(stale.enforced("red").contains(&17));
         assert_eq!(
             stale.diff(&Ruleset::from_plan(&two_bridges())),
             vec![
-                Cmd::FlushSet("vm_red".into()),
-                Cmd::AddElements("vm_red".into(), vec![7, 9])
+                Cmd::DeleteElements(MAP.into(), vec![17]),
+                Cmd::DeleteElements("vm_red".into(), vec![17]),
+                Cmd::AddElements("vm_red".into(), vec![7]),
+                verdicts(&[(7, "br_red")]),
             ]
         );
-        assert!(stale.enforced("red").contains(&17));
+        // A port moved to another bridge keeping its index: its element changes its chain.
+        let mut moved = listing();
+        moved.map.as_mut().unwrap().insert(20, Some("br_red".into()));
+        assert_eq!(
+            moved.diff(&Ruleset::from_plan(&two_bridges())),
+            vec![
+                Cmd::DeleteElements(MAP.into(), vec![20]),
+                verdicts(&[(20, "br_my_2dnet_2e10")]),
+            ]
+        );
     }
 
     #[test]
@@ -979,14 +1430,15 @@ mod tests {
         assert_eq!(
             live.diff(&Ruleset::from_plan(&p)),
             vec![
-                Cmd::DeleteRule(5),
+                Cmd::DeleteElements(MAP.into(), vec![20]),
+                Cmd::FlushChain("br_my_2dnet_2e10".into()),
+                Cmd::DeleteChain("br_my_2dnet_2e10".into()),
                 Cmd::DeleteSet("vm_my_2dnet_2e10".into()),
                 Cmd::AddSet("vm_blue".into()),
                 Cmd::AddElements("vm_blue".into(), vec![40]),
-                Cmd::AddRule {
-                    set: "vm_blue".into(),
-                    comment: "bridge blue".into()
-                },
+                Cmd::AddBridgeChain("br_blue".into()),
+                drop_cmd("blue"),
+                verdicts(&[(40, "br_blue")]),
             ]
         );
         assert_eq!(
@@ -1002,23 +1454,46 @@ mod tests {
         let want = Ruleset::from_plan(&two_bridges());
         let dup = LiveRule {
             handle: 9,
+            ..live.chains["br_red"][0].clone()
+        };
+        live.chains.get_mut("br_red").unwrap().push(dup);
+        let dispatch = LiveRule {
+            handle: 10,
             ..live.rules[0].clone()
         };
-        live.rules.push(dup);
-        assert_eq!(live.diff(&want), vec![Cmd::DeleteRule(9)]);
+        live.rules.push(dispatch);
+        assert_eq!(
+            live.diff(&want),
+            vec![Cmd::DeleteRule(CHAIN.into(), 10), Cmd::DeleteRule("br_red".into(), 9)]
+        );
 
         let mut missing = listing();
-        missing.rules.remove(0);
-        assert!(
-            missing.enforced("red").is_empty(),
-            "a set without its rule enforces nothing"
-        );
+        missing.chains.get_mut("br_red").unwrap().clear();
+        missing.rules.clear();
+        assert_eq!(missing.diff(&want), vec![drop_cmd("red"), Cmd::AddDispatch]);
+
+        let mut no_chain = listing();
+        no_chain.chains.remove("br_red");
+        no_chain.map = None;
+        assert!(no_chain.enforced("red").is_empty());
         assert_eq!(
-            missing.diff(&want),
-            vec![Cmd::AddRule {
-                set: "vm_red".into(),
-                comment: "bridge red".into()
-            }]
+            no_chain.diff(&want),
+            vec![
+                Cmd::DeleteRule(CHAIN.into(), 3),
+                Cmd::AddBridgeChain("br_red".into()),
+                drop_cmd("red"),
+                Cmd::AddMap,
+                verdicts(&[(7, "br_red"), (9, "br_red"), (20, "br_my_2dnet_2e10")]),
+                Cmd::AddDispatch,
+            ],
+            "a dispatch rule without its map is someone else's"
+        );
+
+        let mut renamed = listing();
+        renamed.chains.get_mut("br_red").unwrap()[0].comment = Some("mine".into());
+        assert_eq!(
+            renamed.diff(&want),
+            vec![Cmd::DeleteRule("br_red".into(), 4), drop_cmd("red")]
         );
 
         let mut accept = listing();
@@ -1026,13 +1501,13 @@ mod tests {
             0,
             LiveRule {
                 handle: 7,
-                set: None,
+                kind: RuleKind::Other,
                 comment: None,
                 counter: None,
             },
         );
         assert!(accept.enforced("red").is_empty(), "a foreign rule may accept first");
-        assert_eq!(accept.diff(&want), vec![Cmd::DeleteRule(7)]);
+        assert_eq!(accept.diff(&want), vec![Cmd::DeleteRule(CHAIN.into(), 7)]);
 
         for mutate in [(|l: &mut Live| l.foreign = true) as fn(&mut Live), |l: &mut Live| {
             l.chain_exact = false
@@ -1049,17 +1524,48 @@ mod tests {
     fn wrong_set_type_is_replaced_with_its_rule() {
         let mut live = listing();
         live.sets.get_mut("vm_red").unwrap().kind = "ifname".into();
+        assert!(live.enforced("red").is_empty());
         assert_eq!(
             live.diff(&Ruleset::from_plan(&two_bridges())),
             vec![
-                Cmd::DeleteRule(4),
+                Cmd::DeleteRule("br_red".into(), 4),
                 Cmd::DeleteSet("vm_red".into()),
                 Cmd::AddSet("vm_red".into()),
                 Cmd::AddElements("vm_red".into(), vec![7, 9]),
-                Cmd::AddRule {
-                    set: "vm_red".into(),
-                    comment: "bridge red".into()
-                },
+                drop_cmd("red"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_table_of_the_previous_shape_is_migrated_keeping_its_sets() {
+        let live = Live::from_table(Some(&legacy_table()));
+        assert!(live.exists && live.chain_exact && !live.foreign && live.map.is_none());
+        assert_eq!(live.rules[0].kind, RuleKind::Legacy("vm_red".into()));
+        // What it enforces and counts until then.
+        assert_eq!(live.enforced("red"), BTreeSet::from([7, 9]));
+        assert_eq!(live.counter("red").unwrap().packets, 12);
+        let want = Ruleset::from_plan(&two_bridges());
+        assert_eq!(
+            live.diff(&want),
+            vec![
+                Cmd::DeleteRule(CHAIN.into(), 4),
+                Cmd::DeleteRule(CHAIN.into(), 5),
+                Cmd::AddBridgeChain("br_my_2dnet_2e10".into()),
+                drop_cmd("my-net.10"),
+                Cmd::AddBridgeChain("br_red".into()),
+                drop_cmd("red"),
+                Cmd::AddMap,
+                verdicts(&[(7, "br_red"), (9, "br_red"), (20, "br_my_2dnet_2e10")]),
+                Cmd::AddDispatch,
+            ]
+        );
+        // Removing one bridge of it takes its rule before its set.
+        assert_eq!(
+            live.removal(&BTreeSet::from(["my-net.10".to_string()])),
+            vec![
+                Cmd::DeleteRule(CHAIN.into(), 5),
+                Cmd::DeleteSet("vm_my_2dnet_2e10".into())
             ]
         );
     }
@@ -1069,7 +1575,12 @@ mod tests {
         let live = listing();
         assert_eq!(
             live.removal(&BTreeSet::from(["my-net.10".to_string()])),
-            vec![Cmd::DeleteRule(5), Cmd::DeleteSet("vm_my_2dnet_2e10".into())]
+            vec![
+                Cmd::DeleteElements(MAP.into(), vec![20]),
+                Cmd::FlushChain("br_my_2dnet_2e10".into()),
+                Cmd::DeleteChain("br_my_2dnet_2e10".into()),
+                Cmd::DeleteSet("vm_my_2dnet_2e10".into())
+            ]
         );
         assert_eq!(
             live.removal(&BTreeSet::from(["my-net.10".to_string(), "red".to_string()])),
@@ -1098,27 +1609,54 @@ mod tests {
     }
 
     #[test]
-    fn recognises_the_drop_rule_only() {
-        let ours = drop_rule(1, "vm_a", "bridge a", 1).statements();
-        assert_eq!(drop_rule_set(&ours).as_deref(), Some("vm_a"));
-        assert_eq!(rule_counter(&ours), Some(DropCounter { packets: 1, bytes: 84 }));
-        let mut crossed = drop_rule(1, "vm_a", "bridge a", 1);
+    fn recognises_our_rules_only() {
+        let kind = |r: &nftnl::Rule| rule_kind(&r.statements());
+        let ours = drop_rule("br_a", 1, "vm_a", "bridge a", 1);
+        assert_eq!(kind(&ours), RuleKind::Drop("vm_a".into()));
+        assert_eq!(
+            rule_counter(&ours.statements()),
+            Some(DropCounter { packets: 1, bytes: 84 })
+        );
+        assert_eq!(kind(&dispatch_rule(1)), RuleKind::Dispatch);
+        assert_eq!(
+            kind(&legacy_rule(1, "vm_a", "bridge a", 1)),
+            RuleKind::Legacy("vm_a".into())
+        );
+        let mut crossed = legacy_rule(1, "vm_a", "bridge a", 1);
         crossed.exprs[3] = nftnl::Expr::Lookup {
             set: "vm_b".into(),
             sreg: 1,
             inverted: false,
         };
-        assert_eq!(drop_rule_set(&crossed.statements()), None);
-        let mut accept = drop_rule(1, "vm_a", "bridge a", 1);
-        accept.exprs[5] = nftnl::Expr::Verdict(nftnl::NF_ACCEPT);
-        assert_eq!(drop_rule_set(&accept.statements()), None);
-        let mut negated = drop_rule(1, "vm_a", "bridge a", 1);
+        assert_eq!(kind(&crossed), RuleKind::Other);
+        let mut accept = drop_rule("br_a", 1, "vm_a", "bridge a", 1);
+        accept.exprs[3] = nftnl::Expr::Verdict(nftnl::NF_ACCEPT);
+        assert_eq!(kind(&accept), RuleKind::Other);
+        let mut negated = drop_rule("br_a", 1, "vm_a", "bridge a", 1);
         negated.exprs[1] = nftnl::Expr::Lookup {
             set: "vm_a".into(),
             sreg: 1,
             inverted: true,
         };
-        assert_eq!(drop_rule_set(&negated.statements()), None);
-        assert_eq!(drop_rule_set(&[Stmt::Verdict(nftnl::NF_ACCEPT)]), None);
+        assert_eq!(kind(&negated), RuleKind::Other);
+        let mut by_oif = drop_rule("br_a", 1, "vm_a", "bridge a", 1);
+        by_oif.exprs[0] = nftnl::Expr::Meta {
+            key: nftnl::META_OIF,
+            dreg: 1,
+        };
+        assert_eq!(kind(&by_oif), RuleKind::Other);
+        let mut other_map = dispatch_rule(1);
+        other_map.exprs[1] = nftnl::Expr::VerdictMap {
+            map: "theirs".into(),
+            sreg: 1,
+        };
+        assert_eq!(kind(&other_map), RuleKind::Other);
+        let mut by_iif = dispatch_rule(1);
+        by_iif.exprs[0] = nftnl::Expr::Meta {
+            key: nftnl::META_IIF,
+            dreg: 1,
+        };
+        assert_eq!(kind(&by_iif), RuleKind::Other);
+        assert_eq!(rule_kind(&[Stmt::Verdict(nftnl::NF_ACCEPT)]), RuleKind::Other);
     }
 }
