@@ -238,6 +238,26 @@ pub struct Verdict {
     pub chain: Option<String>,
 }
 
+#[cfg(test)]
+impl Set {
+    /// A plain set of interface indexes (`type iface_index`) as read back, for tests.
+    pub(crate) fn of_ports(name: &str, indexes: &[u32]) -> Set {
+        Set {
+            name: name.into(),
+            key_type: 20,
+            key_len: 4,
+            elements: indexes
+                .iter()
+                .map(|i| Element {
+                    key: i.to_ne_bytes().to_vec(),
+                    ..Element::default()
+                })
+                .collect(),
+            ..Set::default()
+        }
+    }
+}
+
 impl Set {
     /// True for a named set (not a map, not made inline for a rule).
     pub fn is_plain(&self) -> bool {

@@ -1026,20 +1026,7 @@ mod tests {
             elements: elements(keys),
             ..nftnl::Set::default()
         };
-        let ports = nftnl::Set {
-            name: "open_red".into(),
-            flags: 0,
-            key_type: 20,
-            key_len: 4,
-            data_type: 0,
-            elements: open
-                .iter()
-                .map(|i| nftnl::Element {
-                    key: i.to_ne_bytes().to_vec(),
-                    ..nftnl::Element::default()
-                })
-                .collect(),
-        };
+        let ports = nftnl::Set::of_ports("open_red", open);
         let mut uplink = b"eth1".to_vec();
         uplink.resize(16, 0);
         let saddr = || nftnl::Expr::Payload {

@@ -1082,23 +1082,6 @@ mod tests {
         }
     }
 
-    fn port_set(name: &str, indexes: &[u32]) -> nftnl::Set {
-        nftnl::Set {
-            name: name.into(),
-            flags: 0,
-            key_type: 20,
-            key_len: 4,
-            data_type: 0,
-            elements: indexes
-                .iter()
-                .map(|i| nftnl::Element {
-                    key: i.to_ne_bytes().to_vec(),
-                    ..nftnl::Element::default()
-                })
-                .collect(),
-        }
-    }
-
     fn port_map(entries: &[(u32, &str)]) -> nftnl::Set {
         nftnl::Set {
             name: MAP.into(),
@@ -1142,8 +1125,8 @@ mod tests {
         nftnl::Table {
             chains: vec![base_chain(), regular("br_red"), regular("br_my_2dnet_2e10")],
             sets: vec![
-                port_set("vm_red", &[7, 9]),
-                port_set("vm_my_2dnet_2e10", &[20]),
+                nftnl::Set::of_ports("vm_red", &[7, 9]),
+                nftnl::Set::of_ports("vm_my_2dnet_2e10", &[20]),
                 port_map(&[(7, "br_red"), (9, "br_red"), (20, "br_my_2dnet_2e10")]),
             ],
             rules: vec![
@@ -1159,7 +1142,10 @@ mod tests {
     fn legacy_table() -> nftnl::Table {
         nftnl::Table {
             chains: vec![base_chain()],
-            sets: vec![port_set("vm_red", &[7, 9]), port_set("vm_my_2dnet_2e10", &[20])],
+            sets: vec![
+                nftnl::Set::of_ports("vm_red", &[7, 9]),
+                nftnl::Set::of_ports("vm_my_2dnet_2e10", &[20]),
+            ],
             rules: vec![
                 legacy_rule(4, "vm_red", "bridge red", 12),
                 legacy_rule(5, "vm_my_2dnet_2e10", "bridge my-net.10", 0),
