@@ -11,6 +11,9 @@
 #    else from crates.io, and reused while Cargo.lock and Cargo.toml are unchanged.
 # 3. rpmbuild -ba with _topdir target/rpm/build; the results are copied to target/rpm/.
 #
+# First it checks that the spec's `Provides: bundled(crate(...))` lines match Cargo.lock
+# (packaging/rpm/bundled-provides.sh --update rewrites them).
+#
 # Debian (and any host whose Rust does not come from RPMs): rpmbuild runs with --nodeps.
 # The spec's BuildRequires (cargo >= 1.84, rust >= 1.84, gcc, systemd-rpm-macros) name
 # EL9 packages that Debian's empty RPM database cannot show as installed; --nodeps skips
@@ -49,6 +52,9 @@ command -v cargo >/dev/null || die "cargo is missing"
 cargo_version=$(cargo --version | awk '{print $2}')
 [ "$(printf '%s\n%s\n' 1.84.0 "$cargo_version" | sort -V | head -n1)" = 1.84.0 ] ||
     die "cargo $cargo_version is older than 1.84 (the spec's BuildRequires)"
+
+"$here/bundled-provides.sh" --check ||
+    die "the spec's Provides: bundled(crate(...)) lines are stale"
 
 mkdir -p "$topdir"/{SOURCES,SPECS,BUILD,BUILDROOT,RPMS,SRPMS}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$top" log -1 --format=%ct 2>/dev/null || date +%s)}

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Checks the RPMs build-rpm.sh left in target/rpm/: file list and modes, hard links, %config,
-# %license/%doc, Requires, BuildRequires, scriptlets, licenses, an install and erase into a
-# scratch root, and rpmlint (no errors; warnings filtered only with a reason in the rpmlintrc).
+# %license/%doc, Requires, the bundled crates' Provides, BuildRequires, scriptlets, licenses,
+# an install and erase into a scratch root, and rpmlint (no errors; warnings filtered only
+# with a reason in the rpmlintrc).
 #
 #   packaging/rpm/check-rpm.sh            (after packaging/rpm/build-rpm.sh)
 set -uo pipefail
@@ -115,6 +116,10 @@ echo "note: this binary RPM needs ${glibc:-no versioned glibc}; EL9 has GLIBC_2.
 
 check "Requires: vdsm" grep -qx 'vdsm' <<< "$requires"
 check "Requires: sudo" grep -qx 'sudo' <<< "$requires"
+provided=$(rpm -qp --provides "$rpmfile" | grep '^bundled(crate(' | sort)
+expected_bundled=$("$here/bundled-provides.sh" | sed 's/^Provides: *//' | sort)
+check "Provides: bundled(crate(...)) for each of the $(wc -l <<< "$expected_bundled") linked crates" \
+    [ -n "$provided" ] && [ "$provided" = "$expected_bundled" ]
 buildrequires=$(rpm -qp --requires "$srpm")
 for br in 'cargo >= 1.84' 'rust >= 1.84' 'systemd-rpm-macros'; do
     check "BuildRequires: $br" grep -qx "$br" <<< "$buildrequires"
