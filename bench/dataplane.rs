@@ -584,12 +584,12 @@ fn blaster(
     Ok(())
 }
 
-/// Receives datagrams on PORT in namespace `ns` until `stop`; counts them.
+/// Receives datagrams on PORT in namespace `ns` until `stop`, polling without ever sleeping;
+/// counts them. Publishes its thread id in `tid` once ready.
 fn receiver(ns: String, tid: Arc<AtomicU64>, stop: Arc<AtomicBool>, got: Arc<AtomicU64>) -> Result<()> {
     pin(Role::Receiver);
     enter_netns(&ns)?;
     let sock = UdpSocket::bind(("0.0.0.0", PORT))?;
-    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let size: libc::c_int = 4 << 20;
     // SAFETY: setsockopt with a valid int.
     unsafe {
@@ -647,9 +647,9 @@ enum Role {
 }
 
 /// Pins the calling thread: the sender (and the bridge work it carries) on the last CPU, the
-/// receiver and the monitor on the first, so the two never take turns on one CPU and the
-/// sender is not migrated mid-window (each switch costs it cold caches). No-op on one CPU or
-/// with BENCH_DP_PIN=0.
+/// receiver on the first, so the two never take turns on one CPU and the sender is not
+/// migrated mid-window (each move costs it cold caches). No-op on one CPU or with
+/// BENCH_DP_PIN=0.
 fn pin(role: Role) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 || std::env::var("BENCH_DP_PIN").is_ok_and(|v| v == "0") {
