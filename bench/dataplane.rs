@@ -23,8 +23,10 @@
 //!   backend's shape now), the same sized, an `oif <uplink> accept` ahead of it, an
 //!   `iif . oif` concatenation, 20 bridges' worth of per-bridge rules against one vmap, the
 //!   VM ports put in an interface group matched by `iifgroup`/`oifgroup` (no lookup at all),
-//!   and a netdev ingress-mark/egress-drop pair. By default the empty chain and the vmap
-//!   shapes run; `BENCH_DP_CONFIGS=name,...` picks any (`none` is always measured).
+//!   a netdev ingress-mark/egress-drop pair on the VM ports, and the same idea turned
+//!   around: frames marked where they enter from the uplink (its ingress) or the host (the
+//!   bridge device's egress), frames leaving by a VM port dropped unless marked, so that VM ->
+//!   uplink crosses no hook at all. By default the empty chain and the vmap shapes run; `BENCH_DP_CONFIGS=name,...` picks any (`none` is always measured).
 //!
 //! Each configuration is first checked to enforce what it claims (vm1 -> vm2 datagrams
 //! dropped, or delivered for none/br_netfilter). Then, for each direction of the allowed path
@@ -268,6 +270,19 @@ const PROBES: &[Probe] = &[
                 extra_bridge_sets(),
                 elems.join(", ")
             ))
+        },
+    },
+    Probe {
+        name: "netdev-uplink-mark",
+        label: "probe: netdev mark at uplink/host, VM egress drop",
+        isolates: true,
+        script: || {
+            format!(
+                "table netdev {PROBE_TABLE} {{\n\
+                 chain uplink_in {{ type filter hook ingress devices = {{ \"eth1\" }} priority 0; policy accept;\n meta mark set meta mark or 0x40000000\n }}\n\
+                 chain host_out {{ type filter hook egress devices = {{ \"isonet\" }} priority 0; policy accept;\n meta mark set meta mark or 0x40000000\n }}\n\
+                 chain vm_out {{ type filter hook egress devices = {{ \"vnet1\", \"vnet2\" }} priority 0; policy accept;\n meta mark and 0x40000000 == 0 counter drop\n }}\n}}\n"
+            )
         },
     },
     Probe {
