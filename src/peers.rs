@@ -683,8 +683,15 @@ pub fn wanted(state: &State) -> Result<Ruleset> {
 /// and the table is deleted; with any other backend (iptables included: br_netfilter cannot
 /// see ARP and non-IP frames) the table is used and our direct rules, if firewalld runs,
 /// are removed.
-pub fn reconcile(state: &mut State) -> Result<usize> {
-    let want = wanted(state)?;
+///
+/// `plan` is a plan of the bridges of `state` (the one the backend just enforced): the
+/// filter's open ports (trusted vNICs) come from it, without another port dump.
+pub fn reconcile(state: &mut State, plan: &Plan) -> Result<usize> {
+    let want = if wanted_bridges(state).is_empty() {
+        Ruleset::default()
+    } else {
+        Ruleset::from_state(state, plan)
+    };
     if want.bridges.is_empty() && !state.cross_host {
         return Ok(0);
     }

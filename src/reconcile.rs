@@ -294,13 +294,13 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
         Ok(chosen) => chosen,
         Err(e) => return Err(fail(state, None, e)),
     };
-    let outcome = match enforce(state, &mut *backend, &why) {
-        Ok(outcome) => outcome,
+    let (outcome, plan) = match enforce(state, &mut *backend, &why) {
+        Ok(done) => done,
         Err(e) => return Err(fail(state, Some(&mut *backend), e)),
     };
     unblock(state)?;
     // Cross-host isolation (bridge_isolation_peer_macs): a table of its own, beside the backend.
-    crate::peers::reconcile(state)?;
+    crate::peers::reconcile(state, &plan)?;
     Ok(outcome)
 }
 
@@ -327,15 +327,16 @@ pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome
     }
 }
 
-/// The body of [`run`] with the chosen backend.
-fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str) -> Result<Outcome> {
+/// The body of [`run`] with the chosen backend. Also returns the newest plan it made, for the
+/// cross-host filter (one port dump serves both).
+fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str) -> Result<(Outcome, Plan)> {
     let kind = backend.kind();
     if state.backend == Some(kind) {
         log::debug!("backend {kind} ({why})");
     } else {
         log::info!("backend {kind} ({why})");
     }
-    let plan = plan(state)?;
+    let mut plan = plan(state)?;
     let previous = state.backend.filter(|&p| p != kind);
     // The new backend enforces first, so a handover leaves no moment without isolation.
     let mut changes = backend.apply(&plan)?;
@@ -369,11 +370,13 @@ fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str) -> Result<Ou
                 list.join("; ")
             )));
         }
+        plan = after;
     }
-    Ok(Outcome {
+    let outcome = Outcome {
         backend: Some(kind),
         changes,
-    })
+    };
+    Ok((outcome, plan))
 }
 
 /// VM ports of present isolated bridges that `confirmed` does not show isolated, that we
