@@ -687,11 +687,7 @@ pub fn wanted(state: &State) -> Result<Ruleset> {
 /// `plan` is a plan of the bridges of `state` (the one the backend just enforced): the
 /// filter's open ports (trusted vNICs) come from it, without another port dump.
 pub fn reconcile(state: &mut State, plan: &Plan) -> Result<usize> {
-    let want = if wanted_bridges(state).is_empty() {
-        Ruleset::default()
-    } else {
-        Ruleset::from_state(state, plan)
-    };
+    let want = Ruleset::from_state(state, plan);
     if want.bridges.is_empty() && !state.cross_host {
         return Ok(0);
     }
