@@ -400,6 +400,15 @@ fn write_sysctl(key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Puts the lab's VM ports in interface group `group` (sysfs: no `ip` process per switch).
+fn set_devgroup(group: u32) -> Result<()> {
+    for port in ["vnet1", "vnet2"] {
+        let path = format!("/sys/class/net/{port}/netdev_group");
+        std::fs::write(&path, group.to_string()).with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
+}
+
 /// Runs an nft script (`nft -f -`).
 fn nft_script(text: &str) -> Result<()> {
     use std::io::Write;
@@ -432,9 +441,7 @@ fn inner(args: &[String]) -> Result<()> {
         backend::open(BackendKind::Nftables)?.remove(&plan.bridges)?;
     }
     let _ = nft_script(&format!("delete table bridge {PROBE_TABLE}\n"));
-    for port in ["vnet1", "vnet2"] {
-        run_ok(IP, &["link", "set", "dev", port, "group", "0"])?;
-    }
+    set_devgroup(0)?;
     let _ = nft_script(&format!("delete table netdev {PROBE_TABLE}\n"));
     let mut del = vec!["-w", "-D"];
     del.extend_from_slice(&PHYSDEV_RULE);
@@ -457,9 +464,7 @@ fn inner(args: &[String]) -> Result<()> {
         Config::Probe(i) => {
             nft_script(&(PROBES[i].script)())?;
             if PROBES[i].name == "nft-devgroup" {
-                for port in ["vnet1", "vnet2"] {
-                    run_ok(IP, &["link", "set", "dev", port, "group", &DEVGROUP.to_string()])?;
-                }
+                set_devgroup(DEVGROUP)?;
             }
         }
         Config::BrNetfilter | Config::Recipe => {
