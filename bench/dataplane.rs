@@ -18,15 +18,17 @@
 //!   VM -> uplink altogether);
 //! - probes: nftables rule shapes in a table of their own (`bench_probe`, not the
 //!   backend's), listed in `PROBES`: the bridge forward base chain with no rule (the hook's
-//!   cost alone), the backend's previous shape (`iif @vm oif @vm`), its lookups swapped, sized
+//!   cost alone), the backend's first shape (`iif @vm oif @vm`), its lookups swapped, sized
 //!   and anonymous sets, one `oif vmap` over every VM port jumping to a per-bridge chain (the
-//!   backend's shape now), the same sized, an `oif <uplink> accept` ahead of it, an
-//!   `iif . oif` concatenation, 20 bridges' worth of per-bridge rules against one vmap, the
-//!   VM ports put in an interface group matched by `iifgroup`/`oifgroup` (no lookup at all),
-//!   a netdev ingress-mark/egress-drop pair on the VM ports, and the same idea turned
+//!   backend's second shape, which the group gate now guards), the same sized, an
+//!   `oif <uplink> accept` ahead of it, an `iif . oif` concatenation, 20 bridges' worth of
+//!   per-bridge rules against one vmap, the VM ports put in an interface group matched by
+//!   `iifgroup`/`oifgroup` (the backend's gate alone, no lookup at all), a netdev
+//!   ingress-mark/egress-drop pair on the VM ports, and the same idea turned
 //!   around: frames marked where they enter from the uplink (its ingress) or the host (the
 //!   bridge device's egress), frames leaving by a VM port dropped unless marked, so that VM ->
-//!   uplink crosses no hook at all. By default the empty chain and the vmap shapes run; `BENCH_DP_CONFIGS=name,...` picks any (`none` is always measured).
+//!   uplink crosses no hook at all. By default the empty chain and the vmap shapes run;
+//!   `BENCH_DP_CONFIGS=name,...` picks any (`none` is always measured).
 //!
 //! Each configuration is first checked to enforce what it claims (vm1 -> vm2 datagrams
 //! dropped, or delivered for none/br_netfilter). Then, for each direction of the allowed path
@@ -118,8 +120,8 @@ fn bridge_probe(body: &str) -> String {
     format!("table bridge {PROBE_TABLE} {{\n{body}\n}}\n")
 }
 
-/// The interface group the `nft-devgroup` probe puts the lab's VM ports in.
-const DEVGROUP: u32 = 0xb150;
+/// The interface group the `nft-devgroup` probe puts the lab's VM ports in: the backend's.
+const DEVGROUP: u32 = bridge_isolation::backend::nftables::GROUP;
 
 const SET_VM: &str = " set vm { type iface_index; elements = { \"vnet1\", \"vnet2\" } }\n";
 const FORWARD: &str = " chain forward { type filter hook forward priority -200; policy accept;\n";
@@ -147,7 +149,7 @@ const PROBES: &[Probe] = &[
     },
     Probe {
         name: "nft-iif-oif",
-        label: "probe: `iif @vm oif @vm` (backend before vmap)",
+        label: "probe: `iif @vm oif @vm` (backend's first shape)",
         isolates: true,
         script: || bridge_probe(&format!("{SET_VM}{FORWARD} iif @vm oif @vm counter drop\n }}")),
     },
@@ -180,7 +182,7 @@ const PROBES: &[Probe] = &[
     },
     Probe {
         name: "nft-oif-vmap",
-        label: "probe: `oif vmap @ports` -> bridge chain",
+        label: "probe: `oif vmap @ports` (no gate) -> bridge chain",
         isolates: true,
         script: || {
             bridge_probe(&format!(

@@ -1,6 +1,7 @@
-//! In-process rtnetlink: set a bridge port's `isolated` flag (RTM_NEWLINK) or its state
-//! (RTM_SETLINK, AF_BRIDGE: fail-closed blocking), one message each; dump the bridges and
-//! bridge ports of the namespace (RTM_GETLINK, AF_BRIDGE) for [`crate::bridge::Snapshot`].
+//! In-process rtnetlink: set a bridge port's `isolated` flag or a link's group
+//! (RTM_NEWLINK), or a port's state (RTM_SETLINK, AF_BRIDGE: fail-closed blocking), one
+//! message each; dump the bridges and bridge ports of the namespace (RTM_GETLINK, AF_BRIDGE)
+//! for [`crate::bridge::Snapshot`].
 
 use netlink_packet_core::{
     DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
@@ -51,6 +52,16 @@ impl RouteSocket {
             LinkInfo::PortKind(InfoPortKind::Bridge),
             LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(isolated)])),
         ]));
+        self.request(RouteNetlinkMessage::NewLink(link))
+            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+    }
+
+    /// Puts link `ifindex` in interface group `group` (`ip link set dev X group G`: one
+    /// RTM_NEWLINK carrying IFLA_GROUP) and waits for the kernel's ack.
+    pub fn set_group(&mut self, ifindex: u32, group: u32) -> Result<()> {
+        let mut link = LinkMessage::default();
+        link.header.index = ifindex;
+        link.attributes.push(LinkAttribute::Group(group));
         self.request(RouteNetlinkMessage::NewLink(link))
             .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
     }

@@ -49,6 +49,10 @@ pub const META_OIF: u32 = 5;
 pub const META_IIFNAME: u32 = 6;
 /// `NFT_META_OIFNAME`: output interface name.
 pub const META_OIFNAME: u32 = 7;
+/// `NFT_META_IIFGROUP`: input interface's group (`ip link set dev X group G`).
+pub const META_IIFGROUP: u32 = 21;
+/// `NFT_META_OIFGROUP`: output interface's group.
+pub const META_OIFGROUP: u32 = 22;
 /// `NFT_PAYLOAD_LL_HEADER`: payload offsets from the link-layer header.
 pub const PAYLOAD_LL: u32 = 0;
 /// `NFT_CMP_EQ`.

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bridge_isolation::backend::nftables::{chain_name, set_name, MAP, TABLE};
+use bridge_isolation::backend::nftables::{chain_name, set_name, GROUP, MAP, TABLE};
 use bridge_isolation::lab::{self, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -126,6 +126,15 @@ impl Rig {
         ports
             .into_iter()
             .filter(|p| self.lab.port_isolated(p).unwrap())
+            .collect()
+    }
+
+    /// The bridge ports in the gate's interface group.
+    fn grouped(&self) -> BTreeSet<String> {
+        let ports = self.lab.bridge_ports().expect("listing the ports");
+        ports
+            .into_iter()
+            .filter(|p| self.lab.port_group(p).unwrap() == GROUP)
             .collect()
     }
 
@@ -280,13 +289,10 @@ fn nftables_isolates_running_vms_and_restore_nets_changes_nothing() {
     assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2", "vnet3"]));
     let rules = objects(&listed, "rule");
     assert_eq!(rules.len(), 2, "{listed:#}");
-    assert_eq!(
-        rules[0]["expr"],
-        json!([{"vmap": {"key": {"meta": {"key": "oif"}}, "data": "@ports"}}]),
-        "{listed:#}"
-    );
+    assert_eq!(rules[0]["expr"], gated_dispatch(), "{listed:#}");
     assert_eq!(rules[1]["chain"], json!(chain_name(NET)), "{listed:#}");
     assert_eq!(objects(&listed, "chain").len(), 2, "{listed:#}");
+    assert_eq!(rig.grouped(), names(&["vnet1", "vnet2", "vnet3"]), "the gate's group");
     rig.assert_isolation(&[]);
 
     let before = without_counters(listed);
@@ -320,7 +326,31 @@ fn nftables_isolates_running_vms_and_restore_nets_changes_nothing() {
     let listed = rig.table().unwrap();
     assert_eq!(members(&listed), names(&["vnet1", "vnet2", "vnet3"]));
     assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2", "vnet3"]));
+    assert_eq!(rig.grouped(), names(&["vnet1", "vnet2", "vnet3"]));
     rig.assert_isolation(&[]);
+
+    // The group is half of the enforcement: a port taken out of it is open (to and from the
+    // others) and reported, and put back by the next reconcile; the uplink put in it by
+    // someone else isolates nothing (the map decides) and is taken out.
+    rig.lab.set_port_group("vnet3", 0).expect("ungrouping vnet3");
+    rig.lab.set_port_group(UPLINK, GROUP).expect("grouping the uplink");
+    rig.assert_isolation(&["vm3"]);
+    let verify = rig.cli(NFT, &["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("port vnet3"));
+    assert_eq!(ok(rig.cli(NFT, &["reconcile"])).trim(), "nftables: 1 port(s) changed");
+    assert_eq!(rig.grouped(), names(&["vnet1", "vnet2", "vnet3"]));
+    assert_eq!(rig.lab.port_group(UPLINK).unwrap(), 0);
+    rig.assert_isolation(&[]);
+}
+
+/// The dispatch rule as `nft -j list` prints it: the group gate, then the map.
+fn gated_dispatch() -> Value {
+    json!([
+        {"match": {"op": "==", "left": {"meta": {"key": "oifgroup"}}, "right": GROUP}},
+        {"match": {"op": "==", "left": {"meta": {"key": "iifgroup"}}, "right": GROUP}},
+        {"vmap": {"key": {"meta": {"key": "oif"}}, "data": "@ports"}}
+    ])
 }
 
 /// VMs started through the hooks: a trusted vNIC stays out of the set and the map and reaches
@@ -343,6 +373,11 @@ fn nftables_trusted_vnic_stays_open_and_status_counts_drops() {
     assert_eq!(rules(&listed), before, "a VM start changed a rule");
     assert_eq!(members(&listed), names(&["vnet1", "vnet2"]));
     assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2"]));
+    assert_eq!(
+        rig.grouped(),
+        names(&["vnet1", "vnet2"]),
+        "the trusted vNIC is not in the group"
+    );
     for tap in ["vnet1", "vnet2"] {
         rig.lab.set_port_isolated(tap, false).expect("clearing a flag");
     }
@@ -379,10 +414,12 @@ fn nftables_trusted_vnic_stays_open_and_status_counts_drops() {
     assert_eq!(flags["bridges"][0].get("drops"), None);
 }
 
-/// A table of the previous shape (one `iif @vm_X oif @vm_X` rule per bridge in `forward`, as
-/// an earlier version left it) enforces the same ports, so `verify` passes on it; the next run
-/// migrates it in one transaction: the old rule goes, the set stays, the map, the bridge's
-/// chain and the dispatch rule arrive, and no port changes.
+/// Tables of the previous shapes enforce the same ports, so `verify` passes on them, and the
+/// next run migrates each in one transaction, no port changing: from one `iif @vm_X oif @vm_X`
+/// rule per bridge in `forward` (the old rule goes, the set stays, the map, the bridge's chain
+/// and the gated dispatch rule arrive), and from `oif vmap @ports` without the group gate
+/// (isolating on its own, with the ports in no group: they join the group, then the rule is
+/// swapped).
 #[test]
 fn nftables_migrates_a_table_of_the_previous_shape() {
     if !lab::root_tests_enabled("nftables_migrates_a_table_of_the_previous_shape") {
@@ -415,10 +452,31 @@ fn nftables_migrates_a_table_of_the_previous_shape() {
         rules.iter().all(|r| r["expr"].to_string().matches("@").count() == 1),
         "no rule of the old shape left: {listed:#}"
     );
+    assert_eq!(rules[0]["expr"], gated_dispatch(), "{listed:#}");
+    let handle = rules[0]["handle"].as_u64().expect("a handle");
+    assert_eq!(rig.grouped(), names(&["vnet1", "vnet2", "vnet3"]));
     rig.assert_isolation(&[]);
     let before = without_counters(listed);
     assert_eq!(ok(rig.cli(NFT, &["reconcile"])).trim(), "nftables: 0 port(s) changed");
     assert_eq!(without_counters(rig.table().unwrap()), before, "not converged");
+
+    // The shape before the gate: the same table with `oif vmap @ports` alone in `forward`.
+    let ungated =
+        format!("delete rule bridge {TABLE} forward handle {handle}; add rule bridge {TABLE} forward oif vmap @{MAP}");
+    ok(rig.lab.exec_in_host(&[lab::NFT, &ungated]).expect("running nft"));
+    for port in ["vnet1", "vnet2", "vnet3"] {
+        rig.lab.set_port_group(port, 0).expect("ungrouping");
+    }
+    rig.assert_isolation(&[]);
+    ok(rig.cli(NFT, &["verify"]));
+    assert_eq!(ok(rig.cli(NFT, &["reconcile"])).trim(), "nftables: 0 port(s) changed");
+    let listed = rig.table().unwrap();
+    let rules = objects(&listed, "rule");
+    assert_eq!(rules.len(), 2, "{listed:#}");
+    assert_eq!(rules[0]["expr"], gated_dispatch(), "{listed:#}");
+    assert_eq!(map_entries(&listed), to_chain(&["vnet1", "vnet2", "vnet3"]));
+    assert_eq!(rig.grouped(), names(&["vnet1", "vnet2", "vnet3"]));
+    rig.assert_isolation(&[]);
 }
 
 /// Lifting the property removes the table (no residue) and the port flags libvirt set from
@@ -439,6 +497,7 @@ fn nftables_untag_and_remove_leave_no_residue() {
     rig.network_setup(NFT, &lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK))]));
     assert_eq!(rig.table(), None, "the table outlived the isolation");
     assert_eq!(rig.flagged(), names(&[]), "libvirt's flags outlived the isolation");
+    assert_eq!(rig.grouped(), names(&[]), "the gate's group outlived the isolation");
     rig.assert_all_pass();
     assert_eq!(rig.state_json()["networks"], json!({}));
 
@@ -447,6 +506,7 @@ fn nftables_untag_and_remove_leave_no_residue() {
     rig.assert_isolation(&[]);
     rig.network_setup(NFT, &lab::setup_networks_json(&[(NET, NetSpec::removed())]));
     assert_eq!(rig.table(), None, "the table outlived the network");
+    assert_eq!(rig.grouped(), names(&[]), "the gate's group outlived the network");
     rig.assert_all_pass();
     ok(rig.cli(NFT, &["verify"]));
 }
@@ -476,6 +536,7 @@ fn backend_switch_port_isolation_nftables_and_back() {
     assert_eq!(rig.state_json()["backend"], json!("nftables"));
     assert_eq!(rig.flagged(), names(&[]));
     assert_eq!(members(&rig.table().unwrap()), all);
+    assert_eq!(rig.grouped(), all);
     rig.assert_isolation(&[]);
     ok(rig.cli(NFT, &["verify"]));
 
@@ -489,6 +550,7 @@ fn backend_switch_port_isolation_nftables_and_back() {
     assert_eq!(rig.state_json()["backend"], json!("port-isolation"));
     assert_eq!(rig.flagged(), all);
     assert_eq!(rig.table(), None, "the nftables table outlived the handover");
+    assert_eq!(rig.grouped(), names(&[]), "the gate's group outlived the handover");
     rig.assert_isolation(&[]);
     ok(rig.cli(PORT_ISOLATION, &["verify"]));
 }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bridge_isolation::backend::nftables::GROUP;
 use bridge_isolation::lab::{self, is_vm, Lab, LabSpec, NetSpec, NicSpec, Payload};
 
 const CLI: &str = env!("CARGO_BIN_EXE_bridge-isolation");
@@ -204,11 +205,29 @@ fn release_all_removes_the_nftables_table() {
         nft_tables(&iso)
     );
     assert!(iso.flags().iter().all(|(_, on)| !on), "nftables sets no port flag");
+    let groups = || -> Vec<(String, u32)> {
+        let ports = iso.lab.bridge_ports().unwrap();
+        ports
+            .into_iter()
+            .map(|p| (p.clone(), iso.lab.port_group(&p).unwrap()))
+            .collect()
+    };
+    let grouped: Vec<String> = groups()
+        .into_iter()
+        .filter(|(_, g)| *g == GROUP)
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        grouped,
+        ["vnet1", "vnet2"],
+        "the VM ports but the trusted one are in the gate's group"
+    );
 
     let (code, out, err) = output(&mut iso.cli(&["release-all"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("released 1 bridge(s) (nftables"), "{out}");
     assert!(!nft_tables(&iso).contains("bridge_isolation"), "{}", nft_tables(&iso));
+    assert!(groups().iter().all(|(_, g)| *g == 0), "{:?}", groups());
     assert!(iso.state_files().is_empty(), "{:?}", iso.state_files());
     iso.lab.matrix().unwrap().assert_expected(&|_, _| true);
 }

@@ -13,7 +13,7 @@
 //!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         oif vmap @ports
+//!         meta oifgroup 0x0000b150 meta iifgroup 0x0000b150 oif vmap @ports
 //!     }
 //!     chain br_red {                         # one regular chain per isolated bridge
 //!         iif @vm_red counter packets 0 bytes 0 drop comment "bridge red"
@@ -27,15 +27,30 @@
 //! leaves the uplink, trusted vNICs and the host (frames to or from the bridge itself are not
 //! forwarded) open. A frame to a VM port goes to the chain of that port's bridge; there it is
 //! dropped when it came in from a VM port of the same set. A bridge forwards only between its
-//! own ports, so that is VM -> VM on one bridge. One map lookup per frame, whatever the number
-//! of isolated bridges (a rule per bridge in `forward` cost one lookup per bridge per frame).
-//! The sets stay per bridge: a chain a map's verdict leads to cannot look that map up itself
-//! (the kernel refuses the loop). Sets are scoped per bridge by their explicit members, not by
-//! `meta ibrname`, which needs NFT_BRIDGE_META (DESIGN.md section 4). Members are interface
-//! *indexes*: like the kernel's port flag they belong to one interface, so a tap name that
-//! libvirt reuses on another bridge is never caught by a stale entry; `nft list` still prints
-//! them by name. A table of the previous shape (one `iif @vm_X oif @vm_X` rule per bridge in
-//! `forward`) is migrated in one transaction: its rules go, its sets stay.
+//! own ports, so that is VM -> VM on one bridge. The sets stay per bridge: a chain a map's
+//! verdict leads to cannot look that map up itself (the kernel refuses the loop). Sets are
+//! scoped per bridge by their explicit members, not by `meta ibrname`, which needs
+//! NFT_BRIDGE_META (DESIGN.md section 4). Members are interface *indexes*: like the kernel's
+//! port flag they belong to one interface, so a tap name that libvirt reuses on another
+//! bridge is never caught by a stale entry; `nft list` still prints them by name.
+//!
+//! **The gate.** Every isolated VM port is also put in interface group [`GROUP`] (`ip link
+//! set dev vnet1 group 0xb150`; `ip link show group 0xb150` lists them), and the map is only
+//! looked up for a frame between two ports of that group. The allowed paths (VM -> uplink,
+//! uplink -> VM, anything with a trusted vNIC) cost two compares and no lookup: measured,
+//! a set or map lookup per frame costs 3-6% of a 64-byte frame's path on this project's test
+//! machine (retpolines and SRSO return thunks make each call dear), the two compares about
+//! 1%, the hook itself 1-2% (`bench/README.md`). The group only opens the gate; the map and
+//! the sets still decide, so a port left in the group by someone else is not isolated by
+//! it, and a port not in the group is not isolated: [`Backend::observe`] checks both. Ports
+//! join the group before the table changes and leave it after, so no frame passes between
+//! two VM ports while either changes; a port leaving isolation gets group 0 (the kernel's
+//! default), and only when it is in ours (a group set by someone else is overwritten only to
+//! isolate, with a warning).
+//!
+//! Tables of the previous shapes are migrated in one transaction: one `iif @vm_X oif @vm_X`
+//! rule per bridge in `forward` (one lookup per bridge per frame), then one `oif vmap @ports`
+//! (one lookup per frame); their rules go, their sets and map stay.
 //!
 //! The shape every firewall backend follows (netavark's `src/firewall/` does the same):
 //! 1. [`Ruleset`]: the rules wanted for a [`Plan`], as plain data;
@@ -58,7 +73,9 @@ use serde_json::{json, Value};
 use super::{Backend, BackendKind, Change, DropCounter, Observed};
 use crate::config::is_root;
 use crate::error::{Error, Result};
+use crate::netlink::RouteSocket;
 use crate::nftnl::{self, Operand, Stmt};
+use crate::paths::SYS_CLASS_NET;
 use crate::reconcile::{BridgePlan, Plan};
 
 /// `nft`, by absolute path: never looked up in PATH.
@@ -76,6 +93,12 @@ pub const SET_TYPE: &str = "iface_index";
 /// The verdict map from every isolated VM port to its bridge's chain. Not `vm_...`: sets and
 /// maps share one namespace, and `vm_` and any name are some bridge's set.
 pub const MAP: &str = "ports";
+/// The interface group every isolated VM port is put in, the gate of the map lookup (see
+/// the module's documentation). 0xb150: "b(r) iso(lation)"; unused by oVirt, libvirt and
+/// NetworkManager, which leave every link in group 0.
+pub const GROUP: u32 = 0xb150;
+/// The kernel's default interface group, given back to a port leaving isolation.
+pub const DEFAULT_GROUP: u32 = 0;
 const SET_PREFIX: &str = "vm_";
 const CHAIN_PREFIX: &str = "br_";
 
@@ -288,8 +311,11 @@ pub struct LiveSet {
 /// What a rule of our table does, as far as we tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RuleKind {
-    /// `oif vmap @ports`: the one rule of chain `forward`.
+    /// `meta oifgroup GROUP meta iifgroup GROUP oif vmap @ports`: the one rule of chain
+    /// `forward`.
     Dispatch,
+    /// `oif vmap @ports`: the rule of `forward` of the previous shape, without the gate.
+    Ungated,
     /// `iif @S counter drop`: the rule of a bridge's chain, with its set.
     Drop(String),
     /// `iif @S oif @S counter drop`: a rule in `forward` of the previous shape, with its set.
@@ -432,15 +458,26 @@ impl Live {
         self.rules.iter().any(|r| r.kind == RuleKind::Other)
     }
 
-    /// Whether the dispatch rule is in `forward`.
+    /// Whether a dispatch rule, gated or not, is in `forward`.
     fn dispatching(&self) -> bool {
-        self.map.is_some() && self.rules.iter().any(|r| r.kind == RuleKind::Dispatch)
+        self.map.is_some()
+            && self
+                .rules
+                .iter()
+                .any(|r| matches!(r.kind, RuleKind::Dispatch | RuleKind::Ungated))
     }
 
-    /// The ports the kernel keeps apart on `bridge` now: the interface indexes in its set
-    /// that the map sends to its chain, when the chain is hooked, the dispatch rule in place
+    /// Whether a port [`Live::enforced`] names must also be in interface group [`GROUP`] to
+    /// be kept apart: true unless a dispatch rule of the previous shape (no gate) is there.
+    pub fn gated(&self) -> bool {
+        !self.rules.iter().any(|r| r.kind == RuleKind::Ungated)
+    }
+
+    /// The ports the table keeps apart on `bridge` now: the interface indexes in its set
+    /// that the map sends to its chain, when the chain is hooked, a dispatch rule in place
     /// and the bridge's chain holds its drop rule and nothing but drop rules (or, in a table
-    /// of the previous shape, the indexes in its set when its rule is in `forward`).
+    /// of the first shape, the indexes in its set when its rule is in `forward`). When the
+    /// table is [`Live::gated`], a port is only kept apart while in group [`GROUP`] too.
     pub fn enforced(&self, bridge: &str) -> BTreeSet<u32> {
         let set = set_name(bridge);
         if !(self.exists && self.chain_hooked && !self.foreign_rules() && self.set_ok(&set)) {
@@ -510,7 +547,7 @@ impl Live {
         let verdicts = want.verdicts();
         let mut cmds = Vec::new();
 
-        // Out first: rules in `forward` but one dispatch rule, map elements going elsewhere,
+        // Out first: rules in `forward` but one gated dispatch rule, map elements going elsewhere,
         // the chains of other bridges (emptied, no element leading to them any more), extra
         // rules in the wanted ones, then the sets no rule refers to any more.
         let mut dispatch = false;
@@ -634,11 +671,19 @@ fn rule_kind(stmts: &[Stmt]) -> RuleKind {
         } if *k == key => Some(set.clone()),
         _ => None,
     };
+    let in_group = |stmt: &Stmt, key: u32| {
+        matches!(stmt, Stmt::Cmp { left: Operand::Meta(k), op: nftnl::CMP_EQ, data }
+            if *k == key && data.as_slice() == GROUP.to_ne_bytes())
+    };
+    let dispatch =
+        |stmt: &Stmt| matches!(stmt, Stmt::VerdictMap { left: Operand::Meta(nftnl::META_OIF), map } if map == MAP);
     match stmts {
-        [Stmt::VerdictMap {
-            left: Operand::Meta(nftnl::META_OIF),
-            map,
-        }] if map == MAP => RuleKind::Dispatch,
+        [vmap] if dispatch(vmap) => RuleKind::Ungated,
+        [oif, iif, vmap]
+            if in_group(oif, nftnl::META_OIFGROUP) && in_group(iif, nftnl::META_IIFGROUP) && dispatch(vmap) =>
+        {
+            RuleKind::Dispatch
+        }
         [iif, Stmt::Counter { .. }, Stmt::Verdict(nftnl::NF_DROP)] => {
             lookup(iif, nftnl::META_IIF).map_or(RuleKind::Other, RuleKind::Drop)
         }
@@ -701,7 +746,7 @@ pub enum Cmd {
         /// The comment.
         comment: String,
     },
-    /// `add rule forward oif vmap @ports`.
+    /// `add rule forward meta oifgroup GROUP meta iifgroup GROUP oif vmap @ports`.
     AddDispatch,
     /// `delete rule C handle H`.
     DeleteRule(String, u64),
@@ -749,7 +794,11 @@ impl Cmd {
             }}}),
             Cmd::AddDispatch => json!({"add": {"rule": {
                 "family": FAMILY, "table": TABLE, "chain": CHAIN,
-                "expr": [{"vmap": {"key": {"meta": {"key": "oif"}}, "data": format!("@{MAP}")}}]
+                "expr": [
+                    {"match": {"op": "==", "left": {"meta": {"key": "oifgroup"}}, "right": GROUP}},
+                    {"match": {"op": "==", "left": {"meta": {"key": "iifgroup"}}, "right": GROUP}},
+                    {"vmap": {"key": {"meta": {"key": "oif"}}, "data": format!("@{MAP}")}}
+                ]
             }}}),
             Cmd::DeleteRule(chain, handle) => json!({"delete": {"rule": {
                 "family": FAMILY, "table": TABLE, "chain": chain, "handle": handle
@@ -819,6 +868,125 @@ fn ifname_of(ifindex: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// The gate's interface group.
+
+/// The interface group of link `name` (`/sys/class/net/NAME/netdev_group`); `None` when
+/// there is no such link.
+pub fn group_of(name: &str) -> Option<u32> {
+    let path = Path::new(SYS_CLASS_NET).join(name).join("netdev_group");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A port whose group [`Ports`] knows.
+#[derive(Clone, Debug)]
+struct GroupedPort {
+    bridge: String,
+    name: String,
+    /// Its group when read; `None`: the link is gone.
+    group: Option<u32>,
+}
+
+/// The ports one run may move in or out of [`GROUP`], by interface index, with their groups
+/// as read: the ports of the bridges concerned, and the interfaces the table's sets still
+/// hold that are no port of theirs any more (a tap moved to another bridge keeps its index).
+#[derive(Clone, Debug, Default)]
+struct Ports(BTreeMap<u32, GroupedPort>);
+
+impl Ports {
+    /// The ports of `bridges` and the table's other members, their groups read.
+    fn of(live: &Live, bridges: &[BridgePlan]) -> Ports {
+        let mut ports = BTreeMap::new();
+        for b in bridges {
+            for p in &b.ports {
+                let port = GroupedPort {
+                    bridge: b.bridge.clone(),
+                    name: p.port.name.clone(),
+                    group: group_of(&p.port.name),
+                };
+                ports.insert(p.port.ifindex, port);
+            }
+        }
+        let planned: BTreeSet<&str> = bridges.iter().map(|b| b.bridge.as_str()).collect();
+        for (set, members) in &live.sets {
+            let Some(bridge) = bridge_of_set(set).filter(|b| planned.contains(b.as_str())) else {
+                continue;
+            };
+            for &index in &members.elements {
+                if ports.contains_key(&index) {
+                    continue;
+                }
+                if let Some(name) = ifname_of(index) {
+                    let group = group_of(&name);
+                    let bridge = bridge.clone();
+                    ports.insert(index, GroupedPort { bridge, name, group });
+                }
+            }
+        }
+        Ports(ports)
+    }
+
+    /// Which ports must join [`GROUP`] for `wanted` to be kept apart, and which must leave
+    /// it (every other port in it).
+    fn moves(&self, wanted: &BTreeSet<u32>) -> (Vec<u32>, Vec<u32>) {
+        let present = self.0.iter().filter(|(_, p)| p.group.is_some());
+        let (join, leave): (Vec<_>, Vec<_>) = present.partition(|(i, _)| wanted.contains(i));
+        let join = join.into_iter().filter(|(_, p)| p.group != Some(GROUP));
+        let leave = leave.into_iter().filter(|(_, p)| p.group == Some(GROUP));
+        (join.map(|(i, _)| *i).collect(), leave.map(|(i, _)| *i).collect())
+    }
+
+    /// The ports the kernel keeps apart on `bridge` now: [`Live::enforced`], and in [`GROUP`]
+    /// when the table is gated.
+    fn kept_apart(&self, live: &Live, bridge: &str) -> BTreeSet<u32> {
+        let gated = live.gated();
+        let grouped = |i: &u32| self.0.get(i).is_some_and(|p| p.group == Some(GROUP));
+        live.enforced(bridge)
+            .into_iter()
+            .filter(|i| !gated || grouped(i))
+            .collect()
+    }
+
+    /// Puts port `index` in `group`.
+    fn set(&self, grouper: &mut Grouper, index: u32, group: u32) -> Result<()> {
+        let port = &self.0[&index];
+        if group == GROUP {
+            if let Some(other) = port.group.filter(|&g| g != DEFAULT_GROUP) {
+                log::warn!(
+                    "{} port {}: moving it from interface group {other:#x} to {GROUP:#x} to isolate it",
+                    port.bridge,
+                    port.name
+                );
+            }
+        }
+        grouper.set(&port.bridge, &port.name, index, group)
+    }
+}
+
+/// Sets interface groups over rtnetlink, each read back; opens its socket on first use.
+#[derive(Default)]
+struct Grouper {
+    socket: Option<RouteSocket>,
+}
+
+impl Grouper {
+    fn set(&mut self, bridge: &str, port: &str, index: u32, group: u32) -> Result<()> {
+        if self.socket.is_none() {
+            self.socket = Some(RouteSocket::open()?);
+        }
+        let socket = self.socket.as_mut().expect("opened above");
+        socket
+            .set_group(index, group)
+            .map_err(|e| Error::Kernel(format!("{bridge} port {port}: interface group {group:#x}: {e}")))?;
+        match group_of(port) {
+            Some(now) if now == group => Ok(()),
+            now => Err(Error::Kernel(format!(
+                "{bridge} port {port}: interface group reads {now:?} after setting {group:#x}"
+            ))),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -945,6 +1113,7 @@ impl Backend for Nftables {
 
     fn observe(&mut self, plan: &Plan) -> Result<Vec<Observed>> {
         let live = self.live()?;
+        let gated = live.gated();
         Ok(plan
             .bridges
             .iter()
@@ -953,7 +1122,7 @@ impl Backend for Nftables {
                 b.ports.iter().map(move |p| Observed {
                     bridge: b.bridge.clone(),
                     port: p.port.name.clone(),
-                    isolated: enforced.contains(&p.port.ifindex),
+                    isolated: enforced.contains(&p.port.ifindex) && (!gated || group_of(&p.port.name) == Some(GROUP)),
                 })
             })
             .collect())
@@ -963,20 +1132,31 @@ impl Backend for Nftables {
         let live = self.live()?;
         let want = Ruleset::from_plan(plan);
         let cmds = live.diff(&want);
-        if cmds.is_empty() {
+        let known: Vec<BridgePlan> = plan.bridges.iter().chain(&plan.lifted).cloned().collect();
+        let ports = Ports::of(&live, &known);
+        let wanted: BTreeSet<u32> = want.bridges.iter().flat_map(BridgeRules::indexes).collect();
+        let (join, leave) = ports.moves(&wanted);
+        if cmds.is_empty() && join.is_empty() && leave.is_empty() {
             return Ok(Vec::new());
         }
         let before = live
             .bridges()
             .into_iter()
             .map(|b| {
-                let ports = live.enforced(&b);
+                let ports = ports.kept_apart(&live, &b);
                 (b, ports)
             })
             .collect();
         let after = want.bridges.iter().map(|b| (b.bridge.clone(), b.indexes())).collect();
+        // Into the group before the table changes, out of it after: never open in between.
+        let mut grouper = Grouper::default();
+        for index in join {
+            ports.set(&mut grouper, index, GROUP)?;
+        }
         self.commit(&cmds)?;
-        let known: Vec<BridgePlan> = plan.bridges.iter().chain(&plan.lifted).cloned().collect();
+        for index in leave {
+            ports.set(&mut grouper, index, DEFAULT_GROUP)?;
+        }
         Ok(changes(&before, &after, namer(&known)))
     }
 
@@ -987,8 +1167,14 @@ impl Backend for Nftables {
         let live = self.live()?;
         let names: BTreeSet<String> = bridges.iter().map(|b| b.bridge.clone()).collect();
         let cmds = live.removal(&names);
-        let before = names.iter().map(|b| (b.clone(), live.enforced(b))).collect();
+        let ports = Ports::of(&live, bridges);
+        let before = names.iter().map(|b| (b.clone(), ports.kept_apart(&live, b))).collect();
         self.commit(&cmds)?;
+        let (_, leave) = ports.moves(&BTreeSet::new());
+        let mut grouper = Grouper::default();
+        for index in leave {
+            ports.set(&mut grouper, index, DEFAULT_GROUP)?;
+        }
         Ok(changes(&before, &BTreeMap::new(), namer(bridges)))
     }
 
@@ -1063,8 +1249,9 @@ mod tests {
         }
     }
 
-    /// `oif vmap @ports` (`meta load oif => reg 1`, `lookup reg 1 set ports dreg 0`).
-    fn dispatch_rule(handle: u64) -> nftnl::Rule {
+    /// `oif vmap @ports` (`meta load oif => reg 1`, `lookup reg 1 set ports dreg 0`): the
+    /// dispatch rule of the previous shape, without the gate.
+    fn ungated_rule(handle: u64) -> nftnl::Rule {
         nftnl::Rule {
             chain: CHAIN.into(),
             handle,
@@ -1080,6 +1267,28 @@ mod tests {
                 },
             ],
         }
+    }
+
+    /// `meta oifgroup 0xb150 meta iifgroup 0xb150 oif vmap @ports` as `nft --debug=netlink`
+    /// shows it: `meta load oifgroup => reg 1`, `cmp eq reg 1 0x0000b150`, the same for
+    /// iifgroup, then the ungated rule's two expressions.
+    fn dispatch_rule(handle: u64) -> nftnl::Rule {
+        let gate = |key| {
+            [
+                nftnl::Expr::Meta { key, dreg: 1 },
+                nftnl::Expr::Cmp {
+                    sreg: 1,
+                    op: nftnl::CMP_EQ,
+                    data: GROUP.to_ne_bytes().to_vec(),
+                },
+            ]
+        };
+        let mut rule = ungated_rule(handle);
+        let mut exprs = gate(nftnl::META_OIFGROUP).to_vec();
+        exprs.extend(gate(nftnl::META_IIFGROUP));
+        exprs.append(&mut rule.exprs);
+        rule.exprs = exprs;
+        rule
     }
 
     fn port_map(entries: &[(u32, &str)]) -> nftnl::Set {
@@ -1236,7 +1445,10 @@ mod tests {
                 [7, {"goto": {"target": "br_red"}}],
                 [9, {"goto": {"target": "br_red"}}]]}))}},
             {"add": {"rule": t(json!({"chain": "forward",
-                "expr": [{"vmap": {"key": {"meta": {"key": "oif"}}, "data": "@ports"}}]}))}}
+                "expr": [
+                    {"match": {"op": "==", "left": {"meta": {"key": "oifgroup"}}, "right": 0xb150}},
+                    {"match": {"op": "==", "left": {"meta": {"key": "iifgroup"}}, "right": 0xb150}},
+                    {"vmap": {"key": {"meta": {"key": "oif"}}, "data": "@ports"}}]}))}}
         ]});
         assert_eq!(render(&plan(vec![red()])), want);
         // A bridge without VM ports keeps its (empty) set, its chain and rule, the map and
@@ -1557,6 +1769,31 @@ mod tests {
     }
 
     #[test]
+    fn a_table_without_the_gate_gets_it_in_one_transaction() {
+        let mut table = table();
+        table.rules[0] = ungated_rule(3);
+        let live = Live::from_table(Some(&table));
+        assert_eq!(live.rules[0].kind, RuleKind::Ungated);
+        // It enforces without the group until then, and is the only shape that does.
+        assert!(!live.gated() && listing().gated());
+        assert_eq!(live.enforced("red"), BTreeSet::from([7, 9]));
+        assert_eq!(live.counter("red").unwrap().packets, 12);
+        // The rule is swapped, nothing else: sets, map, chains and counters stay.
+        assert_eq!(
+            live.diff(&Ruleset::from_plan(&two_bridges())),
+            vec![Cmd::DeleteRule(CHAIN.into(), 3), Cmd::AddDispatch]
+        );
+        // Both rules at once (a transaction cut short by hand): the ungated one goes.
+        table.rules.insert(1, dispatch_rule(8));
+        let both = Live::from_table(Some(&table));
+        assert!(!both.gated());
+        assert_eq!(
+            both.diff(&Ruleset::from_plan(&two_bridges())),
+            vec![Cmd::DeleteRule(CHAIN.into(), 3)]
+        );
+    }
+
+    #[test]
     fn removal_deletes_only_what_is_asked_then_the_table() {
         let live = listing();
         assert_eq!(
@@ -1631,18 +1868,36 @@ mod tests {
             dreg: 1,
         };
         assert_eq!(kind(&by_oif), RuleKind::Other);
+        assert_eq!(kind(&ungated_rule(1)), RuleKind::Ungated);
         let mut other_map = dispatch_rule(1);
-        other_map.exprs[1] = nftnl::Expr::VerdictMap {
+        other_map.exprs[5] = nftnl::Expr::VerdictMap {
             map: "theirs".into(),
             sreg: 1,
         };
         assert_eq!(kind(&other_map), RuleKind::Other);
         let mut by_iif = dispatch_rule(1);
-        by_iif.exprs[0] = nftnl::Expr::Meta {
+        by_iif.exprs[4] = nftnl::Expr::Meta {
             key: nftnl::META_IIF,
             dreg: 1,
         };
         assert_eq!(kind(&by_iif), RuleKind::Other);
+        // Another group, or one side of the gate only, is not our rule.
+        let mut other_group = dispatch_rule(1);
+        other_group.exprs[3] = nftnl::Expr::Cmp {
+            sreg: 1,
+            op: nftnl::CMP_EQ,
+            data: 7u32.to_ne_bytes().to_vec(),
+        };
+        assert_eq!(kind(&other_group), RuleKind::Other);
+        let mut half = dispatch_rule(1);
+        half.exprs.drain(2..4);
+        assert_eq!(kind(&half), RuleKind::Other);
+        let mut swapped = dispatch_rule(1);
+        swapped.exprs[0] = nftnl::Expr::Meta {
+            key: nftnl::META_IIFGROUP,
+            dreg: 1,
+        };
+        assert_eq!(kind(&swapped), RuleKind::Other);
         assert_eq!(rule_kind(&[Stmt::Verdict(nftnl::NF_ACCEPT)]), RuleKind::Other);
     }
 }

@@ -191,6 +191,29 @@ impl Lab {
         }
     }
 
+    /// Reads `/sys/class/net/PORT/netdev_group` (its interface group) in the host namespace.
+    pub fn port_group(&self, port: &str) -> Result<u32> {
+        check_ifname(port)?;
+        let file = format!("/sys/class/net/{port}/netdev_group");
+        let out = self.exec_in_host(&[CAT, &file])?;
+        check_output(&out, &format!("reading {file}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .with_context(|| format!("unexpected content {text:?} in {file}"))
+    }
+
+    /// Puts a port in interface group `group` behind the hooks' back (`ip link set dev PORT
+    /// group G`), as an administrator or another tool would.
+    pub fn set_port_group(&self, port: &str, group: u32) -> Result<()> {
+        let out = ip_in(
+            &self.host_ns,
+            &["link", "set", "dev", port, "group", &group.to_string()],
+        );
+        out.map(drop)
+            .with_context(|| format!("ip link set dev {port} group {group}"))
+    }
+
     /// Names of the bridge's ports, sorted.
     pub fn bridge_ports(&self) -> Result<Vec<String>> {
         let json = ip_in(&self.host_ns, &["-j", "link", "show", "master", &self.spec.bridge])?;
