@@ -13,7 +13,7 @@
 //!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         meta oifgroup 0x0000b150 meta iifgroup 0x0000b150 oif vmap @ports
+//!         oifgroup 45392 iifgroup 45392 oif vmap @ports
 //!     }
 //!     chain br_red {                         # one regular chain per isolated bridge
 //!         iif @vm_red counter packets 0 bytes 0 drop comment "bridge red"
@@ -34,19 +34,19 @@
 //! port flag they belong to one interface, so a tap name that libvirt reuses on another
 //! bridge is never caught by a stale entry; `nft list` still prints them by name.
 //!
-//! **The gate.** Every isolated VM port is also put in interface group [`GROUP`] (`ip link
-//! set dev vnet1 group 0xb150`; `ip link show group 0xb150` lists them), and the map is only
-//! looked up for a frame between two ports of that group. The allowed paths (VM -> uplink,
-//! uplink -> VM, anything with a trusted vNIC) cost two compares and no lookup: measured,
-//! a set or map lookup per frame costs 3-6% of a 64-byte frame's path on this project's test
-//! machine (retpolines and SRSO return thunks make each call dear), the two compares about
-//! 1%, the hook itself 1-2% (`bench/README.md`). The group only opens the gate; the map and
-//! the sets still decide, so a port left in the group by someone else is not isolated by
-//! it, and a port not in the group is not isolated: [`Backend::observe`] checks both. Ports
-//! join the group before the table changes and leave it after, so no frame passes between
-//! two VM ports while either changes; a port leaving isolation gets group 0 (the kernel's
-//! default), and only when it is in ours (a group set by someone else is overwritten only to
-//! isolate, with a warning).
+//! **The gate.** Every isolated VM port is also put in interface group [`GROUP`] (0xb150 =
+//! 45392: `ip link show group 45392` lists them), and the map is only looked up for a frame
+//! between two ports of that group. The allowed paths (VM -> uplink, uplink -> VM, anything
+//! with a trusted vNIC) cost one or two compares and no lookup: measured, a set or map lookup
+//! per frame costs 3.5-9% of a 64-byte frame's path on this project's test machine
+//! (retpolines and SRSO return thunks make each call dear), the compares 0-1.5%, the hook
+//! itself 0-2.5% (`bench/README.md`). The group only opens the gate; the map and the sets
+//! still decide, so a port left in the group by someone else is not isolated by it, and a
+//! port not in the group is not isolated: [`Backend::observe`] checks both. Ports join the
+//! group before the table changes and leave it after, so no frame passes between two VM
+//! ports while either changes; a port leaving isolation gets group 0 (the kernel's default),
+//! and only when it is in ours (a group set by someone else is overwritten only to isolate,
+//! with a warning).
 //!
 //! Tables of the previous shapes are migrated in one transaction: one `iif @vm_X oif @vm_X`
 //! rule per bridge in `forward` (one lookup per bridge per frame), then one `oif vmap @ports`
