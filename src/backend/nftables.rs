@@ -476,8 +476,9 @@ impl Live {
     /// The ports the table keeps apart on `bridge` now: the interface indexes in its set
     /// that the map sends to its chain, when the chain is hooked, a dispatch rule in place
     /// and the bridge's chain holds its drop rule and nothing but drop rules (or, in a table
-    /// of the first shape, the indexes in its set when its rule is in `forward`). When the
-    /// table is [`Live::gated`], a port is only kept apart while in group [`GROUP`] too.
+    /// of the first shape, the indexes in its set when its rule is in `forward`). Groups are
+    /// not read here: when the table is [`Live::gated`], a port is only kept apart while in
+    /// group [`GROUP`] too, which the backend checks.
     pub fn enforced(&self, bridge: &str) -> BTreeSet<u32> {
         let set = set_name(bridge);
         if !(self.exists && self.chain_hooked && !self.foreign_rules() && self.set_ok(&set)) {
@@ -547,9 +548,9 @@ impl Live {
         let verdicts = want.verdicts();
         let mut cmds = Vec::new();
 
-        // Out first: rules in `forward` but one gated dispatch rule, map elements going elsewhere,
-        // the chains of other bridges (emptied, no element leading to them any more), extra
-        // rules in the wanted ones, then the sets no rule refers to any more.
+        // Out first: rules in `forward` but one gated dispatch rule, map elements going
+        // elsewhere, the chains of other bridges (emptied, no element leading to them any
+        // more), extra rules in the wanted ones, then the sets no rule refers to any more.
         let mut dispatch = false;
         for r in &self.rules {
             if r.kind == RuleKind::Dispatch && self.map.is_some() && !dispatch {
