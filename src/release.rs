@@ -5,9 +5,10 @@
 //! Under the state lock: every bridge the state names (isolated networks and bridges whose
 //! isolation was lifted but not yet cleared) is handed to the `remove` of the backend
 //! recorded as having done the work, and of the backend that would act now if that is
-//! another one, and each then applies the empty policy; the kernel is read back, and only when nothing is left enforced are the
-//! state file, its lock and any leftover temporary file deleted. On any failure the state
-//! is kept, so a second run (or `reconcile`) still knows what to undo.
+//! another one, and each then applies the empty policy; the kernel is read back, and only
+//! when nothing is left enforced are the state file, its lock and any leftover temporary
+//! file deleted. On any failure the state is kept, so a second run (or `reconcile`) still
+//! knows what to undo.
 
 use std::path::{Path, PathBuf};
 
