@@ -39,7 +39,7 @@
 //! between two ports of that group. The allowed paths (VM -> uplink, uplink -> VM, anything
 //! with a trusted vNIC) cost one or two compares and no lookup: measured, a set or map lookup
 //! per frame costs 3.5-9% of a 64-byte frame's path on this project's test machine
-//! (retpolines and SRSO return thunks make each call dear), the compares 0-1.5%, the hook
+//! (retpolines and SRSO return thunks make each call dear), the compares 0-3.5%, the hook
 //! itself 0-2.5% (`bench/README.md`). The group only opens the gate; the map and the sets
 //! still decide, so a port left in the group by someone else is not isolated by it, and a
 //! port not in the group is not isolated: [`Backend::observe`] checks both. Ports join the
