@@ -1,5 +1,5 @@
 //! Live bridges and bridge ports of the caller's network namespace, read in one rtnetlink
-//! dump (no root needed); a port's `isolated` flag read back from sysfs after setting it.
+//! dump (no root needed); a port's `isolated` flag and a link's group read from sysfs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -174,6 +174,16 @@ pub fn isolated(port: &str) -> std::io::Result<Option<bool>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && sys(&[port, "brport"]).exists() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Reads a link's interface group from sysfs (`netdev_group`); `None` when there is no such
+/// link.
+pub fn group(link: &str) -> Option<u32> {
+    std::fs::read_to_string(sys(&[link, "netdev_group"]))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// True when `name` is a bridge in this namespace.

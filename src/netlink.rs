@@ -44,6 +44,15 @@ impl RouteSocket {
         })
     }
 
+    /// The socket in `slot`, opened there on first use: a backend with nothing to change
+    /// never opens one.
+    pub fn lazy(slot: &mut Option<RouteSocket>) -> Result<&mut RouteSocket> {
+        if slot.is_none() {
+            *slot = Some(RouteSocket::open()?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
     /// Sets or clears the `isolated` flag of bridge port `ifindex` and waits for the kernel's ack.
     pub fn set_isolated(&mut self, ifindex: u32, isolated: bool) -> Result<()> {
         let mut link = LinkMessage::default();

@@ -71,11 +71,11 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::{Backend, BackendKind, Change, DropCounter, Observed};
+use crate::bridge;
 use crate::config::is_root;
 use crate::error::{Error, Result};
 use crate::netlink::RouteSocket;
 use crate::nftnl::{self, Operand, Stmt};
-use crate::paths::SYS_CLASS_NET;
 use crate::reconcile::{BridgePlan, Plan};
 
 /// `nft`, by absolute path: never looked up in PATH.
@@ -874,13 +874,6 @@ fn ifname_of(ifindex: u32) -> Option<String> {
 // ---------------------------------------------------------------------------------------
 // The gate's interface group.
 
-/// The interface group of link `name` (`/sys/class/net/NAME/netdev_group`); `None` when
-/// there is no such link.
-pub fn group_of(name: &str) -> Option<u32> {
-    let path = Path::new(SYS_CLASS_NET).join(name).join("netdev_group");
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// A port whose group [`Ports`] knows.
 #[derive(Clone, Debug)]
 struct GroupedPort {
@@ -893,8 +886,11 @@ struct GroupedPort {
 /// The ports one run may move in or out of [`GROUP`], by interface index, with their groups
 /// as read: the ports of the bridges concerned, and the interfaces the table's sets still
 /// hold that are no port of theirs any more (a tap moved to another bridge keeps its index).
-#[derive(Clone, Debug, Default)]
-struct Ports(BTreeMap<u32, GroupedPort>);
+/// Moves go over rtnetlink, each read back.
+struct Ports {
+    ports: BTreeMap<u32, GroupedPort>,
+    socket: Option<RouteSocket>,
+}
 
 impl Ports {
     /// The ports of `bridges` and the table's other members, their groups read.
@@ -905,7 +901,7 @@ impl Ports {
                 let port = GroupedPort {
                     bridge: b.bridge.clone(),
                     name: p.port.name.clone(),
-                    group: group_of(&p.port.name),
+                    group: bridge::group(&p.port.name),
                 };
                 ports.insert(p.port.ifindex, port);
             }
@@ -920,19 +916,19 @@ impl Ports {
                     continue;
                 }
                 if let Some(name) = ifname_of(index) {
-                    let group = group_of(&name);
+                    let group = bridge::group(&name);
                     let bridge = bridge.clone();
                     ports.insert(index, GroupedPort { bridge, name, group });
                 }
             }
         }
-        Ports(ports)
+        Ports { ports, socket: None }
     }
 
     /// Which ports must join [`GROUP`] for `wanted` to be kept apart, and which must leave
     /// it (every other port in it).
     fn moves(&self, wanted: &BTreeSet<u32>) -> (Vec<u32>, Vec<u32>) {
-        let present = self.0.iter().filter(|(_, p)| p.group.is_some());
+        let present = self.ports.iter().filter(|(_, p)| p.group.is_some());
         let (join, leave): (Vec<_>, Vec<_>) = present.partition(|(i, _)| wanted.contains(i));
         let join = join.into_iter().filter(|(_, p)| p.group != Some(GROUP));
         let leave = leave.into_iter().filter(|(_, p)| p.group == Some(GROUP));
@@ -943,48 +939,31 @@ impl Ports {
     /// when the table is gated.
     fn kept_apart(&self, live: &Live, bridge: &str) -> BTreeSet<u32> {
         let gated = live.gated();
-        let grouped = |i: &u32| self.0.get(i).is_some_and(|p| p.group == Some(GROUP));
+        let grouped = |i: &u32| self.ports.get(i).is_some_and(|p| p.group == Some(GROUP));
         live.enforced(bridge)
             .into_iter()
             .filter(|i| !gated || grouped(i))
             .collect()
     }
 
-    /// Puts port `index` in `group`.
-    fn set(&self, grouper: &mut Grouper, index: u32, group: u32) -> Result<()> {
-        let port = &self.0[&index];
+    /// Puts port `index` in `group` and reads it back.
+    fn set(&mut self, index: u32, group: u32) -> Result<()> {
+        let port = &self.ports[&index];
+        let (bridge, name) = (&port.bridge, &port.name);
         if group == GROUP {
             if let Some(other) = port.group.filter(|&g| g != DEFAULT_GROUP) {
                 log::warn!(
-                    "{} port {}: moving it from interface group {other:#x} to {GROUP:#x} to isolate it",
-                    port.bridge,
-                    port.name
+                    "{bridge} port {name}: moving it from interface group {other:#x} to {GROUP:#x} to isolate it"
                 );
             }
         }
-        grouper.set(&port.bridge, &port.name, index, group)
-    }
-}
-
-/// Sets interface groups over rtnetlink, each read back; opens its socket on first use.
-#[derive(Default)]
-struct Grouper {
-    socket: Option<RouteSocket>,
-}
-
-impl Grouper {
-    fn set(&mut self, bridge: &str, port: &str, index: u32, group: u32) -> Result<()> {
-        if self.socket.is_none() {
-            self.socket = Some(RouteSocket::open()?);
-        }
-        let socket = self.socket.as_mut().expect("opened above");
-        socket
+        RouteSocket::lazy(&mut self.socket)?
             .set_group(index, group)
-            .map_err(|e| Error::Kernel(format!("{bridge} port {port}: interface group {group:#x}: {e}")))?;
-        match group_of(port) {
+            .map_err(|e| Error::Kernel(format!("{bridge} port {name}: interface group {group:#x}: {e}")))?;
+        match bridge::group(name) {
             Some(now) if now == group => Ok(()),
             now => Err(Error::Kernel(format!(
-                "{bridge} port {port}: interface group reads {now:?} after setting {group:#x}"
+                "{bridge} port {name}: interface group reads {now:?} after setting {group:#x}"
             ))),
         }
     }
@@ -1123,7 +1102,8 @@ impl Backend for Nftables {
                 b.ports.iter().map(move |p| Observed {
                     bridge: b.bridge.clone(),
                     port: p.port.name.clone(),
-                    isolated: enforced.contains(&p.port.ifindex) && (!gated || group_of(&p.port.name) == Some(GROUP)),
+                    isolated: enforced.contains(&p.port.ifindex)
+                        && (!gated || bridge::group(&p.port.name) == Some(GROUP)),
                 })
             })
             .collect())
@@ -1134,7 +1114,7 @@ impl Backend for Nftables {
         let want = Ruleset::from_plan(plan);
         let cmds = live.diff(&want);
         let known: Vec<BridgePlan> = plan.bridges.iter().chain(&plan.lifted).cloned().collect();
-        let ports = Ports::of(&live, &known);
+        let mut ports = Ports::of(&live, &known);
         let wanted: BTreeSet<u32> = want.bridges.iter().flat_map(BridgeRules::indexes).collect();
         let (join, leave) = ports.moves(&wanted);
         if cmds.is_empty() && join.is_empty() && leave.is_empty() {
@@ -1150,13 +1130,12 @@ impl Backend for Nftables {
             .collect();
         let after = want.bridges.iter().map(|b| (b.bridge.clone(), b.indexes())).collect();
         // Into the group before the table changes, out of it after: never open in between.
-        let mut grouper = Grouper::default();
         for index in join {
-            ports.set(&mut grouper, index, GROUP)?;
+            ports.set(index, GROUP)?;
         }
         self.commit(&cmds)?;
         for index in leave {
-            ports.set(&mut grouper, index, DEFAULT_GROUP)?;
+            ports.set(index, DEFAULT_GROUP)?;
         }
         Ok(changes(&before, &after, namer(&known)))
     }
@@ -1168,13 +1147,12 @@ impl Backend for Nftables {
         let live = self.live()?;
         let names: BTreeSet<String> = bridges.iter().map(|b| b.bridge.clone()).collect();
         let cmds = live.removal(&names);
-        let ports = Ports::of(&live, bridges);
+        let mut ports = Ports::of(&live, bridges);
         let before = names.iter().map(|b| (b.clone(), ports.kept_apart(&live, b))).collect();
         self.commit(&cmds)?;
         let (_, leave) = ports.moves(&BTreeSet::new());
-        let mut grouper = Grouper::default();
         for index in leave {
-            ports.set(&mut grouper, index, DEFAULT_GROUP)?;
+            ports.set(index, DEFAULT_GROUP)?;
         }
         Ok(changes(&before, &BTreeMap::new(), namer(bridges)))
     }

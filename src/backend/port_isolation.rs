@@ -23,11 +23,7 @@ impl PortIsolation {
     }
 
     fn set(&mut self, bridge: &str, port: &bridge::Port, isolated: bool) -> Result<Change> {
-        if self.socket.is_none() {
-            self.socket = Some(RouteSocket::open()?);
-        }
-        let socket = self.socket.as_mut().expect("opened above");
-        socket
+        RouteSocket::lazy(&mut self.socket)?
             .set_isolated(port.ifindex, isolated)
             .map_err(|e| Error::Kernel(format!("{bridge} port {}: {e}", port.name)))?;
         let now = bridge::isolated(&port.name).map_err(|e| Error::io(format!("reading back {}", port.name), e))?;

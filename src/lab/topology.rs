@@ -206,12 +206,8 @@ impl Lab {
     /// Puts a port in interface group `group` behind the hooks' back (`ip link set dev PORT
     /// group G`), as an administrator or another tool would.
     pub fn set_port_group(&self, port: &str, group: u32) -> Result<()> {
-        let out = ip_in(
-            &self.host_ns,
-            &["link", "set", "dev", port, "group", &group.to_string()],
-        );
-        out.map(drop)
-            .with_context(|| format!("ip link set dev {port} group {group}"))
+        self.ip_in_host(&["link", "set", "dev", port, "group", &group.to_string()])
+            .map(drop)
     }
 
     /// Names of the bridge's ports, sorted.
