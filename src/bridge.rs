@@ -60,6 +60,30 @@ impl Snapshot {
         Some(self.ports.get(index).map_or(&[], Vec::as_slice))
     }
 
+    /// The bridge port named `name`, whichever bridge it is on.
+    pub fn port(&self, name: &str) -> Option<&Port> {
+        self.all_ports().find(|p| p.name == name)
+    }
+
+    /// Every port of every bridge.
+    pub fn all_ports(&self) -> impl Iterator<Item = &Port> {
+        self.ports.values().flatten()
+    }
+
+    /// A snapshot of `bridges` (name, interface index, ports), for unit tests of plans.
+    #[cfg(test)]
+    pub(crate) fn of(bridges: Vec<(&str, u32, Vec<Port>)>) -> Snapshot {
+        let mut links = Vec::new();
+        for (name, ifindex, ports) in bridges {
+            links.push(Link::Bridge {
+                name: name.to_string(),
+                ifindex,
+            });
+            links.extend(ports.into_iter().map(|port| Link::Port { master: ifindex, port }));
+        }
+        Snapshot::from_links(links)
+    }
+
     fn from_links(links: Vec<Link>) -> Snapshot {
         let mut snapshot = Snapshot::default();
         // A link enslaved while the dump ran may be answered twice: the last answer wins.
@@ -184,6 +208,11 @@ pub fn group(link: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// A link's interface index from sysfs; `None` when there is no such link.
+pub fn ifindex(link: &str) -> Option<u32> {
+    std::fs::read_to_string(sys(&[link, "ifindex"])).ok()?.trim().parse().ok()
 }
 
 /// True when `name` is a bridge in this namespace.

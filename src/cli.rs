@@ -93,6 +93,7 @@ fn run(command: Command) -> Result<ExitCode> {
                         b.bridge, p.port, p.role, p.isolated, p.expected
                     )
                 })
+                .chain(report.bridges.iter().filter_map(BridgeStatus::missing_uplink))
                 .chain(
                     report
                         .lifted
@@ -173,8 +174,8 @@ pub struct StatusReport {
     pub bridges: Vec<BridgeStatus>,
     /// Bridges whose isolation was lifted but not yet cleared.
     pub lifted: Vec<String>,
-    /// Trusted vNICs: guest MAC and VM.
-    pub trusted: Vec<(String, String)>,
+    /// Trusted vNICs, each with the tap it is bound to.
+    pub trusted: Vec<TrustedStatus>,
     /// VM ports disabled because enforcement failed (fail-closed), by bridge.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub blocked: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
@@ -195,6 +196,20 @@ fn cross_host_drift(state: &crate::state::State) -> Result<Vec<String>> {
     Ok(Vec::new())
 }
 
+/// One trusted vNIC.
+#[derive(Debug, Serialize)]
+pub struct TrustedStatus {
+    /// The VM (`vmId`).
+    pub vm: String,
+    /// Its guest MAC.
+    pub mac: String,
+    /// The tap it is bound to; `None` for a record of the previous release not yet bound
+    /// (the next root run binds it, or drops it).
+    pub tap: Option<String>,
+    /// The tap's interface index when it was bound.
+    pub ifindex: Option<u32>,
+}
+
 /// One isolated bridge.
 #[derive(Debug, Serialize)]
 pub struct BridgeStatus {
@@ -211,6 +226,22 @@ pub struct BridgeStatus {
     /// Frames dropped between its VM ports, for backends that count them (nftables).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drops: Option<DropCounter>,
+}
+
+impl BridgeStatus {
+    /// A `verify` line when the recorded uplink is not a port of the present bridge: the
+    /// port that leads to the gateway now is then taken for a VM port and isolated.
+    pub fn missing_uplink(&self) -> Option<String> {
+        let uplink = self.uplink.as_deref()?;
+        (self.present && !self.ports.iter().any(|p| p.port == uplink)).then(|| {
+            format!(
+                "uplink: bridge {} has no port {uplink}, the uplink recorded for network {}: any \
+                 other port leading to the gateway is isolated as a VM port; sync the network \
+                 (setupNetworks) so the hooks record its uplink",
+                self.bridge, self.network
+            )
+        })
+    }
 }
 
 /// One port.
@@ -290,9 +321,19 @@ impl StatusReport {
                 .map(|b| b.bridge.clone())
                 .collect(),
             trusted: state
-                .trusted
-                .iter()
-                .map(|(m, t)| (m.to_string(), t.vm.clone()))
+                .trusted_ports()
+                .map(|(vm, p)| TrustedStatus {
+                    vm: vm.to_string(),
+                    mac: p.mac.to_string(),
+                    tap: Some(p.tap.clone()),
+                    ifindex: Some(p.ifindex),
+                })
+                .chain(state.legacy_trusted.iter().map(|(m, t)| TrustedStatus {
+                    vm: t.vm.clone(),
+                    mac: m.to_string(),
+                    tap: None,
+                    ifindex: None,
+                }))
                 .collect(),
             blocked: state.blocked.clone(),
             cross_host: crate::peers::status(state),
@@ -347,8 +388,13 @@ impl std::fmt::Display for StatusReport {
         for l in &self.lifted {
             writeln!(f, "bridge {l}: isolation lifted, flags not yet cleared (run reconcile)")?;
         }
-        for (mac, vm) in &self.trusted {
-            writeln!(f, "trusted vNIC {mac} (VM {vm})")?;
+        for t in &self.trusted {
+            match (&t.tap, t.ifindex) {
+                (Some(tap), Some(index)) => {
+                    writeln!(f, "trusted vNIC {} (VM {}) on tap {tap} (index {index})", t.mac, t.vm)?
+                }
+                _ => writeln!(f, "trusted vNIC {} (VM {}): not bound to a tap yet", t.mac, t.vm)?,
+            }
         }
         for (bridge, port) in self.blocked.iter().flat_map(|(b, ps)| ps.iter().map(move |p| (b, p))) {
             writeln!(

@@ -11,7 +11,7 @@ use crate::config::{self, Settings};
 use crate::error::{Error, Result};
 use crate::state::Store;
 use crate::vnic::Report;
-use crate::{logging, paths, reconcile};
+use crate::{logging, paths};
 
 /// Largest report accepted on stdin.
 pub const MAX_REPORT: u64 = 1 << 20;
@@ -73,7 +73,5 @@ fn serve() -> Result<()> {
     report.validate()?;
     // The installed paths and config only: nothing from the caller's environment.
     let settings = Settings::system(true)?;
-    let mut locked = Store::new(&settings.state_dir).lock()?;
-    report.apply(&mut locked.state);
-    reconcile::run_and_commit(locked, &settings).map(drop)
+    crate::hook::record_and_reconcile(Store::new(&settings.state_dir).lock()?, &report, &settings)
 }

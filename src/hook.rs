@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use crate::config::Settings;
 use crate::domain::{self, Document, PortWish};
 use crate::error::{Error, Result};
-use crate::policy::{self, NetworkChange, PROP_TRUSTED};
-use crate::state::{State, Store};
+use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_TRUSTED};
+use crate::bridge::Snapshot;
+use crate::state::{Locked, PendingSetup, Runner, State, Store};
 use crate::vnic::{Event, Report, VnicFact};
 use crate::{helper, logging, reconcile, setup};
 
@@ -245,52 +246,107 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
     // Validate everything before touching anything.
     let request = setup::parse(bytes)?;
     let store = Store::new(&settings.state_dir);
-    let mut locked = store.lock()?;
+    let mut locked = match store.lock() {
+        Ok(locked) => locked,
+        // A state directory that cannot be locked (read-only, full, failing) must not abort
+        // a setup that changes no isolated network: there is nothing to record.
+        Err(e) if point == Point::BeforeNetworkSetup && replaced(&store.read()?, &request).is_empty() => {
+            log::warn!("{e}; this setup changes no isolated network: going on without recording");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let runner = Runner::parent();
     let state = &mut locked.state;
+    let mut changes_policy = true;
     match point {
         Point::BeforeNetworkSetup => {
-            // What the request changes, to restore if the setup fails; a request that
+            // What the request changes, to restore if this very setup fails; a request that
             // changes no policy (the usual case on a host not using the property) records
             // nothing and leaves the state file alone.
-            let mut previous = BTreeMap::new();
+            let previous = replaced(state, &request);
+            changes_policy = !previous.is_empty();
             for (name, change) in &request.networks {
-                let old = state.networks.get(name).cloned();
-                let new = match change {
-                    NetworkChange::Isolate(policy) => Some(policy),
-                    NetworkChange::Lift => None,
-                };
-                if old.as_ref() != new {
-                    previous.insert(name.clone(), old);
-                }
                 record(state, name, change);
             }
-            state.pending = (!previous.is_empty()).then_some(previous);
+            state.setup = changes_policy.then(|| PendingSetup {
+                request: request.fingerprint(),
+                runner,
+                previous,
+            });
         }
         Point::AfterNetworkSetup => {
-            state.pending = None;
+            state.setup = None;
             for (name, change) in &request.networks {
                 record(state, name, change);
             }
         }
-        _ => {
-            for (name, previous) in state.pending.take().unwrap_or_default() {
-                let change = previous.map_or(NetworkChange::Lift, NetworkChange::Isolate);
-                log::info!("network {name}: setup failed, restoring the previous policy");
-                record(state, &name, &change);
+        _ => match state.setup.take() {
+            Some(pending) if pending.request == request.fingerprint() && runner.is_some() && pending.runner == runner => {
+                for (name, previous) in pending.previous {
+                    let change = previous.map_or(NetworkChange::Lift, NetworkChange::Isolate);
+                    log::info!("network {name}: setup failed, restoring the previous policy");
+                    record(state, &name, &change);
+                }
             }
-        }
+            Some(_) => log::warn!(
+                "a pending setup record of another request or runner was dropped, not replayed: \
+                 this failed setup changed nothing here"
+            ),
+            None => {}
+        },
     }
     // A bridge isolated for the first time is written down (as released) before its ports
     // are touched: killed half-way, this run leaves a state whose next reconcile clears
     // them, never flags that no record explains.
     let isolated: Vec<String> = locked.state.networks.values().map(|p| p.bridge.clone()).collect();
     locked.record_intent(isolated.iter().map(String::as_str))?;
-    if point == Point::BeforeNetworkSetup {
-        // Failing here aborts the setup: nothing is recorded, nothing is blocked.
-        reconcile::run_or_abort(&mut locked.state, settings)?;
-        return locked.commit();
+    if point != Point::BeforeNetworkSetup {
+        return reconcile::record_then_run(locked, settings).map(drop);
     }
-    reconcile::run_and_commit(locked, settings).map(drop)
+    // Write-ahead: the policy is on disk before the kernel follows it, so a setup that
+    // cannot be recorded is aborted with nothing lifted. Only a record this setup needs
+    // (what it changes) is worth aborting it for.
+    let fallback = locked.recorded().clone();
+    if let Err(e) = locked.save() {
+        if changes_policy {
+            return Err(e);
+        }
+        log::warn!("{e}; this setup changes no isolated network: going on without recording");
+        locked.revert();
+    }
+    // Failing here aborts the setup: the previous policy is written back, nothing blocked.
+    if let Err(e) = reconcile::run_or_abort(&mut locked.state, settings) {
+        locked.state = fallback;
+        if let Err(w) = locked.save() {
+            log::error!("writing back the previous policy: {w}");
+        }
+        return Err(e);
+    }
+    match locked.commit() {
+        Err(e) if !changes_policy => {
+            log::warn!("{e}; this setup changes no isolated network: going on");
+            Ok(())
+        }
+        done => done,
+    }
+}
+
+/// The isolated networks `request` changes, each with the policy it replaces (`None`: not
+/// isolated before).
+fn replaced(state: &State, request: &setup::SetupRequest) -> BTreeMap<String, Option<NetworkPolicy>> {
+    request
+        .networks
+        .iter()
+        .filter_map(|(name, change)| {
+            let old = state.networks.get(name);
+            let new = match change {
+                NetworkChange::Isolate(policy) => Some(policy),
+                NetworkChange::Lift => None,
+            };
+            (old != new).then(|| (name.clone(), old.cloned()))
+        })
+        .collect()
 }
 
 /// Records one network's change in `state`.
@@ -392,6 +448,7 @@ fn valid_vm_id(id: &str) -> bool {
         vm: id.to_string(),
         event: Event::Gone,
         vnics: Vec::new(),
+        whole: true,
     }
     .validate()
     .is_ok()
@@ -415,6 +472,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
             vnics.push(VnicFact {
                 mac,
                 trusted: Some(trust(iface)),
+                tap: iface.tap.clone(),
             });
         }
     }
@@ -425,6 +483,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
             vm,
             event: Event::Up,
             vnics,
+            whole: doc.vm_id.is_some(),
         },
         &bridges,
     )
@@ -444,6 +503,7 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
             Some(VnicFact {
                 mac: i.mac?,
                 trusted: None,
+                tap: None,
             })
         })
         .collect();
@@ -457,6 +517,7 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
             vm,
             event: Event::Gone,
             vnics,
+            whole: true,
         },
         &BTreeSet::new(),
     )?;
@@ -474,9 +535,7 @@ fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> 
     report.validate()?;
     let store = Store::new(&settings.state_dir);
     if settings.privileged {
-        let mut locked = store.lock()?;
-        report.apply(&mut locked.state);
-        return reconcile::run_and_commit(locked, settings).map(drop);
+        return record_and_reconcile(store.lock()?, report, settings);
     }
     let state = store.read()?;
     // Only root can read the cross-host filter: a trusted vNIC (a router, rare) on a network
@@ -485,19 +544,35 @@ fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> 
         && bridges
             .iter()
             .any(|b| state.network_of_bridge(b).is_some_and(|(_, p)| !p.peer_macs.is_empty()));
-    // Blocked ports (fail-closed) wait for a root reconcile to re-enable them.
-    if report.recorded_in(&state) && state.blocked.is_empty() && !trusted_router {
-        let plan = reconcile::plan_for(&state, |b| bridges.contains(b))?;
-        if plan.bridges.is_empty() {
-            return Ok(());
-        }
-        let mut backend = reconcile::select_backend(settings)?;
-        // A backend whose rules only root can read is checked by the root helper.
-        if !backend.needs_root_to_observe() && reconcile::drift(&plan, &backend.observe(&plan)?).is_empty() {
-            return Ok(());
+    // Blocked ports (fail-closed) wait for a root reconcile to re-enable them; format-1
+    // trust records wait for root to bind them.
+    if state.blocked.is_empty() && state.legacy_trusted.is_empty() && !trusted_router {
+        let live = Snapshot::read()?;
+        if report.recorded_in(&state, &live) {
+            let plan = reconcile::plan_with(&state, &live, |b| bridges.contains(b));
+            if plan.bridges.is_empty() {
+                return Ok(());
+            }
+            let mut backend = reconcile::select_backend(settings)?;
+            // A backend whose rules only root can read is checked by the root helper.
+            if !backend.needs_root_to_observe() && reconcile::drift(&plan, &backend.observe(&plan)?).is_empty() {
+                return Ok(());
+            }
         }
     }
     helper::request(report)
+}
+
+/// Root, under the lock: records `report` (trusted vNICs bound to their taps, see
+/// [`Report::apply`]), then [`reconcile::record_then_run`]: a trusted vNIC opens only once
+/// its record is on disk; when it cannot be written, one that libvirt brought up open is
+/// isolated and the error returned.
+pub fn record_and_reconcile(mut locked: Locked, report: &Report, settings: &Settings) -> Result<()> {
+    let live = Snapshot::read()?;
+    for line in report.apply(&mut locked.state, &live, || crate::owner::taps_of_vm(&report.vm)) {
+        log::warn!("{line}");
+    }
+    reconcile::record_then_run(locked, settings).map(drop)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod mac;
 pub mod manpage;
 pub mod netlink;
 pub mod nftnl;
+pub mod owner;
 pub mod paths;
 pub mod peers;
 pub mod policy;
@@ -31,6 +32,7 @@ pub mod release;
 pub mod setup;
 pub mod state;
 pub mod tool;
+pub mod trust;
 pub mod vnic;
 
 pub use error::{Error, Result};

@@ -10,14 +10,18 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
-    /// The MAC libvirt gives the host side (tap) of a guest NIC: first byte 0xfe.
+    /// The MAC libvirt gives the host side (tap) of a guest NIC: the first byte replaced by
+    /// 0xfe, or by 0xfa when the guest MAC already starts with 0xfe
+    /// (`virNetDevTapCreateInBridgePort`). Two guest MACs that differ only in their first
+    /// byte get the same tap MAC, so a tap MAC never proves which vNIC a port belongs to.
     pub fn tap(self) -> Mac {
         let mut b = self.0;
-        b[0] = 0xfe;
+        b[0] = if b[0] == 0xfe { 0xfa } else { 0xfe };
         Mac(b)
     }
 
-    /// True when `port` is the tap libvirt made for this guest MAC.
+    /// True when `port` has the MAC libvirt gives the tap of this guest MAC (a hint, never
+    /// a proof: see [`Mac::tap`]).
     pub fn is_tap_of(self, port: Mac) -> bool {
         port == self.tap()
     }
@@ -84,6 +88,12 @@ mod tests {
         assert_eq!(m.tap().to_string(), "fe:6f:1a:00:00:0b");
         assert!(m.is_tap_of("fe:6f:1a:00:00:0b".parse().unwrap()));
         assert!(!m.is_tap_of("fe:6f:1a:00:00:0c".parse().unwrap()));
+        // libvirt: a guest MAC that starts with fe gets fa.
+        let fe: Mac = "fe:6f:1a:00:00:0b".parse().unwrap();
+        assert_eq!(fe.tap().to_string(), "fa:6f:1a:00:00:0b");
+        // Guest MACs differing only in the first byte collide on the host side.
+        let other: Mac = "02:6f:1a:00:00:0b".parse().unwrap();
+        assert_eq!(other.tap(), m.tap());
     }
 
     #[test]

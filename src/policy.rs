@@ -200,7 +200,7 @@ pub fn parse_trusted_macs(value: &str) -> std::result::Result<Vec<Mac>, String> 
 }
 
 /// What a setup request asks for one network.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum NetworkChange {
     /// Isolate the VM ports of this bridge.
     Isolate(NetworkPolicy),

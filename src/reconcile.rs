@@ -1,7 +1,7 @@
 //! Reconcile: from the recorded policy and the live ports, decide each port's role and make
 //! the backend's kernel state equal to it. Idempotent: a second run changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -9,9 +9,9 @@ use crate::backend::{self, Backend, BackendKind, Change, Observed};
 use crate::bridge::{Port, Snapshot};
 use crate::config::{BackendChoice, OnFailure, Settings};
 use crate::error::{Error, Result};
-use crate::mac::Mac;
 use crate::netlink::{self, RouteSocket};
 use crate::state::{Locked, State, Store};
+use crate::trust::TrustedSet;
 
 /// What a port of an isolated bridge is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -103,27 +103,29 @@ pub fn plan(state: &State) -> Result<Plan> {
 /// Like [`plan`], for the bridges `keep` accepts. The ports of all of them come from one
 /// [`Snapshot`], read only when there is a bridge to plan.
 pub fn plan_for(state: &State, keep: impl Fn(&str) -> bool) -> Result<Plan> {
-    let isolated: Vec<(&str, &str, Option<&str>)> = state
-        .networks
-        .iter()
-        .filter(|(_, policy)| keep(&policy.bridge))
-        .map(|(network, policy)| (network.as_str(), policy.bridge.as_str(), policy.uplink.as_deref()))
-        .collect();
-    let lifted: Vec<&str> = state
-        .released
-        .iter()
-        .filter(|b| !state.is_isolated(b) && keep(b))
-        .map(String::as_str)
-        .collect();
-    if isolated.is_empty() && lifted.is_empty() {
+    if !has_bridges(state, &keep) {
         return Ok(Plan::default());
     }
-    let live = Snapshot::read()?;
-    let trusted_taps: HashSet<Mac> = state.trusted.keys().map(|m| m.tap()).collect();
-    let classify = |port: &Port, uplink: Option<&str>| {
-        if uplink == Some(port.name.as_str()) {
+    Ok(plan_with(state, &Snapshot::read()?, keep))
+}
+
+/// True when `state` has an isolated or lifted bridge that `keep` accepts.
+fn has_bridges(state: &State, keep: &impl Fn(&str) -> bool) -> bool {
+    state.networks.values().any(|p| keep(&p.bridge))
+        || state.released.iter().any(|b| !state.is_isolated(b) && keep(b))
+}
+
+/// Like [`plan_for`], on ports already read. A port is the uplink when it is the recorded
+/// uplink or, while a setup moves the network to another one, the uplink it moves from
+/// ([`State::former_uplinks`]); trusted when the host proved it is a trusted vNIC's tap
+/// ([`TrustedSet`]); a VM port otherwise.
+pub fn plan_with(state: &State, live: &Snapshot, keep: impl Fn(&str) -> bool) -> Plan {
+    let trusted = TrustedSet::of(state, live);
+    let former = state.former_uplinks();
+    let classify = |port: &Port, bridge: &str, uplink: Option<&str>| {
+        if uplink == Some(port.name.as_str()) || former.get(bridge) == Some(&port.name.as_str()) {
             Role::Uplink
-        } else if port.mac.is_some_and(|m| trusted_taps.contains(&m)) {
+        } else if trusted.contains(port) {
             Role::Trusted
         } else {
             Role::Vm
@@ -140,19 +142,26 @@ pub fn plan_for(state: &State, keep: impl Fn(&str) -> bool) -> Result<Plan> {
                 .unwrap_or_default()
                 .iter()
                 .map(|p| PortPlan {
-                    role: classify(p, uplink),
+                    role: classify(p, bridge, uplink),
                     port: p.clone(),
                 })
                 .collect(),
         }
     };
-    Ok(Plan {
-        bridges: isolated
-            .into_iter()
-            .map(|(network, bridge, uplink)| bridge_plan(network, bridge, uplink))
+    Plan {
+        bridges: state
+            .networks
+            .iter()
+            .filter(|(_, policy)| keep(&policy.bridge))
+            .map(|(network, policy)| bridge_plan(network, &policy.bridge, policy.uplink.as_deref()))
             .collect(),
-        lifted: lifted.into_iter().map(|bridge| bridge_plan("", bridge, None)).collect(),
-    })
+        lifted: state
+            .released
+            .iter()
+            .filter(|b| !state.is_isolated(b) && keep(b))
+            .map(|bridge| bridge_plan("", bridge, None))
+            .collect(),
+    }
 }
 
 /// Ports where what the backend enforces differs from the plan.
@@ -282,6 +291,7 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
             e
         }
     };
+    migrate(state)?;
     if state.networks.is_empty() && state.released.is_empty() && state.blocked.is_empty() {
         // Nothing is or was isolated: a host that never uses the property is never
         // touched, and a backend it cannot run never fails its network setups.
@@ -304,16 +314,56 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
     Ok(outcome)
 }
 
+/// Root, under the lock: carries format-1 records over (trusted vNICs bound to their taps,
+/// the old `pending` dropped) and forgets trust records whose tap is gone.
+fn migrate(state: &mut State) -> Result<()> {
+    if state.legacy_pending.take().is_some() {
+        log::info!("state: the previous release's pending setup record names no request: dropped, never replayed");
+    }
+    if state.legacy_trusted.is_empty() && state.trusted_vnics.is_empty() {
+        return Ok(());
+    }
+    let live = Snapshot::read()?;
+    for line in crate::trust::tidy(state, &live) {
+        if line.contains("none opened") {
+            log::warn!("{line}");
+        } else {
+            log::info!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes the locked state first, then [`run_and_commit`]: a record that lets the kernel open
+/// a port (a trusted vNIC, a lifted network) is on disk before the port opens. When it
+/// cannot be written, the kernel is reconciled with the state as recorded (so what the new
+/// record would have opened stays isolated) and the write error is returned.
+pub fn record_then_run(mut locked: Locked, settings: &Settings) -> Result<Outcome> {
+    if let Err(e) = locked.save() {
+        locked.revert();
+        if let Err(r) = run(&mut locked.state, settings) {
+            log::error!("reconciling with the recorded state: {r}");
+        }
+        return Err(e);
+    }
+    run_and_commit(locked, settings)
+}
+
 /// [`run`] on the locked state, then [`Locked::commit`]. When `run` fails, only its record of
-/// blocked ports is written (the rest of the state stays as read, as before a failed run).
+/// blocked ports and of the setup under way is written (the rest of the state stays as
+/// read, as before a failed run).
 pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome> {
     match run(&mut locked.state, settings) {
         Ok(outcome) => locked.commit().map(|()| outcome),
         Err(e) => {
+            // What a network hook decided about the setup under way stands too: a record
+            // after_network_setup cleared must not come back to be replayed.
             let blocked = std::mem::take(&mut locked.state.blocked);
+            let setup = locked.state.setup.take();
             match Store::new(&settings.state_dir).read() {
-                Ok(mut as_read) if as_read.blocked != blocked => {
+                Ok(mut as_read) if as_read.blocked != blocked || as_read.setup != setup => {
                     as_read.blocked = blocked;
+                    as_read.setup = setup;
                     locked.state = as_read;
                     if let Err(c) = locked.commit() {
                         log::error!("recording the blocked ports: {c}");
@@ -409,12 +459,21 @@ fn fail_closed(state: &mut State, settings: &Settings, backend: Option<&mut dyn 
         Ok(plan) => plan,
         Err(e) => return Error::Kernel(format!("{err}; fail-closed could not read the bridges: {e}")),
     };
+    // A port whose kernel flag is set is isolated whatever backend was meant to act: it
+    // is confirmed, never disabled (that would cut its VM off the gateway too).
+    let flagged = plan.bridges.iter().flat_map(|b| {
+        b.ports
+            .iter()
+            .filter(|p| p.port.isolated == Some(true))
+            .map(move |p| (b.bridge.clone(), p.port.name.clone()))
+    });
     let confirmed: BTreeSet<(String, String)> = backend
         .and_then(|b| b.observe(&plan).ok())
         .unwrap_or_default()
         .into_iter()
         .filter(|o| o.isolated)
         .map(|o| (o.bridge, o.port))
+        .chain(flagged)
         .collect();
     let targets = ports_to_block(&plan, &confirmed, &state.blocked, |p| netlink::port_state(p).ok());
     let name_list = |ports: &[(String, Port)]| {

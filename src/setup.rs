@@ -18,6 +18,20 @@ pub struct SetupRequest {
     pub in_rollback: bool,
 }
 
+impl SetupRequest {
+    /// A fingerprint of what the request asks of isolation: its networks, in order, and
+    /// each one's change (FNV-1a, 64 bits, of their JSON). Key order and attributes that
+    /// do not matter to isolation (VDSM canonicalizes the request it hands
+    /// `after_network_setup_fail`) leave it unchanged.
+    pub fn fingerprint(&self) -> String {
+        let text = serde_json::to_vec(&self.networks).expect("changes serialize");
+        let hash = text.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
 #[derive(Deserialize)]
 struct Payload {
     request: Request,
@@ -199,6 +213,23 @@ mod tests {
                 ("red".into(), red),
             ]
         );
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_isolation_sees() {
+        let a = parse(REQUEST.as_bytes()).unwrap();
+        // Canonicalized: keys reordered, defaults spelled out, VLAN as a string.
+        let canonical = REQUEST
+            .replace(r#""vlan": 100"#, r#""vlan": "100", "ipv6gateway": "::""#)
+            .replace(r#""gone": {"remove": true}"#, r#""gone": {"remove": true, "bridged": true}"#);
+        let b = parse(canonical.as_bytes()).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        // Another request (red untagged) is another fingerprint.
+        let other = parse(REQUEST.replace(r#""bridge_isolation": "true""#, r#""bridge_isolation": "false""#).as_bytes()).unwrap();
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let moved = parse(REQUEST.replace(r#""nic": "eth1""#, r#""nic": "eth2""#).as_bytes()).unwrap();
+        assert_ne!(a.fingerprint(), moved.fingerprint());
     }
 
     #[test]

@@ -14,8 +14,10 @@ use crate::error::{Error, Result};
 use crate::mac::Mac;
 use crate::policy::NetworkPolicy;
 
-/// Format version written to the file.
-pub const VERSION: u32 = 1;
+/// Format version written to the file. Format 1 (release 0.1.0) recorded trusted vNICs by
+/// guest MAC (`trusted`) and a `pending` map with nothing naming its request; both are read
+/// and migrated (see [`State::legacy_trusted`], [`State::legacy_pending`]).
+pub const VERSION: u32 = 2;
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "state.lock";
 
@@ -35,9 +37,16 @@ pub struct State {
     /// Bridges whose isolation was lifted and still has to be cleared from the kernel.
     #[serde(default)]
     pub released: BTreeSet<String>,
-    /// Trusted vNICs by guest MAC.
-    #[serde(default)]
-    pub trusted: BTreeMap<Mac, TrustedVnic>,
+    /// Trusted vNICs by VM id (`vmId`), each bound to the tap libvirt made for it: only
+    /// that tap (name and interface index) is exempt, whatever MAC another port has.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trusted_vnics: BTreeMap<String, Vec<TrustedPort>>,
+    /// Format 1's trust records, by guest MAC: never trusted as such. A root run binds each
+    /// to the one running tap whose MAC libvirt derives from it, where exactly one does
+    /// ([`crate::trust::bind_legacy`]), and drops the rest; written back as
+    /// [`State::trusted_vnics`].
+    #[serde(default, rename = "trusted", skip_serializing_if = "BTreeMap::is_empty")]
+    pub legacy_trusted: BTreeMap<Mac, TrustedVnic>,
     /// VM ports disabled (bridge port state) because enforcement failed, by bridge; a
     /// successful reconcile sets them forwarding again and clears the record.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -46,17 +55,80 @@ pub struct State {
     /// hosts that never use peer ranges never spawn `nft` or call firewalld for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cross_host: bool,
-    /// Policies a `before_network_setup` replaced, restored by `after_network_setup_fail`.
+    /// The network setup under way: what its `before_network_setup` replaced, restored by
+    /// `after_network_setup_fail` of that same request only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<BTreeMap<String, Option<NetworkPolicy>>>,
+    pub setup: Option<PendingSetup>,
+    /// Format 1's `pending` map: nothing names the request that made it, so it is never
+    /// replayed; dropped at the next write.
+    #[serde(default, rename = "pending", skip_serializing)]
+    pub legacy_pending: Option<serde_json::Value>,
 }
 
-/// A vNIC exempt from isolation.
+/// A format-1 trust record: the VM of a trusted guest MAC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedVnic {
     /// The VM that owns it (`vmId`).
     pub vm: String,
+}
+
+/// A trusted vNIC bound to its tap.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedPort {
+    /// Guest MAC: which vNIC of its VM this is (never how its port is found).
+    pub mac: Mac,
+    /// The tap libvirt created for it.
+    pub tap: String,
+    /// The tap's interface index when it was bound: a later tap of the same name (another
+    /// VM's, once this one is gone) has another index and is not trusted.
+    pub ifindex: u32,
+}
+
+/// What one `before_network_setup` changed, for its own `after_network_setup_fail`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingSetup {
+    /// Fingerprint of the request: its networks and what it asks of each
+    /// ([`crate::setup::SetupRequest::fingerprint`]).
+    pub request: String,
+    /// The process that ran the hooks (supervdsm or `vdsm-tool restore-nets`), so a record
+    /// left by a runner that died is never taken for a later identical request's.
+    pub runner: Option<Runner>,
+    /// Policies the request replaced (`None`: the network was not isolated).
+    pub previous: BTreeMap<String, Option<NetworkPolicy>>,
+}
+
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runner {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/PID/stat`, field 22).
+    pub start: u64,
+}
+
+impl Runner {
+    /// The parent of this process: VDSM runs each hook as a direct child of the process
+    /// doing the setup.
+    pub fn parent() -> Option<Runner> {
+        // SAFETY: getppid has no preconditions.
+        let pid = u32::try_from(unsafe { libc::getppid() }).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(Runner {
+            pid,
+            start: stat_start_time(&stat)?,
+        })
+    }
+}
+
+/// Field 22 (`starttime`) of a `/proc/PID/stat` line; the command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its last `)`.
+fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 impl State {
@@ -78,9 +150,30 @@ impl State {
         self.network_of_bridge(bridge).is_some()
     }
 
-    /// True when the guest MAC belongs to a trusted vNIC.
-    pub fn is_trusted(&self, mac: Mac) -> bool {
-        self.trusted.contains_key(&mac)
+    /// Every trusted port record, with its VM.
+    pub fn trusted_ports(&self) -> impl Iterator<Item = (&str, &TrustedPort)> {
+        self.trusted_vnics
+            .iter()
+            .flat_map(|(vm, ports)| ports.iter().map(move |p| (vm.as_str(), p)))
+    }
+
+    /// The uplinks a setup under way moves away from, by bridge: until its
+    /// `after_network_setup`, the recorded and the requested uplink are both uplinks (the
+    /// old one is still a port of the bridge until VDSM re-plumbs it).
+    pub fn former_uplinks(&self) -> BTreeMap<&str, &str> {
+        let Some(setup) = &self.setup else {
+            return BTreeMap::new();
+        };
+        setup
+            .previous
+            .iter()
+            .filter_map(|(network, old)| {
+                let old = old.as_ref()?;
+                let now = self.networks.get(network)?;
+                let uplink = old.uplink.as_deref()?;
+                (now.bridge == old.bridge && now.uplink.as_deref() != Some(uplink)).then_some((old.bridge.as_str(), uplink))
+            })
+            .collect()
     }
 }
 
@@ -171,14 +264,26 @@ impl Store {
             reason,
         })?;
         let lock_path = self.dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        let lock = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(flags)
             .open(&lock_path)
-            .map_err(|e| err("opening the lock", e))?;
+        {
+            Ok(lock) => lock,
+            // A read-only state directory (a read-only /var, a full or failing disk
+            // remounted read-only) still serialises readers on an existing lock file: a run
+            // that changes nothing goes on, one that must write fails at its commit.
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(&lock_path)
+                .map_err(|_| err("opening the lock", e))?,
+            Err(e) => return Err(err("opening the lock", e)),
+        };
         check_file(&lock.metadata().map_err(|e| err("checking the lock", e))?).map_err(|reason| Error::State {
             path: lock_path.clone(),
             reason,
@@ -233,6 +338,12 @@ impl Locked {
     /// Writes the state if it changed (temp file, fsync, rename, fsync of the directory),
     /// then releases the lock.
     pub fn commit(mut self) -> Result<()> {
+        self.save()
+    }
+
+    /// Writes the state if it changed, keeping the lock: a record that lets the kernel
+    /// open a port is on disk before the port opens.
+    pub fn save(&mut self) -> Result<()> {
         if !self.changed() {
             return Ok(());
         }
@@ -240,6 +351,16 @@ impl Locked {
         write_atomically(&self.store.dir, STATE_FILE, &self.state)?;
         self.original = self.state.clone();
         Ok(())
+    }
+
+    /// The state as it was last read or written.
+    pub fn recorded(&self) -> &State {
+        &self.original
+    }
+
+    /// Puts the state back as it was last read or written.
+    pub fn revert(&mut self) {
+        self.state = self.original.clone();
     }
 
     /// Write-ahead before touching the kernel: records `bridges` as released in the state
@@ -353,15 +474,17 @@ mod tests {
                 ..NetworkPolicy::default()
             },
         );
-        locked
-            .state
-            .trusted
-            .insert("56:6f:1a:00:00:02".parse().unwrap(), TrustedVnic { vm: "vm-1".into() });
+        let port = TrustedPort {
+            mac: "56:6f:1a:00:00:02".parse().unwrap(),
+            tap: "vnet7".into(),
+            ifindex: 31,
+        };
+        locked.state.trusted_vnics.insert("vm-1".into(), vec![port.clone()]);
         locked.commit().unwrap();
         let read = store.read().unwrap();
         assert_eq!(read.version, VERSION);
         assert!(read.is_isolated("red"));
-        assert!(read.is_trusted("56:6f:1a:00:00:02".parse().unwrap()));
+        assert_eq!(read.trusted_ports().collect::<Vec<_>>(), [("vm-1", &port)]);
         let mode = std::fs::metadata(store.path()).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o644);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state"))
@@ -470,6 +593,63 @@ mod tests {
         unsafe { libc::umask(old) };
         committed.unwrap();
         assert_eq!(std::fs::metadata(store.path()).unwrap().mode() & 0o777, 0o644);
+    }
+
+    /// A state file written by release 0.1.0 (format 1) reads: its trust records as
+    /// legacy ones, its `pending` as a record nothing may replay; written back as format 2.
+    #[test]
+    fn format_1_reads_and_is_written_back_as_format_2() {
+        let v1 = include_str!("../tests/fixtures/state/v1.json");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        std::fs::write(store.path(), v1).unwrap();
+        let state = store.read().unwrap();
+        assert_eq!(state.version, 1);
+        assert_eq!(state.networks["red"].uplink.as_deref(), Some("eth1.100"));
+        assert_eq!(state.legacy_trusted.len(), 2);
+        assert!(state.trusted_vnics.is_empty());
+        assert!(state.legacy_pending.is_some() && state.setup.is_none());
+        assert!(state.former_uplinks().is_empty(), "format 1's pending never makes an uplink");
+
+        let mut locked = store.lock().unwrap();
+        locked.state.legacy_trusted.clear();
+        locked.state.legacy_pending = None;
+        locked.commit().unwrap();
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        let written: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(written["version"], 2);
+        assert!(written.get("pending").is_none() && written.get("trusted").is_none(), "{text}");
+        assert_eq!(store.read().unwrap().networks, state.networks);
+    }
+
+    #[test]
+    fn a_pending_setup_keeps_the_uplink_it_moves_from() {
+        let mut state = State::default();
+        state.networks.insert("red".into(), red());
+        let moved = NetworkPolicy {
+            uplink: Some("eth2".into()),
+            ..red()
+        };
+        state.setup = Some(PendingSetup {
+            request: "0123456789abcdef".into(),
+            runner: Some(Runner { pid: 1, start: 2 }),
+            previous: BTreeMap::from([("red".to_string(), Some(red()))]),
+        });
+        assert!(state.former_uplinks().is_empty(), "not moved yet");
+        state.networks.insert("red".into(), moved);
+        assert_eq!(state.former_uplinks(), BTreeMap::from([("red", "eth1")]));
+        state.setup = None;
+        assert!(state.former_uplinks().is_empty());
+    }
+
+    #[test]
+    fn start_time_of_a_stat_line() {
+        let stat = "4242 (supervdsmd (x) y) S 1 4242 4242 0 -1 4194560 5012 0 0 0 31 12 0 0 20 0 4 0 1183 \
+                    812343296 10240 18446744073709551615";
+        assert_eq!(stat_start_time(stat), Some(1183));
+        assert_eq!(stat_start_time("garbage"), None);
+        let me = Runner::parent().expect("this test's parent");
+        assert_eq!(Runner::parent(), Some(me), "stable");
     }
 
     #[test]

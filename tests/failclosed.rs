@@ -10,12 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use bridge_isolation::backend::nftables::{NFT, TABLE};
 use bridge_isolation::lab::{self, domain_xml, is_vm, NicSpec};
-use common::{hooks_dir, tagged, vm_uuid, Finished, Fixture, HOOK, NET, PLAIN, UPLINK};
+use common::{tagged, vm_uuid, Finished, Fixture, NET, PLAIN, UPLINK};
 use serde_json::{json, Value};
 
 fn env(key: &str, value: &str) -> (String, String) {
@@ -29,32 +29,8 @@ fn nftables() -> (String, String) {
 /// Runs hook `point` as [`Fixture::spawn`] does, but with `nft` replaced by `/usr/bin/false`
 /// in a private mount namespace of the hook (a shell only here, in the test).
 fn run_without_nft(fx: &Fixture, point: &str, payload: &[u8], extra: &[(String, String)]) -> Finished {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let file = dir.path().join("payload");
-    std::fs::write(&file, payload).unwrap();
-    let var = bridge_isolation::hook::Point::from_name(point).unwrap().payload_var();
-    let out = Command::new(lab::IP)
-        .args(["netns", "exec", fx.lab.host_ns(), "/usr/bin/unshare", "--mount", "--"])
-        .args([
-            "/usr/bin/sh",
-            "-c",
-            &format!("/usr/bin/mount --bind /usr/bin/false {NFT} && exec \"$0\""),
-        ])
-        .arg(hooks_dir().join(point).join(HOOK))
-        .env_clear()
-        .env("PATH", lab::HOOK_PATH)
-        .envs(fx.env().iter().map(|(k, v)| (k, v)))
-        .env(var, &file)
-        .envs(extra.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Finished {
-        point: point.to_string(),
-        status: out.status,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        payload_after: std::fs::read(&file).unwrap(),
-    }
+    let script = format!("/usr/bin/mount --bind /usr/bin/false {NFT} && exec \"$0\"");
+    fx.run_scripted(point, payload, extra, &script)
 }
 
 /// Deletes the backend's table in the lab host, so that the next run has to write.
@@ -221,4 +197,38 @@ fn enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds() {
     let run = fx.spawn("before_vm_start", engine.as_bytes(), &vm1).wait_at_most(limit);
     assert_eq!(run.code(), Some(0), "a healthy host refused a VM start: {}", run.stderr);
     fx.assert_isolation(&[]);
+}
+
+/// When the configured backend cannot act, fail-closed disables only the VM ports not
+/// confirmed isolated: a port whose kernel flag is set (libvirt set it from
+/// `<port isolated="yes"/>`) is isolated whatever backend was meant to act, so it keeps
+/// forwarding and its VM keeps the gateway.
+#[test]
+fn a_port_whose_flag_is_set_is_confirmed_not_blocked() {
+    if !lab::root_tests_enabled("a_port_whose_flag_is_set_is_confirmed_not_blocked") {
+        return;
+    }
+    let fx = Fixture::new("biconf", 2);
+    for point in ["before_network_setup", "after_network_setup"] {
+        let run = fx
+            .spawn(point, tagged("true").as_bytes(), &[nftables()])
+            .wait_at_most(Duration::from_secs(60));
+        assert_eq!(run.code(), Some(0), "{point}: {}", run.stderr);
+    }
+    fx.lab.set_port_isolated("vnet1", true).unwrap();
+    drop_table(&fx);
+    let vm2 = [nftables(), env("vmId", &vm_uuid(2))];
+    let run = run_without_nft(&fx, "after_vm_start", live_domain(&fx, 2).as_bytes(), &vm2);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("fail-closed: blocked bridge isonet ports vnet2"), "{}", run.stderr);
+    assert_eq!(
+        port_states(&fx),
+        states(&[(UPLINK, "forwarding"), ("vnet1", "forwarding"), ("vnet2", "disabled")])
+    );
+    assert_eq!(fx.state_json()["blocked"], json!({ NET: ["vnet2"] }));
+    // vm1 still reaches the gateway and the host; vm2 reaches nothing.
+    fx.lab
+        .matrix()
+        .unwrap()
+        .assert_expected(&|a, b| a != "vm2" && b != "vm2" && !(is_vm(a) && is_vm(b)));
 }

@@ -30,10 +30,11 @@ pub fn parse_mac(text: &str) -> Result<Mac> {
 }
 
 /// The address libvirt gives the host end (tap) of a vNIC: the guest MAC with its first
-/// byte replaced by `0xfe`, so the bridge never adopts it as its own address.
+/// byte replaced by `0xfe` (`0xfa` when the guest MAC starts with `0xfe`), so the bridge
+/// never adopts it as its own address.
 pub fn tap_mac(guest: Mac) -> Mac {
     let mut mac = guest;
-    mac[0] = 0xfe;
+    mac[0] = if mac[0] == 0xfe { 0xfa } else { 0xfe };
     mac
 }
 
@@ -72,6 +73,7 @@ mod tests {
         assert_eq!(format_mac(mac), "56:6f:4c:ab:00:0a");
         assert_eq!(parse_mac(&format_mac(mac)).unwrap(), mac);
         assert_eq!(format_mac(tap_mac(mac)), "fe:6f:4c:ab:00:0a");
+        assert_eq!(format_mac(tap_mac([0xfe, 0x6f, 0x4c, 0xab, 0x00, 0x0a])), "fa:6f:4c:ab:00:0a");
         assert!(parse_mac("56:6f:4c:ab:00").is_err());
         assert!(parse_mac("56:6f:4c:ab:00:zz").is_err());
         assert!(parse_mac("56:6f:4c:ab:00:100").is_err());

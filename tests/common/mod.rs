@@ -301,6 +301,27 @@ impl Fixture {
         serde_json::from_slice(&self.state_bytes()).expect("state.json is JSON")
     }
 
+    /// The trusted vNICs recorded in state.json: (VM id, guest MAC, tap), sorted.
+    pub fn trusted_records(&self) -> Vec<(String, String, String)> {
+        let state = self.state_json();
+        let Some(vms) = state.get("trusted_vnics").and_then(|t| t.as_object()) else {
+            return Vec::new();
+        };
+        let text = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
+        let mut out: Vec<_> = vms
+            .iter()
+            .flat_map(|(vm, ports)| {
+                ports
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .map(move |p| (vm.clone(), text(&p["mac"]), text(&p["tap"])))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The ports of the bridge whose isolation flag is set.
     pub fn isolated_ports(&self) -> BTreeSet<String> {
         self.lab
@@ -469,6 +490,18 @@ impl Fixture {
     /// without waiting. Unlike [`Fixture::run`], the payload may be any bytes and no
     /// `vmId` is added: pass it in `extra`.
     pub fn spawn(&self, point: &str, payload: &[u8], extra: &[(String, String)]) -> Spawned {
+        self.spawn_via(point, payload, extra, None)
+    }
+
+    /// Like [`Fixture::run_bytes`], through `/usr/bin/sh -c SCRIPT HOOK` in a mount namespace
+    /// of its own (SCRIPT runs the hook as `"$0"`): to bind-mount over a tool or the state
+    /// directory for this run only, or to run the hook as a grandchild of the test.
+    pub fn run_scripted(&self, point: &str, payload: &[u8], extra: &[(String, String)], script: &str) -> Finished {
+        self.spawn_via(point, payload, extra, Some(script))
+            .wait_at_most(Duration::from_secs(60))
+    }
+
+    fn spawn_via(&self, point: &str, payload: &[u8], extra: &[(String, String)], script: Option<&str>) -> Spawned {
         let var = bridge_isolation::hook::Point::from_name(point)
             .unwrap_or_else(|| panic!("unknown hook point {point}"))
             .payload_var();
@@ -483,8 +516,11 @@ impl Fixture {
         std::io::Write::write_all(&mut out, payload).expect("writing the payload file");
         drop(out);
         let mut cmd = Command::new(lab::IP);
-        cmd.args(["netns", "exec", self.lab.host_ns()])
-            .arg(hooks_dir().join(point).join(HOOK))
+        cmd.args(["netns", "exec", self.lab.host_ns()]);
+        if let Some(script) = script {
+            cmd.args(["/usr/bin/unshare", "--mount", "--", "/usr/bin/sh", "-c", script]);
+        }
+        cmd.arg(hooks_dir().join(point).join(HOOK))
             .env_clear()
             .env("PATH", lab::HOOK_PATH)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
