@@ -306,6 +306,14 @@ impl Ruleset {
         cmds
     }
 
+    /// Every set wanted, by name: its bridge and kind.
+    fn sets(&self) -> BTreeMap<String, (&PeerRules, SetKind)> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.sets().into_iter().map(move |k| (set_name(k, &b.bridge), (b, k))))
+            .collect()
+    }
+
     /// Every rule wanted: its bridge and kind.
     fn rules(&self) -> impl Iterator<Item = (&PeerRules, RuleKind)> {
         self.bridges
@@ -512,16 +520,6 @@ impl Live {
             .filter(|&(b, k)| !kept.contains(&(b.bridge.as_str(), k)))
             .map(|(b, k)| Cmd::AddRule(b.clone(), k));
         deletes.into_iter().chain(adds).chain(rules).collect()
-    }
-}
-
-impl Ruleset {
-    /// Every set wanted, by name: its bridge and kind.
-    fn sets(&self) -> BTreeMap<String, (&PeerRules, SetKind)> {
-        self.bridges
-            .iter()
-            .flat_map(|b| b.sets().into_iter().map(move |k| (set_name(k, &b.bridge), (b, k))))
-            .collect()
     }
 }
 

@@ -125,6 +125,13 @@ impl Rig {
             .expect("running bridge-isolation")
     }
 
+    /// `bridge-isolation status --json` on `host`, asserting success.
+    fn status_json(&self, host: &str) -> Value {
+        let out = self.cli(host, &["status", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// `nft list table bridge bridge_isolation_peers` on `host` (text), or `None`.
     fn table(&self, host: &str) -> Option<String> {
         let ns = self.fabric.host_ns(host).unwrap();
@@ -234,9 +241,7 @@ fn peers_are_blocked_across_hosts_gateway_and_router_stay_reachable() {
     assert!(h2.contains("elements = { \"vnet4\" }"), "{h2}");
 
     // status shows the ranges, trusted MACs and a moving drop counter.
-    let out = rig.cli("h1", &["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = rig.status_json("h1");
     let c = &v["cross_host"][NET];
     assert_eq!(
         c["peer_macs"],
@@ -414,9 +419,7 @@ fn uplink_macs_admit_only_the_listed_sources() {
     assert!(table.contains("elements = { 02:b1:00:00:00:fe }"), "{table}");
 
     // status: the allowed MACs and a moving counter.
-    let out = rig.cli("h1", &["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = rig.status_json("h1");
     let c = &v["cross_host"][NET];
     assert_eq!(
         c["uplink_macs"],
