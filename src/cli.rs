@@ -179,7 +179,8 @@ pub struct StatusReport {
     /// VM ports disabled because enforcement failed (fail-closed), by bridge.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub blocked: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
-    /// Cross-host isolation per network: peer ranges, trusted MACs, frames dropped.
+    /// Cross-host isolation per network: peer ranges, trusted MACs, allowed uplink MACs,
+    /// frames dropped.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub cross_host: std::collections::BTreeMap<String, crate::peers::PeerStatus>,
 }
@@ -415,12 +416,24 @@ impl std::fmt::Display for StatusReport {
                 None if c.peer_macs.is_empty() => "inactive (no peer ranges)".to_string(),
                 None => "no rule in the kernel (or not root)".to_string(),
             };
-            writeln!(
+            write!(
                 f,
                 "cross-host {network}: peers {}; trusted MACs {}; {drops}",
                 list(c.peer_macs.iter().map(ToString::to_string).collect()),
                 list(c.trusted_macs.iter().map(ToString::to_string).collect()),
             )?;
+            if !c.uplink_macs.is_empty() {
+                let drops = match c.uplink_drops {
+                    Some(d) => format!("dropped from others {} frame(s), {} byte(s)", d.packets, d.bytes),
+                    None => "no rule in the kernel (or not root)".to_string(),
+                };
+                write!(
+                    f,
+                    "; uplink MACs {}; {drops}",
+                    list(c.uplink_macs.iter().map(ToString::to_string).collect())
+                )?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }

@@ -539,11 +539,14 @@ fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> 
     }
     let state = store.read()?;
     // Only root can read the cross-host filter: a trusted vNIC (a router, rare) on a network
-    // with peer ranges always asks the helper, so it joins the filter's open ports at once.
+    // with peer ranges or uplink MACs always asks the helper, so it joins the filter's open
+    // ports at once.
     let trusted_router = report.vnics.iter().any(|v| v.trusted == Some(true))
-        && bridges
-            .iter()
-            .any(|b| state.network_of_bridge(b).is_some_and(|(_, p)| !p.peer_macs.is_empty()));
+        && bridges.iter().any(|b| {
+            state
+                .network_of_bridge(b)
+                .is_some_and(|(_, p)| !p.peer_macs.is_empty() || !p.uplink_macs.is_empty())
+        });
     // Blocked ports (fail-closed) wait for a root reconcile to re-enable them; format-1
     // trust records wait for root to bind them.
     if state.blocked.is_empty() && state.legacy_trusted.is_empty() && !trusted_router {

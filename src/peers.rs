@@ -1,7 +1,8 @@
 //! Cross-host isolation: frames that enter an isolated bridge **from its uplink** with a
-//! source MAC of a VM on another host (`bridge_isolation_peer_macs`) do not reach the
-//! bridge's untrusted VM ports. It runs beside whatever backend keeps the VM ports of one
-//! host apart (port isolation by default), in a table of its own:
+//! source MAC of a VM on another host (`bridge_isolation_peer_macs`), or with any source
+//! MAC outside the uplink allow-list (`bridge_isolation_uplink_macs`, private-VLAN style),
+//! do not reach the bridge's untrusted VM ports. It runs beside whatever backend keeps the
+//! VM ports of one host apart (port isolation by default), in a table of its own:
 //!
 //! ```text
 //! table bridge bridge_isolation_peers {
@@ -19,23 +20,34 @@
 //!         type iface_index
 //!         elements = { "vnet4" }
 //!     }
+//!     set uplink_red {                       # bridge_isolation_uplink_macs
+//!         type ether_addr
+//!         flags interval
+//!         elements = { 02:b1:00:00:00:fe }
+//!     }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         iifname "eth1" oif != @open_red ether saddr @peers_red ether saddr != @trusted_red counter packets 0 bytes 0 drop comment "bridge red"
+//!         iifname "eth1" oif != @open_red ether saddr != @uplink_red counter packets 0 bytes 0 drop comment "bridge red uplink_macs"
 //!     }
 //! }
 //! ```
 //!
-//! Every protocol, broadcast and multicast included (the bridge forward hook sees each
-//! flooded copy); the gateway and other devices outside the ranges pass, as do frames to
-//! the host itself (delivered, not forwarded) and to trusted vNICs. The uplink is matched
+//! Each rule is there only when its property is set ([`RuleKind`]); the sets of the peer
+//! rule only with it, the uplink set only with the allow-list. A table without uplink
+//! MACs is exactly the one of the releases before them. Both rules drop on their own: a
+//! source passes only if neither drops it (in the allow-list, and in no peer range or
+//! trusted). Every protocol, broadcast and multicast included (the bridge forward hook sees
+//! each flooded copy); the gateway and other devices outside the ranges (or in the
+//! allow-list) pass, as do frames to the host itself (delivered, not forwarded) and to
+//! trusted vNICs. The uplink is matched
 //! by name, so the rule is in place before VDSM creates the bridge; the open set holds
 //! interface indexes, so a port not yet classified counts as untrusted (fail closed).
 //!
 //! Same shape as [`crate::backend::nftables`]: [`Ruleset`] (wanted, plain data), [`Live`]
 //! (read in-process, [`nftnl::read_table`]), [`Live::diff`], one `nft -j -f -` transaction
 //! when something differs, no process when converged. The table is deleted when no network
-//! has peer ranges.
+//! has peer ranges or uplink MACs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -47,7 +59,7 @@ use crate::backend::nftables::{FAMILY, NFT, PRIORITY};
 use crate::backend::{BackendKind, DropCounter};
 use crate::error::{Error, Result};
 use crate::nftnl::{self, Operand, Stmt};
-use crate::policy::{mac_from_u64, mac_to_u64, merge_ranges, MacRange};
+use crate::policy::{mac_from_u64, mac_to_u64, merge_ranges, MacRange, NetworkPolicy};
 use crate::reconcile::{self, Plan, Role};
 use crate::state::State;
 
@@ -58,7 +70,7 @@ pub const CHAIN: &str = "forward";
 const MAC_TYPE: &str = "ether_addr";
 const PORT_TYPE: &str = "iface_index";
 
-/// The three sets of a bridge.
+/// The sets a bridge may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SetKind {
     /// Peer MAC ranges.
@@ -67,16 +79,17 @@ pub enum SetKind {
     Trusted,
     /// Trusted vNIC ports (destinations left open).
     Open,
+    /// Source MACs allowed from the uplink (`bridge_isolation_uplink_macs`).
+    Uplink,
 }
 
 impl SetKind {
-    const ALL: [SetKind; 3] = [SetKind::Peers, SetKind::Trusted, SetKind::Open];
-
     fn prefix(self) -> &'static str {
         match self {
             SetKind::Peers => "peers_",
             SetKind::Trusted => "trusted_",
             SetKind::Open => "open_",
+            SetKind::Uplink => "uplink_",
         }
     }
 
@@ -102,14 +115,38 @@ pub fn set_name(kind: SetKind, bridge: &str) -> String {
     name
 }
 
-fn comment(bridge: &str) -> String {
-    format!("bridge {bridge}")
+/// The drop rules a bridge may have, one per property.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RuleKind {
+    /// Sources in the peer ranges and not trusted (`bridge_isolation_peer_macs`).
+    Peers,
+    /// Sources outside the allow-list (`bridge_isolation_uplink_macs`).
+    Uplink,
+}
+
+impl RuleKind {
+    /// The sets the rule looks up.
+    fn sets(self) -> &'static [SetKind] {
+        match self {
+            RuleKind::Peers => &[SetKind::Peers, SetKind::Trusted, SetKind::Open],
+            RuleKind::Uplink => &[SetKind::Uplink, SetKind::Open],
+        }
+    }
+}
+
+/// The comment naming the rule of `kind` for `bridge` (the peer rule's is the one of the
+/// releases before uplink MACs).
+fn comment(bridge: &str, kind: RuleKind) -> String {
+    match kind {
+        RuleKind::Peers => format!("bridge {bridge}"),
+        RuleKind::Uplink => format!("bridge {bridge} uplink_macs"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // 1. What we want.
 
-/// The cross-host rule of one bridge.
+/// The cross-host rules of one bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerRules {
     /// The Linux bridge.
@@ -122,26 +159,52 @@ pub struct PeerRules {
     pub trusted: Vec<u64>,
     /// Trusted vNIC ports of this host: (name, ifindex), sorted by name.
     pub open: Vec<(String, u32)>,
+    /// Sources allowed from the uplink, sorted and merged (48-bit numbers); empty: no
+    /// allow-list rule.
+    pub uplink_macs: Vec<(u64, u64)>,
 }
 
 impl PeerRules {
-    /// The rule's expressions in nft's JSON schema, for `add rule`.
-    pub fn expr(&self) -> Value {
-        let saddr = json!({"payload": {"protocol": "ether", "field": "saddr"}});
-        let set = |k: SetKind| format!("@{}", set_name(k, &self.bridge));
-        json!([
-            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": self.uplink}},
-            {"match": {"op": "!=", "left": {"meta": {"key": "oif"}}, "right": set(SetKind::Open)}},
-            {"match": {"op": "==", "left": saddr, "right": set(SetKind::Peers)}},
-            {"match": {"op": "!=", "left": saddr, "right": set(SetKind::Trusted)}},
-            {"counter": null},
-            {"drop": null}
-        ])
+    /// The rules this bridge has: one per property set.
+    pub fn rules(&self) -> Vec<RuleKind> {
+        let mut kinds = Vec::new();
+        if !self.peers.is_empty() {
+            kinds.push(RuleKind::Peers);
+        }
+        if !self.uplink_macs.is_empty() {
+            kinds.push(RuleKind::Uplink);
+        }
+        kinds
     }
 
-    /// The same rule as the kernel holds it, folded into statements (counter zeroed): what
-    /// a rule read back must equal.
-    pub fn statements(&self) -> Vec<Stmt> {
+    /// The sets its rules look up.
+    pub fn sets(&self) -> BTreeSet<SetKind> {
+        self.rules()
+            .into_iter()
+            .flat_map(|r| r.sets().iter().copied())
+            .collect()
+    }
+
+    /// The expressions of rule `kind` in nft's JSON schema, for `add rule`.
+    pub fn expr(&self, kind: RuleKind) -> Value {
+        let saddr = json!({"payload": {"protocol": "ether", "field": "saddr"}});
+        let set = |k: SetKind| format!("@{}", set_name(k, &self.bridge));
+        let source = |op: &str, k: SetKind| json!({"match": {"op": op, "left": saddr, "right": set(k)}});
+        let mut expr = vec![
+            json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": self.uplink}}),
+            json!({"match": {"op": "!=", "left": {"meta": {"key": "oif"}}, "right": set(SetKind::Open)}}),
+        ];
+        match kind {
+            RuleKind::Peers => expr.extend([source("==", SetKind::Peers), source("!=", SetKind::Trusted)]),
+            RuleKind::Uplink => expr.push(source("!=", SetKind::Uplink)),
+        }
+        expr.extend([json!({"counter": null}), json!({"drop": null})]);
+        Value::Array(expr)
+    }
+
+    /// Rule `kind` as the kernel holds it, folded into statements (counter zeroed): what a
+    /// rule read back must equal.
+    pub fn statements(&self, kind: RuleKind) -> Vec<Stmt> {
         let saddr = || Operand::Payload {
             base: nftnl::PAYLOAD_LL,
             offset: 6,
@@ -152,18 +215,23 @@ impl PeerRules {
             set: set_name(kind, &self.bridge),
             inverted,
         };
-        vec![
+        let mut stmts = vec![
             Stmt::Cmp {
                 left: Operand::Meta(nftnl::META_IIFNAME),
                 op: nftnl::CMP_EQ,
                 data: nftnl::ifname_exact(&self.uplink),
             },
             lookup(Operand::Meta(nftnl::META_OIF), SetKind::Open, true),
-            lookup(saddr(), SetKind::Peers, false),
-            lookup(saddr(), SetKind::Trusted, true),
-            Stmt::Counter { packets: 0, bytes: 0 },
-            Stmt::Verdict(nftnl::NF_DROP),
-        ]
+        ];
+        match kind {
+            RuleKind::Peers => stmts.extend([
+                lookup(saddr(), SetKind::Peers, false),
+                lookup(saddr(), SetKind::Trusted, true),
+            ]),
+            RuleKind::Uplink => stmts.push(lookup(saddr(), SetKind::Uplink, true)),
+        }
+        stmts.extend([Stmt::Counter { packets: 0, bytes: 0 }, Stmt::Verdict(nftnl::NF_DROP)]);
+        stmts
     }
 
     fn elements(&self, kind: SetKind) -> Elements {
@@ -171,24 +239,20 @@ impl PeerRules {
             SetKind::Peers => Elements::Macs(self.peers.clone()),
             SetKind::Trusted => Elements::Macs(self.trusted.iter().map(|&m| (m, m)).collect()),
             SetKind::Open => Elements::Ports(self.open.iter().map(|&(_, i)| i).collect()),
+            SetKind::Uplink => Elements::Macs(self.uplink_macs.clone()),
         }
     }
 
     fn fill(&self, kind: SetKind) -> Option<Cmd> {
         let name = set_name(kind, &self.bridge);
-        match kind {
-            SetKind::Peers => (!self.peers.is_empty()).then(|| Cmd::AddMacs(name, self.peers.clone())),
-            SetKind::Trusted => {
-                (!self.trusted.is_empty()).then(|| Cmd::AddMacs(name, self.trusted.iter().map(|&m| (m, m)).collect()))
-            }
-            SetKind::Open => {
-                (!self.open.is_empty()).then(|| Cmd::AddPorts(name, self.open.iter().map(|(_, i)| *i).collect()))
-            }
+        match self.elements(kind) {
+            Elements::Macs(m) => (!m.is_empty()).then_some(Cmd::AddMacs(name, m)),
+            Elements::Ports(p) => (!p.is_empty()).then(|| Cmd::AddPorts(name, p.into_iter().collect())),
         }
     }
 }
 
-/// Every bridge's cross-host rule.
+/// Every bridge's cross-host rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// By bridge name.
@@ -202,7 +266,7 @@ impl Ruleset {
         let mut bridges: Vec<PeerRules> = state
             .networks
             .values()
-            .filter(|p| !p.peer_macs.is_empty())
+            .filter(|p| filters(p))
             .filter_map(|p| {
                 let open = plan
                     .bridges
@@ -220,6 +284,7 @@ impl Ruleset {
                     peers: merge_ranges(p.peer_macs.iter().map(|r| r.bounds()).collect()),
                     trusted: p.trusted_macs.iter().map(|&m| mac_to_u64(m)).collect(),
                     open,
+                    uplink_macs: merge_ranges(p.uplink_macs.iter().map(|r| r.bounds()).collect()),
                 })
             })
             .collect();
@@ -232,24 +297,39 @@ impl Ruleset {
     pub fn create(&self) -> Vec<Cmd> {
         let mut cmds = vec![Cmd::AddTable, Cmd::AddChain];
         for b in &self.bridges {
-            for kind in SetKind::ALL {
+            for kind in b.sets() {
                 cmds.push(Cmd::AddSet(kind, set_name(kind, &b.bridge)));
                 cmds.extend(b.fill(kind));
             }
         }
-        cmds.extend(self.bridges.iter().map(|b| Cmd::AddRule(b.clone())));
+        cmds.extend(self.rules().map(|(b, k)| Cmd::AddRule(b.clone(), k)));
         cmds
     }
+
+    /// Every set wanted, by name: its bridge and kind.
+    fn sets(&self) -> BTreeMap<String, (&PeerRules, SetKind)> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.sets().into_iter().map(move |k| (set_name(k, &b.bridge), (b, k))))
+            .collect()
+    }
+
+    /// Every rule wanted: its bridge and kind.
+    fn rules(&self) -> impl Iterator<Item = (&PeerRules, RuleKind)> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.rules().into_iter().map(move |k| (b, k)))
+    }
+}
+
+/// Whether network policy `p` asks for a cross-host rule (given an uplink).
+fn filters(p: &NetworkPolicy) -> bool {
+    !p.peer_macs.is_empty() || !p.uplink_macs.is_empty()
 }
 
 /// The bridges that get a cross-host rule.
 pub fn wanted_bridges(state: &State) -> BTreeSet<String> {
-    state
-        .networks
-        .values()
-        .filter(|p| !p.peer_macs.is_empty() && p.uplink.is_some())
-        .map(|p| p.bridge.clone())
-        .collect()
+    wanted_rules(state).into_iter().map(|(bridge, _)| bridge).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -370,18 +450,18 @@ impl Live {
             .is_some_and(|s| s.datatype == kind.datatype() && (kind == SetKind::Open || s.interval))
     }
 
-    fn rule_matches(&self, rule: &LiveRule, want: &PeerRules) -> bool {
-        rule.comment.as_deref() == Some(comment(&want.bridge).as_str())
-            && rule.stmts == want.statements()
-            && SetKind::ALL.iter().all(|&k| self.set_ok(k, &want.bridge))
+    fn rule_matches(&self, rule: &LiveRule, want: &PeerRules, kind: RuleKind) -> bool {
+        rule.comment.as_deref() == Some(comment(&want.bridge, kind).as_str())
+            && rule.stmts == want.statements(kind)
+            && kind.sets().iter().all(|&k| self.set_ok(k, &want.bridge))
     }
 
-    /// Frames dropped per bridge, for the rules intact in the kernel.
-    pub fn counters(&self, want: &Ruleset) -> BTreeMap<String, DropCounter> {
+    /// Frames dropped per bridge and rule, for the rules intact in the kernel.
+    pub fn counters(&self, want: &Ruleset) -> BTreeMap<(String, RuleKind), DropCounter> {
         let mut out = BTreeMap::new();
-        for b in &want.bridges {
-            if let Some(r) = self.rules.iter().find(|r| self.rule_matches(r, b)) {
-                out.insert(b.bridge.clone(), r.counter.unwrap_or_default());
+        for (b, kind) in want.rules() {
+            if let Some(r) = self.rules.iter().find(|r| self.rule_matches(r, b, kind)) {
+                out.insert((b.bridge.clone(), kind), r.counter.unwrap_or_default());
             }
         }
         out
@@ -409,21 +489,16 @@ impl Live {
         let mut kept = BTreeSet::new();
         for r in &self.rules {
             match want
-                .bridges
-                .iter()
-                .find(|b| !kept.contains(&b.bridge) && self.rule_matches(r, b))
+                .rules()
+                .find(|&(b, k)| !kept.contains(&(b.bridge.as_str(), k)) && self.rule_matches(r, b, k))
             {
-                Some(b) => {
-                    kept.insert(b.bridge.clone());
+                Some((b, k)) => {
+                    kept.insert((b.bridge.as_str(), k));
                 }
                 None => deletes.push(Cmd::DeleteRule(r.handle)),
             }
         }
-        let wanted: BTreeMap<String, (&PeerRules, SetKind)> = want
-            .bridges
-            .iter()
-            .flat_map(|b| SetKind::ALL.map(|k| (set_name(k, &b.bridge), (b, k))))
-            .collect();
+        let wanted = want.sets();
         for name in self.sets.keys() {
             match wanted.get(name) {
                 Some((b, k)) if self.set_ok(*k, &b.bridge) => {}
@@ -441,10 +516,9 @@ impl Live {
             }
         }
         let rules = want
-            .bridges
-            .iter()
-            .filter(|b| !kept.contains(&b.bridge))
-            .map(|b| Cmd::AddRule(b.clone()));
+            .rules()
+            .filter(|&(b, k)| !kept.contains(&(b.bridge.as_str(), k)))
+            .map(|(b, k)| Cmd::AddRule(b.clone(), k));
         deletes.into_iter().chain(adds).chain(rules).collect()
     }
 }
@@ -471,8 +545,8 @@ pub enum Cmd {
     AddMacs(String, Vec<(u64, u64)>),
     /// `add element NAME { ifindex, ... }`.
     AddPorts(String, Vec<u32>),
-    /// The drop rule of a bridge.
-    AddRule(PeerRules),
+    /// A drop rule of a bridge.
+    AddRule(PeerRules, RuleKind),
     /// `delete rule forward handle H`.
     DeleteRule(u64),
 }
@@ -514,8 +588,8 @@ impl Cmd {
             Cmd::AddPorts(name, indexes) => json!({"add": {"element": {
                 "family": FAMILY, "table": TABLE, "name": name, "elem": indexes
             }}}),
-            Cmd::AddRule(b) => json!({"add": {"rule": {
-                "family": FAMILY, "table": TABLE, "chain": CHAIN, "comment": comment(&b.bridge), "expr": b.expr()
+            Cmd::AddRule(b, kind) => json!({"add": {"rule": {
+                "family": FAMILY, "table": TABLE, "chain": CHAIN, "comment": comment(&b.bridge, *kind), "expr": b.expr(*kind)
             }}}),
             Cmd::DeleteRule(handle) => json!({"delete": {"rule": {
                 "family": FAMILY, "table": TABLE, "chain": CHAIN, "handle": handle
@@ -546,8 +620,9 @@ pub fn list() -> Result<Live> {
 fn apply(cmds: &[Cmd]) -> Result<()> {
     if !Path::new(NFT).exists() {
         return Err(Error::Kernel(format!(
-            "{NFT} is missing: {} needs the nftables package (with every backend but firewalld)",
-            crate::policy::PROP_PEER_MACS
+            "{NFT} is missing: {}/{} need the nftables package (with every backend but firewalld)",
+            crate::policy::PROP_PEER_MACS,
+            crate::policy::PROP_UPLINK_MACS
         )));
     }
     let text = batch(cmds).to_string();
@@ -560,21 +635,35 @@ fn apply(cmds: &[Cmd]) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // 5. With the firewalld backend: `eb` direct rules instead of the table.
 
-/// Prefix of the per-bridge direct chains (`BRIDGE_PEERS_<bridge>`, at most 28 bytes, under
-/// ebtables' 31); never taken for the firewalld backend's own `BRIDGE_ISO_*` chains.
+/// Prefix of the per-bridge direct chains of the peer rule (`BRIDGE_PEERS_<bridge>`, at
+/// most 28 bytes, under ebtables' 31); never taken for the firewalld backend's own
+/// `BRIDGE_ISO_*` chains.
 pub const EB_CHAIN_PREFIX: &str = "BRIDGE_PEERS_";
-/// Priority of the RETURN rules (trusted sources, trusted vNICs).
+/// Prefix of the per-bridge direct chains of the uplink allow-list (`BRIDGE_UPLINK_<bridge>`,
+/// at most 29 bytes).
+pub const EB_UPLINK_CHAIN_PREFIX: &str = "BRIDGE_UPLINK_";
+/// Priority of the RETURN rules (trusted or allowed sources, trusted vNICs).
 pub const EB_PRIORITY_RETURN: i32 = 0;
 /// Priority of the DROP rules (after every RETURN).
 pub const EB_PRIORITY_DROP: i32 = 1;
 
-/// The direct chain of `bridge`.
+/// The direct chain of `bridge`'s peer rule.
 pub fn eb_chain(bridge: &str) -> String {
     format!("{EB_CHAIN_PREFIX}{bridge}")
 }
 
+/// The direct chain of rule `kind` of `bridge`.
+pub fn eb_chain_of(bridge: &str, kind: RuleKind) -> String {
+    match kind {
+        RuleKind::Peers => eb_chain(bridge),
+        RuleKind::Uplink => format!("{EB_UPLINK_CHAIN_PREFIX}{bridge}"),
+    }
+}
+
 fn owns_eb_chain(chain: &str) -> bool {
-    chain.strip_prefix(EB_CHAIN_PREFIX).is_some_and(|b| !b.is_empty())
+    [EB_CHAIN_PREFIX, EB_UPLINK_CHAIN_PREFIX]
+        .iter()
+        .any(|p| chain.strip_prefix(p).is_some_and(|b| !b.is_empty()))
 }
 
 /// The interval `first..=last` of 48-bit MACs as the fewest prefixes `(base, length)`,
@@ -609,44 +698,75 @@ pub fn eb_source(base: u64, len: u32) -> String {
 }
 
 impl Ruleset {
-    /// The direct chains and rules of the firewalld backend's variant, one chain per bridge:
+    /// The direct chains and rules of the firewalld backend's variant, one chain per bridge
+    /// and rule, jumped to for frames from the uplink; trusted or allowed sources and trusted
+    /// vNICs return first, then the DROPs:
     ///
     /// ```text
     /// eb filter FORWARD 0 -i eth1 -j BRIDGE_PEERS_red
     /// eb filter BRIDGE_PEERS_red 0 -s 56:6f:4c:ab:00:04 -j RETURN          # trusted MAC
     /// eb filter BRIDGE_PEERS_red 0 -o vnet4 -j RETURN                      # trusted vNIC
     /// eb filter BRIDGE_PEERS_red 1 -s 56:6f:4c:ab:00:00/ff:ff:ff:ff:00:00 -j DROP   # per prefix
+    /// eb filter FORWARD 0 -i eth1 -j BRIDGE_UPLINK_red
+    /// eb filter BRIDGE_UPLINK_red 0 -s 02:b1:00:00:00:fe -j RETURN         # per allowed prefix
+    /// eb filter BRIDGE_UPLINK_red 0 -o vnet4 -j RETURN                     # trusted vNIC
+    /// eb filter BRIDGE_UPLINK_red 1 -j DROP
     /// ```
     pub fn eb(&self) -> Result<crate::backend::firewalld::Ours> {
         let mut ours = crate::backend::firewalld::Ours::default();
-        let port = |p: &str| crate::backend::iptables::exact_port_name(p);
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         for b in &self.bridges {
             crate::ifname::validate(&b.bridge).map_err(|e| Error::Kernel(format!("bridge {}: {e}", b.bridge)))?;
-            port(&b.uplink)?;
-            let chain = eb_chain(&b.bridge);
-            ours.chains.insert(chain.clone());
-            let fwd = crate::backend::firewalld::FORWARD.to_string();
-            ours.rules.insert((fwd, 0, args(&["-i", &b.uplink, "-j", &chain])));
-            for &m in &b.trusted {
-                let src = mac_from_u64(m).to_string();
-                ours.rules
-                    .insert((chain.clone(), EB_PRIORITY_RETURN, args(&["-s", &src, "-j", "RETURN"])));
-            }
-            for (name, _) in &b.open {
-                port(name)?;
-                ours.rules
-                    .insert((chain.clone(), EB_PRIORITY_RETURN, args(&["-o", name, "-j", "RETURN"])));
-            }
-            for &(first, last) in &b.peers {
-                for (base, len) in mac_prefixes(first, last) {
-                    let src = eb_source(base, len);
-                    ours.rules
-                        .insert((chain.clone(), EB_PRIORITY_DROP, args(&["-s", &src, "-j", "DROP"])));
+            crate::backend::iptables::exact_port_name(&b.uplink)?;
+            for kind in b.rules() {
+                let chain = eb_chain_of(&b.bridge, kind);
+                let fwd = crate::backend::firewalld::FORWARD.to_string();
+                ours.rules.insert((fwd, 0, args(&["-i", &b.uplink, "-j", &chain])));
+                for (priority, rule) in b.eb_rules(kind)? {
+                    ours.rules.insert((chain.clone(), priority, rule));
                 }
+                ours.chains.insert(chain);
             }
         }
         Ok(ours)
+    }
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+impl PeerRules {
+    /// The rules of the direct chain of rule `kind`: (priority, arguments).
+    fn eb_rules(&self, kind: RuleKind) -> Result<Vec<(i32, Vec<String>)>> {
+        let mut out = Vec::new();
+        let source = |first, last, verdict| {
+            mac_prefixes(first, last)
+                .into_iter()
+                .map(move |(base, len)| args(&["-s", &eb_source(base, len), "-j", verdict]))
+        };
+        if kind == RuleKind::Peers {
+            for &m in &self.trusted {
+                out.extend(source(m, m, "RETURN").map(|a| (EB_PRIORITY_RETURN, a)));
+            }
+        }
+        for (name, _) in &self.open {
+            crate::backend::iptables::exact_port_name(name)?;
+            out.push((EB_PRIORITY_RETURN, args(&["-o", name, "-j", "RETURN"])));
+        }
+        match kind {
+            RuleKind::Peers => {
+                for &(first, last) in &self.peers {
+                    out.extend(source(first, last, "DROP").map(|a| (EB_PRIORITY_DROP, a)));
+                }
+            }
+            RuleKind::Uplink => {
+                for &(first, last) in &self.uplink_macs {
+                    out.extend(source(first, last, "RETURN").map(|a| (EB_PRIORITY_RETURN, a)));
+                }
+                out.push((EB_PRIORITY_DROP, args(&["-j", "DROP"])));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -731,11 +851,12 @@ fn sync(state: &State, want: &Ruleset) -> Result<usize> {
     }
     for b in &want.bridges {
         log::debug!(
-            "cross-host: bridge {} uplink {}: {} peer range(s), {} trusted MAC(s), {} open port(s)",
+            "cross-host: bridge {} uplink {}: {} peer range(s), {} trusted MAC(s), {} allowed uplink range(s), {} open port(s)",
             b.bridge,
             b.uplink,
             b.peers.len(),
             b.trusted.len(),
+            b.uplink_macs.len(),
             b.open.len()
         );
     }
@@ -763,7 +884,8 @@ pub fn remove_all() -> Result<bool> {
 
 /// What `verify` reports of the cross-host filter (root): one line per difference a reconcile
 /// would repair, none when the kernel (or firewalld, with its backend) holds exactly what
-/// `state` asks for. Nothing is read when no network has peer ranges and none had.
+/// `state` asks for. Nothing is read when no network has peer ranges or uplink MACs and none
+/// had.
 pub fn drift(state: &State) -> Result<Vec<String>> {
     let want = wanted(state)?;
     if want.bridges.is_empty() && !state.cross_host {
@@ -796,7 +918,9 @@ impl Live {
             return Vec::new();
         }
         if want.bridges.is_empty() {
-            return vec![format!("{table} is still there, but no network has peer ranges")];
+            return vec![format!(
+                "{table} is still there, but no network has peer ranges or uplink MACs"
+            )];
         }
         if !self.exists {
             return vec![format!("{table} is missing")];
@@ -806,24 +930,23 @@ impl Live {
                 "{table} has a changed chain {CHAIN} or objects not ours: it has to be rebuilt"
             )];
         }
+        let wanted = want.sets();
         cmds.iter()
             .filter_map(|c| match c {
                 Cmd::DeleteRule(h) => Some(format!(
                     "{table}: rule handle {h} in chain {CHAIN} is not ours or altered"
                 )),
-                Cmd::DeleteSet(n)
-                    if want
-                        .bridges
-                        .iter()
-                        .any(|b| SetKind::ALL.iter().any(|&k| set_name(k, &b.bridge) == *n)) =>
-                {
-                    None
-                }
-                Cmd::DeleteSet(n) => Some(format!("{table}: set {n} belongs to no network with peer ranges")),
+                // Wanted, but of the wrong type: re-added below, reported there.
+                Cmd::DeleteSet(n) if wanted.contains_key(n) => None,
+                Cmd::DeleteSet(n) => Some(format!("{table}: set {n} belongs to no rule of any network")),
                 Cmd::AddSet(_, n) => Some(format!("{table}: set {n} is missing or has the wrong type")),
                 Cmd::FlushSet(n) => Some(format!("{table}: set {n} holds other elements than recorded")),
-                Cmd::AddRule(b) => Some(format!(
+                Cmd::AddRule(b, RuleKind::Peers) => Some(format!(
                     "{table}: bridge {}: the drop rule is missing or altered",
+                    b.bridge
+                )),
+                Cmd::AddRule(b, RuleKind::Uplink) => Some(format!(
+                    "{table}: bridge {}: the uplink_macs drop rule is missing or altered",
                     b.bridge
                 )),
                 _ => None,
@@ -832,14 +955,28 @@ impl Live {
     }
 }
 
-/// Frames dropped per bridge by the firewalld variant's direct chains.
-fn eb_counters(state: &State) -> BTreeMap<String, DropCounter> {
+/// The rules `state` asks for, by bridge and kind (without reading the kernel).
+fn wanted_rules(state: &State) -> BTreeSet<(String, RuleKind)> {
+    let mut out = BTreeSet::new();
+    for p in state.networks.values().filter(|p| p.uplink.is_some()) {
+        if !p.peer_macs.is_empty() {
+            out.insert((p.bridge.clone(), RuleKind::Peers));
+        }
+        if !p.uplink_macs.is_empty() {
+            out.insert((p.bridge.clone(), RuleKind::Uplink));
+        }
+    }
+    out
+}
+
+/// Frames dropped per bridge and rule by the firewalld variant's direct chains.
+fn eb_counters(state: &State) -> BTreeMap<(String, RuleKind), DropCounter> {
     let fw = crate::backend::firewalld::Firewalld::new();
     let mut out = BTreeMap::new();
-    for bridge in wanted_bridges(state) {
-        match fw.eb_drops(&eb_chain(&bridge)) {
+    for (bridge, kind) in wanted_rules(state) {
+        match fw.eb_drops(&eb_chain_of(&bridge, kind)) {
             Ok(Some(c)) => {
-                out.insert(bridge, c);
+                out.insert((bridge, kind), c);
             }
             Ok(None) => {}
             Err(e) => {
@@ -860,11 +997,17 @@ pub struct PeerStatus {
     pub trusted_macs: Vec<crate::mac::Mac>,
     /// Frames from peers dropped; `None` when the rule is not in the kernel or unreadable.
     pub drops: Option<DropCounter>,
+    /// `bridge_isolation_uplink_macs`, as recorded: the only sources that may reach VM
+    /// ports from the uplink when not empty.
+    pub uplink_macs: Vec<MacRange>,
+    /// Frames from other sources dropped; `None` when that rule is not in the kernel or
+    /// unreadable.
+    pub uplink_drops: Option<DropCounter>,
 }
 
-/// Per network with peer ranges: its ranges, trusted MACs and drop counter. Reading the
-/// counter needs root; without it `drops` is `None`. The kernel is read only when some
-/// network has a rule.
+/// Per network with cross-host properties: its ranges, trusted MACs, allowed uplink MACs and
+/// drop counters. Reading the counters needs root; without it they are `None`. The kernel
+/// is read only when some network has a rule.
 pub fn status(state: &State) -> BTreeMap<String, PeerStatus> {
     let readable = crate::config::is_root() && !wanted_bridges(state).is_empty();
     let counters = if readable && state.backend == Some(BackendKind::Firewalld) {
@@ -883,14 +1026,17 @@ pub fn status(state: &State) -> BTreeMap<String, PeerStatus> {
     state
         .networks
         .iter()
-        .filter(|(_, p)| !p.peer_macs.is_empty() || !p.trusted_macs.is_empty())
+        .filter(|(_, p)| filters(p) || !p.trusted_macs.is_empty())
         .map(|(n, p)| {
+            let drops = |kind| counters.get(&(p.bridge.clone(), kind)).copied();
             (
                 n.clone(),
                 PeerStatus {
                     peer_macs: p.peer_macs.clone(),
                     trusted_macs: p.trusted_macs.clone(),
-                    drops: counters.get(&p.bridge).copied(),
+                    drops: drops(RuleKind::Peers),
+                    uplink_macs: p.uplink_macs.clone(),
+                    uplink_drops: drops(RuleKind::Uplink),
                 },
             )
         })
@@ -913,6 +1059,7 @@ mod tests {
                 uplink: Some("eth1".into()),
                 peer_macs: parse_peer_macs("56:6f:4c:ab:00:00/32").unwrap(),
                 trusted_macs: parse_trusted_macs("56:6f:4c:ab:00:04").unwrap(),
+                ..NetworkPolicy::default()
             },
         );
         s.networks.insert(
@@ -974,6 +1121,7 @@ mod tests {
                 peers: vec![(0x566f_4cab_0000, 0x566f_4cab_ffff)],
                 trusted: vec![0x566f_4cab_0004],
                 open: vec![("vnet4".into(), 8)],
+                uplink_macs: Vec::new(),
             }]
         );
         assert_eq!(set_name(SetKind::Open, "my-net.10"), "open_my_2dnet_2e10");
@@ -1105,6 +1253,214 @@ mod tests {
         Live::from_table(Some(&table(counter, open)))
     }
 
+    const GW: u64 = 0x02b1_0000_00fe;
+
+    /// [`state`] with the gateway as the only source allowed from red's uplink.
+    fn allow_gateway(peers: bool) -> State {
+        let mut s = state();
+        let red = s.networks.get_mut("red").unwrap();
+        red.uplink_macs = crate::policy::parse_uplink_macs("02:b1:00:00:00:fe").unwrap();
+        if !peers {
+            red.peer_macs.clear();
+        }
+        s
+    }
+
+    /// [`table`] plus what the uplink allow-list adds: set `uplink_red` (the gateway) and
+    /// the rule dropping other sources (handle 6) with `counter` frames.
+    fn table_with_uplink(counter: u64, open: &[u32]) -> nftnl::Table {
+        let mut t = table(counter, open);
+        let mac = |m: u64| m.to_be_bytes()[2..].to_vec();
+        let key = |m, end| nftnl::Element {
+            key: mac(m),
+            flags: if end { nftnl::ELEM_INTERVAL_END } else { 0 },
+            ..nftnl::Element::default()
+        };
+        t.sets.push(nftnl::Set {
+            name: "uplink_red".into(),
+            flags: nftnl::SET_INTERVAL,
+            key_type: 9,
+            key_len: 6,
+            elements: vec![key(0, true), key(GW, false), key(GW + 1, true)],
+            ..nftnl::Set::default()
+        });
+        let mut exprs = t.rules[0].exprs.clone();
+        // iifname, cmp, oif, lookup open, then saddr != @uplink_red instead of the peer lookups.
+        exprs.truncate(4);
+        exprs.extend([
+            nftnl::Expr::Payload {
+                base: nftnl::PAYLOAD_LL,
+                offset: 6,
+                len: 6,
+                dreg: 1,
+            },
+            nftnl::Expr::Lookup {
+                set: "uplink_red".into(),
+                sreg: 1,
+                inverted: true,
+            },
+            nftnl::Expr::Counter {
+                packets: counter + 1,
+                bytes: (counter + 1) * 60,
+            },
+            nftnl::Expr::Verdict(nftnl::NF_DROP),
+        ]);
+        t.rules.push(nftnl::Rule {
+            chain: CHAIN.into(),
+            handle: 6,
+            comment: Some("bridge red uplink_macs".into()),
+            exprs,
+        });
+        t
+    }
+
+    #[test]
+    fn uplink_macs_are_added_to_a_table_of_the_release_before_without_a_gap() {
+        let want = Ruleset::from_state(&allow_gateway(true), &plan());
+        let red = &want.bridges[0];
+        assert_eq!(red.uplink_macs, [(GW, GW)]);
+        assert_eq!(red.rules(), [RuleKind::Peers, RuleKind::Uplink]);
+        // The table as the release before uplink MACs left it: nothing deleted, the peer
+        // rule keeps its handle and counter; one set and one rule are added.
+        let old = listed(7, &[8]);
+        let cmds = old.diff(&want);
+        assert_eq!(
+            cmds,
+            [
+                Cmd::AddSet(SetKind::Uplink, "uplink_red".into()),
+                Cmd::AddMacs("uplink_red".into(), vec![(GW, GW)]),
+                Cmd::AddRule(red.clone(), RuleKind::Uplink),
+            ]
+        );
+        assert_eq!(
+            batch(&cmds).to_string(),
+            concat!(
+                r#"{"nftables":[{"add":{"set":{"family":"bridge","flags":["interval"],"name":"uplink_red","table":"bridge_isolation_peers","type":"ether_addr"}}},"#,
+                r#"{"add":{"element":{"elem":["02:b1:00:00:00:fe"],"family":"bridge","name":"uplink_red","table":"bridge_isolation_peers"}}},"#,
+                r#"{"add":{"rule":{"chain":"forward","comment":"bridge red uplink_macs","expr":["#,
+                r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"eth1"}},"#,
+                r#"{"match":{"left":{"meta":{"key":"oif"}},"op":"!=","right":"@open_red"}},"#,
+                r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ether"}},"op":"!=","right":"@uplink_red"}},"#,
+                r#"{"counter":null},{"drop":null}],"family":"bridge","table":"bridge_isolation_peers"}}}]}"#
+            )
+        );
+        let table = "cross-host: table bridge bridge_isolation_peers";
+        assert_eq!(
+            old.drift(&want),
+            [
+                format!("{table}: set uplink_red is missing or has the wrong type"),
+                format!("{table}: bridge red: the uplink_macs drop rule is missing or altered"),
+            ]
+        );
+        // The whole table for an empty kernel: the old table's commands, then the new ones.
+        let create = want.create();
+        let mut without = want.clone();
+        without.bridges[0].uplink_macs.clear();
+        assert_eq!(create.len(), without.create().len() + 3);
+    }
+
+    #[test]
+    fn uplink_rule_reads_back_converged_and_counts() {
+        let want = Ruleset::from_state(&allow_gateway(true), &plan());
+        let live = Live::from_table(Some(&table_with_uplink(7, &[8])));
+        assert_eq!(live.sets["uplink_red"].elements, Elements::Macs(vec![(GW, GW)]));
+        assert_eq!(live.diff(&want), []);
+        assert!(live.drift(&want).is_empty());
+        let counters = live.counters(&want);
+        assert_eq!(counters[&("red".to_string(), RuleKind::Peers)].packets, 7);
+        assert_eq!(counters[&("red".to_string(), RuleKind::Uplink)].packets, 8);
+        // Another allowed MAC: only the set changes.
+        let mut more = want.clone();
+        more.bridges[0].uplink_macs = vec![(GW, GW + 1)];
+        assert_eq!(
+            live.diff(&more),
+            [
+                Cmd::FlushSet("uplink_red".into()),
+                Cmd::AddMacs("uplink_red".into(), vec![(GW, GW + 1)])
+            ]
+        );
+        // The property lifted: its rule and set go, the peer rule stays.
+        let old = Ruleset::from_state(&state(), &plan());
+        assert_eq!(
+            live.diff(&old),
+            [Cmd::DeleteRule(6), Cmd::DeleteSet("uplink_red".into())]
+        );
+        // An allow-list without peer ranges: the peer rule and its sets go.
+        let only = Ruleset::from_state(&allow_gateway(false), &plan());
+        assert_eq!(only.bridges[0].sets(), BTreeSet::from([SetKind::Open, SetKind::Uplink]));
+        assert_eq!(
+            live.diff(&only),
+            [
+                Cmd::DeleteRule(5),
+                Cmd::DeleteSet("peers_red".into()),
+                Cmd::DeleteSet("trusted_red".into())
+            ]
+        );
+        let table = "cross-host: table bridge bridge_isolation_peers";
+        assert_eq!(
+            live.drift(&only),
+            [
+                format!("{table}: rule handle 5 in chain forward is not ours or altered"),
+                format!("{table}: set peers_red belongs to no rule of any network"),
+                format!("{table}: set trusted_red belongs to no rule of any network"),
+            ]
+        );
+        // An altered allow-list rule (the lookup no longer inverted) is replaced.
+        let mut t = table_with_uplink(7, &[8]);
+        if let nftnl::Expr::Lookup { inverted, .. } = &mut t.rules[1].exprs[5] {
+            *inverted = false;
+        }
+        assert_eq!(
+            Live::from_table(Some(&t)).diff(&want),
+            [
+                Cmd::DeleteRule(6),
+                Cmd::AddRule(want.bridges[0].clone(), RuleKind::Uplink)
+            ]
+        );
+        // A network with uplink MACs but no uplink gets nothing.
+        let mut s = allow_gateway(false);
+        s.networks.get_mut("red").unwrap().uplink = None;
+        assert!(Ruleset::from_state(&s, &plan()).bridges.is_empty());
+        assert!(wanted_bridges(&s).is_empty());
+    }
+
+    #[test]
+    fn renders_the_firewalld_variant_of_the_uplink_allow_list() {
+        let mut want = Ruleset::from_state(&allow_gateway(true), &plan());
+        want.bridges[0].uplink_macs = vec![(GW, GW), (0x5254_0000_0000, 0x5254_0001_ffff)];
+        let eb = want.eb().unwrap();
+        let lines: Vec<String> = eb
+            .direct_rules()
+            .iter()
+            .map(|(_, _, c, p, a)| format!("{c} {p} {}", a.join(" ")))
+            .filter(|l| l.contains("BRIDGE_UPLINK_"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "BRIDGE_UPLINK_red 0 -o vnet4 -j RETURN",
+                "BRIDGE_UPLINK_red 0 -s 02:b1:00:00:00:fe -j RETURN",
+                "BRIDGE_UPLINK_red 0 -s 52:54:00:00:00:00/ff:ff:ff:fe:00:00 -j RETURN",
+                "BRIDGE_UPLINK_red 1 -j DROP",
+                "FORWARD 0 -i eth1 -j BRIDGE_UPLINK_red",
+            ]
+        );
+        assert_eq!(
+            eb.chains,
+            BTreeSet::from(["BRIDGE_PEERS_red".to_string(), "BRIDGE_UPLINK_red".to_string()])
+        );
+        assert!(owns_eb_chain("BRIDGE_UPLINK_red") && !owns_eb_chain("BRIDGE_UPLINK_"));
+        // The peer chain is the one of the release before.
+        want.bridges[0].uplink_macs.clear();
+        let old = want.eb().unwrap();
+        assert_eq!(old.chains, BTreeSet::from(["BRIDGE_PEERS_red".to_string()]));
+        assert!(eb.rules.is_superset(&old.rules));
+        // Without peer ranges, no peer chain.
+        let only = Ruleset::from_state(&allow_gateway(false), &plan()).eb().unwrap();
+        assert_eq!(only.chains, BTreeSet::from(["BRIDGE_UPLINK_red".to_string()]));
+        assert_eq!(eb_chain_of("red", RuleKind::Uplink), "BRIDGE_UPLINK_red");
+    }
+
     #[test]
     fn converged_table_needs_nothing_and_counts() {
         let want = Ruleset::from_state(&state(), &plan());
@@ -1114,7 +1470,10 @@ mod tests {
             Elements::Macs(vec![(0x566f_4cab_0000, 0x566f_4cab_ffff)])
         );
         assert_eq!(live.diff(&want), []);
-        assert_eq!(live.counters(&want)["red"], DropCounter { packets: 7, bytes: 420 });
+        assert_eq!(
+            live.counters(&want)[&("red".to_string(), RuleKind::Peers)],
+            DropCounter { packets: 7, bytes: 420 }
+        );
     }
 
     #[test]
@@ -1134,7 +1493,10 @@ mod tests {
         let live = listed(7, &[8]);
         assert_eq!(
             live.diff(&moved),
-            [Cmd::DeleteRule(5), Cmd::AddRule(moved.bridges[0].clone())]
+            [
+                Cmd::DeleteRule(5),
+                Cmd::AddRule(moved.bridges[0].clone(), RuleKind::Peers)
+            ]
         );
         // Nothing wanted any more: the whole table goes.
         assert_eq!(live.diff(&Ruleset::default()), [Cmd::AddTable, Cmd::DeleteTable]);
@@ -1162,7 +1524,9 @@ mod tests {
         assert_eq!(Live::default().drift(&want), [format!("{table} is missing")]);
         assert_eq!(
             live.drift(&Ruleset::default()),
-            [format!("{table} is still there, but no network has peer ranges")]
+            [format!(
+                "{table} is still there, but no network has peer ranges or uplink MACs"
+            )]
         );
     }
 

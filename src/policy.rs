@@ -14,7 +14,10 @@ pub const PROP_TRUSTED: &str = "bridge_isolation_trusted";
 pub const PROP_PEER_MACS: &str = "bridge_isolation_peer_macs";
 /// Network custom property: MACs exempt from cross-host isolation (router VMs elsewhere).
 pub const PROP_TRUSTED_MACS: &str = "bridge_isolation_trusted_macs";
-/// Most items either cross-host property may list.
+/// Network custom property: the only source MACs that may reach VM ports from the uplink
+/// (gateways, routers, servers: the promiscuous side of a private VLAN).
+pub const PROP_UPLINK_MACS: &str = "bridge_isolation_uplink_macs";
+/// Most items any cross-host property may list.
 pub const MAX_MAC_ITEMS: usize = 1024;
 
 /// An isolated network as recorded in state: its bridge and the bridge's uplink port.
@@ -31,6 +34,10 @@ pub struct NetworkPolicy {
     /// `bridge_isolation_trusted_macs`: source MACs exempt from the peer ranges (sorted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_macs: Vec<Mac>,
+    /// `bridge_isolation_uplink_macs`: when not empty, frames from the uplink with a source
+    /// MAC outside these ranges do not reach untrusted VM ports (sorted, merged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uplink_macs: Vec<MacRange>,
 }
 
 /// An inclusive range of MAC addresses, written `first-last` (state, status, messages).
@@ -171,9 +178,19 @@ fn items<'a>(prop: &str, value: &'a str) -> std::result::Result<Vec<&'a str>, St
 
 /// Parses `bridge_isolation_peer_macs`: sorted, overlapping and adjacent ranges merged.
 pub fn parse_peer_macs(value: &str) -> std::result::Result<Vec<MacRange>, String> {
+    parse_mac_ranges(PROP_PEER_MACS, value)
+}
+
+/// Parses `bridge_isolation_uplink_macs`: the syntax and limits of
+/// `bridge_isolation_peer_macs` (see [`parse_peer_macs`]).
+pub fn parse_uplink_macs(value: &str) -> std::result::Result<Vec<MacRange>, String> {
+    parse_mac_ranges(PROP_UPLINK_MACS, value)
+}
+
+fn parse_mac_ranges(prop: &str, value: &str) -> std::result::Result<Vec<MacRange>, String> {
     let mut ranges = Vec::new();
-    for item in items(PROP_PEER_MACS, value)? {
-        let r = parse_mac_range(item).map_err(|e| format!("{PROP_PEER_MACS}: {e}"))?;
+    for item in items(prop, value)? {
+        let r = parse_mac_range(item).map_err(|e| format!("{prop}: {e}"))?;
         ranges.push(r.bounds());
     }
     Ok(merge_ranges(ranges)
@@ -315,6 +332,32 @@ mod tests {
     }
 
     #[test]
+    fn uplink_macs_share_the_peer_syntax_and_limit() {
+        let value = "02:b1:00:00:00:fe, 52:54:00:00:00:00/24,02:b1:00:00:00:fe";
+        let shown: Vec<String> = parse_uplink_macs(value)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "02:b1:00:00:00:fe-02:b1:00:00:00:fe",
+                "52:54:00:00:00:00-52:54:00:ff:ff:ff"
+            ]
+        );
+        assert_eq!(
+            parse_uplink_macs("gw").unwrap_err(),
+            "bridge_isolation_uplink_macs: invalid MAC address \"gw\""
+        );
+        let many = vec!["aa:bb:cc:00:00:00"; MAX_MAC_ITEMS + 1].join(",");
+        assert!(parse_uplink_macs(&many)
+            .unwrap_err()
+            .starts_with("bridge_isolation_uplink_macs: 1025 items"));
+        assert!(parse_uplink_macs("").unwrap().is_empty());
+    }
+
+    #[test]
     fn trusted_macs() {
         let t = parse_trusted_macs("56:6f:4c:ab:00:04, 56:6f:4c:ab:00:02,56:6f:4c:ab:00:04").unwrap();
         assert_eq!(
@@ -338,17 +381,29 @@ mod tests {
             serde_json::to_string(&old).unwrap(),
             r#"{"bridge":"red","uplink":"eth1"}"#
         );
+        assert!(old.uplink_macs.is_empty());
+        // A state file of the release before uplink_macs reads and writes back unchanged.
+        let before = r#"{"bridge":"red","uplink":"eth1","peer_macs":["56:6f:4c:ab:00:00-56:6f:4c:ab:ff:ff"],"trusted_macs":["56:6f:4c:ab:00:04"]}"#;
         let new = NetworkPolicy {
             peer_macs: parse_peer_macs("56:6f:4c:ab:00:00/32").unwrap(),
             trusted_macs: parse_trusted_macs("56:6f:4c:ab:00:04").unwrap(),
-            ..old
+            ..old.clone()
         };
         let text = serde_json::to_string(&new).unwrap();
-        assert_eq!(
-            text,
-            r#"{"bridge":"red","uplink":"eth1","peer_macs":["56:6f:4c:ab:00:00-56:6f:4c:ab:ff:ff"],"trusted_macs":["56:6f:4c:ab:00:04"]}"#
-        );
+        assert_eq!(text, before);
         assert_eq!(serde_json::from_str::<NetworkPolicy>(&text).unwrap(), new);
+        let allow = NetworkPolicy {
+            uplink_macs: parse_uplink_macs("02:b1:00:00:00:fe").unwrap(),
+            ..new
+        };
+        let text = serde_json::to_string(&allow).unwrap();
+        assert!(
+            text.ends_with(
+                r#""trusted_macs":["56:6f:4c:ab:00:04"],"uplink_macs":["02:b1:00:00:00:fe-02:b1:00:00:00:fe"]}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<NetworkPolicy>(&text).unwrap(), allow);
     }
 
     #[test]

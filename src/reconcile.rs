@@ -309,7 +309,8 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
         Err(e) => return Err(fail(state, Some(&mut *backend), e)),
     };
     unblock(state)?;
-    // Cross-host isolation (bridge_isolation_peer_macs): a table of its own, beside the backend.
+    // Cross-host isolation (bridge_isolation_peer_macs, bridge_isolation_uplink_macs): a
+    // table of its own, beside the backend.
     crate::peers::reconcile(state, &plan)?;
     Ok(outcome)
 }

@@ -7,7 +7,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::ifname;
-use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_ISOLATION, PROP_PEER_MACS, PROP_TRUSTED_MACS};
+use crate::mac::Mac;
+use crate::policy::{
+    self, MacRange, NetworkChange, NetworkPolicy, PROP_ISOLATION, PROP_PEER_MACS, PROP_TRUSTED_MACS, PROP_UPLINK_MACS,
+};
 
 /// The networks of one setup request, each with what it asks of isolation.
 #[derive(Debug, PartialEq, Eq)]
@@ -108,6 +111,10 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
         Some(v) => policy::parse_trusted_macs(v).map_err(&reject)?,
         None => Vec::new(),
     };
+    let uplink_macs = match text_prop(PROP_UPLINK_MACS)? {
+        Some(v) => policy::parse_uplink_macs(v).map_err(&reject)?,
+        None => Vec::new(),
+    };
     let isolate = match wanted {
         None => false,
         Some(Value::String(s)) => policy::parse_flag(&s).map_err(|e| reject(format!("{PROP_ISOLATION}: {e}")))?,
@@ -119,9 +126,9 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
         }
     };
     if !isolate {
-        if !peer_macs.is_empty() || !trusted_macs.is_empty() {
+        if !peer_macs.is_empty() || !trusted_macs.is_empty() || !uplink_macs.is_empty() {
             log::warn!(
-                "network {label}: {PROP_PEER_MACS}/{PROP_TRUSTED_MACS} ignored: they act only with {PROP_ISOLATION}=true"
+                "network {label}: {PROP_PEER_MACS}/{PROP_TRUSTED_MACS}/{PROP_UPLINK_MACS} ignored: they act only with {PROP_ISOLATION}=true"
             );
         }
         return Ok(NetworkChange::Lift);
@@ -153,12 +160,44 @@ fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChang
     if uplink.is_none() && !peer_macs.is_empty() {
         log::warn!("network {label}: {PROP_PEER_MACS} ignored: the network has no uplink");
     }
+    if uplink.is_none() && !uplink_macs.is_empty() {
+        log::warn!("network {label}: {PROP_UPLINK_MACS} ignored: the network has no uplink");
+    }
+    if let Some(mac) = allowed_but_peer(&uplink_macs, &peer_macs, &trusted_macs) {
+        log::warn!(
+            "network {label}: {mac} is in {PROP_UPLINK_MACS} and in {PROP_PEER_MACS} but not in {PROP_TRUSTED_MACS}: the peer filter still drops it"
+        );
+    }
     Ok(NetworkChange::Isolate(NetworkPolicy {
         bridge: network.to_string(),
         uplink,
         peer_macs,
         trusted_macs,
+        uplink_macs,
     }))
+}
+
+/// The first MAC both allowed from the uplink and in a peer range without being a trusted
+/// MAC: both filters apply, so the peer filter still drops it (worth a warning).
+fn allowed_but_peer(allowed: &[MacRange], peers: &[MacRange], trusted: &[Mac]) -> Option<Mac> {
+    let trusted: Vec<u64> = trusted.iter().map(|&m| policy::mac_to_u64(m)).collect();
+    for a in allowed {
+        for p in peers {
+            let (first, last) = (a.bounds().0.max(p.bounds().0), a.bounds().1.min(p.bounds().1));
+            // Trusted MACs are sorted: the first gap among them inside the overlap.
+            let mut at = first;
+            for &t in trusted.iter().filter(|&&t| (first..=last).contains(&t)) {
+                if t != at {
+                    break;
+                }
+                at += 1;
+            }
+            if first <= last && at <= last {
+                return Some(policy::mac_from_u64(at));
+            }
+        }
+    }
+    None
 }
 
 fn truthy_or_default_true(v: &Value) -> bool {
@@ -365,6 +404,72 @@ mod tests {
         let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "false",
             "bridge_isolation_peer_macs": "56:6f:4c:ab:00:00/32"}}}}}"#;
         assert_eq!(parse(p.as_bytes()).unwrap().networks[0].1, NetworkChange::Lift);
+    }
+
+    #[test]
+    fn uplink_macs_are_validated_and_recorded() {
+        let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "true",
+            "bridge_isolation_uplink_macs": "02:b1:00:00:00:fe, 52:54:00:00:00:00/24"}}}}}"#;
+        let NetworkChange::Isolate(red) = &parse(p.as_bytes()).unwrap().networks[0].1 else {
+            panic!("not isolated");
+        };
+        let allowed: Vec<String> = red.uplink_macs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            allowed,
+            [
+                "02:b1:00:00:00:fe-02:b1:00:00:00:fe",
+                "52:54:00:00:00:00-52:54:00:ff:ff:ff"
+            ]
+        );
+        assert_eq!(
+            reject(
+                r#"{"nic": "eth1", "custom": {"bridge_isolation": "true", "bridge_isolation_uplink_macs": "gateway"}}"#
+            ),
+            "network red: bridge_isolation_uplink_macs: invalid MAC address \"gateway\""
+        );
+        // Validated with isolation off or absent, ignored when valid.
+        for flag in [r#""bridge_isolation": "false", "#, ""] {
+            let msg = reject(&format!(
+                r#"{{"nic": "eth1", "custom": {{{flag}"bridge_isolation_uplink_macs": "02:b1:00:00:00:fe/44"}}}}"#
+            ));
+            assert_eq!(
+                msg,
+                "network red: bridge_isolation_uplink_macs: MAC prefix \"02:b1:00:00:00:fe/44\" has bits set after the first 44"
+            );
+        }
+        let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "false",
+            "bridge_isolation_uplink_macs": "02:b1:00:00:00:fe"}}}}}"#;
+        assert_eq!(parse(p.as_bytes()).unwrap().networks[0].1, NetworkChange::Lift);
+        let p = r#"{"request": {"networks": {"red": {"nic": "eth1", "custom": {"bridge_isolation": "true",
+            "bridge_isolation_uplink_macs": 5}}}}}"#;
+        assert!(parse(p.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .starts_with("network red: bridge_isolation_uplink_macs: invalid value 5"));
+    }
+
+    #[test]
+    fn finds_allowed_sources_the_peer_filter_still_drops() {
+        let r = |v: &str| policy::parse_uplink_macs(v).unwrap();
+        let t = |v: &str| policy::parse_trusted_macs(v).unwrap();
+        let peers = r("56:6f:4c:ab:00:00/40");
+        assert_eq!(allowed_but_peer(&r("02:b1:00:00:00:fe"), &peers, &[]), None);
+        assert_eq!(
+            allowed_but_peer(&r("56:6f:4c:ab:00:04"), &peers, &[]),
+            Some("56:6f:4c:ab:00:04".parse().unwrap())
+        );
+        assert_eq!(
+            allowed_but_peer(&r("56:6f:4c:ab:00:04"), &peers, &t("56:6f:4c:ab:00:04")),
+            None
+        );
+        assert_eq!(
+            allowed_but_peer(
+                &r("56:6f:4c:ab:00:04-56:6f:4c:ab:00:06"),
+                &peers,
+                &t("56:6f:4c:ab:00:04,56:6f:4c:ab:00:05")
+            ),
+            Some("56:6f:4c:ab:00:06".parse().unwrap())
+        );
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub struct State {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blocked: BTreeMap<String, BTreeSet<String>>,
     /// True while the cross-host filter (nft table or firewalld direct rules) may exist, so
-    /// hosts that never use peer ranges never spawn `nft` or call firewalld for it.
+    /// hosts that never use peer ranges or uplink MACs never spawn `nft` or call firewalld
+    /// for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cross_host: bool,
     /// The network setup under way: what its `before_network_setup` replaced, restored by

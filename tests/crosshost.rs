@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bridge_isolation::lab::{self, domain_xml, is_vm, Fabric, HookRun, NetSpec, NicSpec, Payload};
+use bridge_isolation::lab::{
+    self, domain_xml, format_mac, is_vm, Fabric, HookRun, Mac, NetSpec, NicSpec, Payload, Protocol, VmSpec, GW_MAC,
+};
 use bridge_isolation::peers::TABLE;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -18,6 +20,7 @@ const UPLINK: &str = "eth1";
 const HOOK: &str = "50_bridge_isolation";
 const PEERS: &str = "bridge_isolation_peer_macs";
 const TRUSTED_MACS: &str = "bridge_isolation_trusted_macs";
+const UPLINK_MACS: &str = "bridge_isolation_uplink_macs";
 /// The router VM (on h2): trusted vNIC there, trusted MAC on h1.
 const ROUTER: &str = "vm4";
 
@@ -82,6 +85,11 @@ impl Rig {
     /// Starts VM `n` on `host` as VDSM and libvirt do (see tests/nftables.rs).
     fn start_vm(&mut self, host: &str, n: u8, trusted: bool) {
         let vm = self.fabric.numbered_vm(n);
+        self.start(host, n, vm, trusted);
+    }
+
+    /// Starts `vm` (VM number `n`) on `host`.
+    fn start(&mut self, host: &str, n: u8, vm: VmSpec, trusted: bool) {
         let nic = NicSpec {
             trusted,
             ..NicSpec::new(NET, vm.guest_mac)
@@ -115,6 +123,13 @@ impl Rig {
             .envs(self.env(host))
             .output()
             .expect("running bridge-isolation")
+    }
+
+    /// `bridge-isolation status --json` on `host`, asserting success.
+    fn status_json(&self, host: &str) -> Value {
+        let out = self.cli(host, &["status", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// `nft list table bridge bridge_isolation_peers` on `host` (text), or `None`.
@@ -226,9 +241,7 @@ fn peers_are_blocked_across_hosts_gateway_and_router_stay_reachable() {
     assert!(h2.contains("elements = { \"vnet4\" }"), "{h2}");
 
     // status shows the ranges, trusted MACs and a moving drop counter.
-    let out = rig.cli("h1", &["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = rig.status_json("h1");
     let c = &v["cross_host"][NET];
     assert_eq!(
         c["peer_macs"],
@@ -324,6 +337,8 @@ fn invalid_values_are_rejected_at_before_network_setup() {
         (PEERS, "56:6f:4c:ab:00:00/24"),
         (PEERS, "56:6f:4c:ab:00:ff-56:6f:4c:ab:00:00"),
         (TRUSTED_MACS, "router"),
+        (UPLINK_MACS, "gateway"),
+        (UPLINK_MACS, "02:b1:00:00:00:fe/44"),
     ] {
         let json = setup(NetSpec::on_nic(UPLINK).with_isolation("true").with_custom(key, value));
         let run = rig.run("h1", "before_network_setup", Payload::Json(json.clone()), None);
@@ -336,4 +351,116 @@ fn invalid_values_are_rejected_at_before_network_setup() {
     }
     assert_eq!(rig.table("h1"), None);
     assert!(!rig.states["h1"].path().join("state.json").exists());
+}
+
+/// A VM of h2 whose user chose its MAC: outside every pool and peer range.
+const CUSTOM_MAC: Mac = [0x02, 0xc0, 0xff, 0xee, 0x00, 0x02];
+
+/// h1's network with the peer ranges of [`h2_net`] and, when `allow` is set, the gateway as
+/// the only source allowed from the uplink.
+fn h1_allow(allow: bool) -> NetSpec {
+    let net = NetSpec::on_nic(UPLINK)
+        .with_isolation("true")
+        .with_custom(PEERS, "56:6f:4c:ab:00:00/40");
+    if allow {
+        net.with_custom(UPLINK_MACS, &format_mac(GW_MAC))
+    } else {
+        net
+    }
+}
+
+/// With h1's allow-list: nothing from the uplink side but the gateway (h2's VM with its
+/// custom MAC, h2 itself) reaches untrusted VM1 on h1. A raw frame goes one way, so VM1's
+/// own frames still leave; a ping or ARP needs the answer back too.
+fn gateway_only(a: &str, b: &str, proto: Protocol) -> bool {
+    let dropped = |src: &str, dst: &str| dst == "vm1" && matches!(src, "vm2" | "h2");
+    !dropped(a, b) && (proto == Protocol::Raw || !dropped(b, a))
+}
+
+/// `bridge_isolation_uplink_macs` (issue 13, item 7): the gateway still reaches every VM on
+/// every protocol; a VM of another host with a custom MAC outside the peer ranges, and that
+/// host, reach no untrusted VM; a trusted vNIC still gets their frames; the table of the
+/// release before (peer rule only) gains the allow-list without losing its rule; lifting
+/// the property, then the network, removes the rules.
+#[test]
+fn uplink_macs_admit_only_the_listed_sources() {
+    if !lab::root_tests_enabled("uplink_macs_admit_only_the_listed_sources") {
+        return;
+    }
+    let mut rig = Rig::new("xhd");
+    rig.network_setup("h1", &setup(h1_allow(false)));
+    rig.network_setup("h2", &setup(NetSpec::on_nic(UPLINK).with_isolation("true")));
+    let custom = VmSpec::new("vm2", "vnet2", CUSTOM_MAC, "10.77.0.12".parse().unwrap());
+    rig.start("h2", 2, custom, false);
+    rig.start_vm("h1", 1, false);
+    rig.start_vm("h1", 3, true);
+    // Peer ranges alone: the custom MAC is outside them, VM2@h2 reaches VM1@h1.
+    rig.fabric.matrix().expect("probing").assert_expected(&|_, _| true);
+    let peer_rule = |text: &str| -> String {
+        let line = text.lines().find(|l| l.contains("comment \"bridge isonet\""));
+        line.expect("the peer rule").trim().to_string()
+    };
+    let before = peer_rule(&rig.handles("h1"));
+
+    rig.network_setup("h1", &setup(h1_allow(true)));
+    let m = rig.fabric.matrix().expect("probing");
+    m.assert_each(&gateway_only);
+    for vm in ["vm1", "vm2", "vm3"] {
+        assert!(Protocol::ALL.iter().all(|&p| m.get("gw", vm, p)), "gw -> {vm}\n{m}");
+    }
+    // The peer rule of the table before is kept as it was (same handle).
+    let text = rig.handles("h1");
+    assert_eq!(peer_rule(&text), before, "{text}");
+    let table = rig.table("h1").unwrap();
+    assert!(
+        table.contains("iifname \"eth1\" oif != @open_isonet ether saddr != @uplink_isonet counter packets"),
+        "{table}"
+    );
+    assert!(table.contains("elements = { 02:b1:00:00:00:fe }"), "{table}");
+
+    // status: the allowed MACs and a moving counter.
+    let v = rig.status_json("h1");
+    let c = &v["cross_host"][NET];
+    assert_eq!(
+        c["uplink_macs"],
+        serde_json::json!(["02:b1:00:00:00:fe-02:b1:00:00:00:fe"])
+    );
+    assert!(c["uplink_drops"]["packets"].as_u64().unwrap() > 0, "{v}");
+    let text = String::from_utf8_lossy(&rig.cli("h1", &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("; uplink MACs 02:b1:00:00:00:fe-02:b1:00:00:00:fe; dropped from others "),
+        "{text}"
+    );
+
+    // Idempotent; verify reports an emptied allow-list (which drops the gateway too: fail
+    // closed) and a reconcile restores it.
+    let handles = rig.handles("h1");
+    rig.network_setup("h1", &lab::restore_nets_json(&[(NET, h1_allow(true))]));
+    assert_eq!(rig.handles("h1"), handles);
+    assert_eq!(rig.cli("h1", &["verify"]).status.code(), Some(0));
+    let ns = rig.fabric.host_ns("h1").unwrap();
+    let out = rig
+        .fabric
+        .exec_in(ns, &[lab::NFT, "flush", "set", "bridge", TABLE, "uplink_isonet"])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rig.cli("h1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("set uplink_isonet holds other elements than recorded"),
+        "{text}"
+    );
+    assert!(rig.cli("h1", &["reconcile"]).status.success());
+    assert_eq!(rig.cli("h1", &["verify"]).status.code(), Some(0));
+
+    // Lifted: the rule and its set go, the peer rule stays; VM2 reaches VM1 again.
+    rig.network_setup("h1", &setup(h1_allow(false)));
+    let table = rig.table("h1").unwrap();
+    assert!(!table.contains("uplink"), "{table}");
+    assert_eq!(peer_rule(&rig.handles("h1")), before);
+    rig.fabric.matrix().expect("probing").assert_expected(&|_, _| true);
+    // Untagged: no table at all.
+    rig.network_setup("h1", &setup(NetSpec::on_nic(UPLINK)));
+    assert_eq!(rig.table("h1"), None);
 }

@@ -662,39 +662,51 @@ fn iptables_refuses_beside_firewalld() {
     }
 }
 
-/// Cross-host isolation (issue 7) with the firewalld backend on the two-host fabric: each
-/// host namespace runs its own bus and firewalld, and the peer filter is `eb` direct rules
-/// (runtime and permanent) instead of the nftables table. VM1@h1 and VM2@h2 are blocked
-/// from each other, every VM reaches the gateway and hosts, the router VM (trusted vNIC on
-/// h2, trusted MAC on h1) reaches everyone; removal and release-all leave no rule.
-#[test]
-fn firewalld_blocks_peers_across_hosts() {
-    if !firewalld_tests_enabled("firewalld_blocks_peers_across_hosts") {
-        return;
+/// The two-host fabric of tests/crosshost.rs with the firewalld backend: each host
+/// namespace runs its own bus and firewalld (nftables backend, `bridge-nf-call-*` at 0), and
+/// has its own state and drop-in directories.
+struct Cluster {
+    // Declared first: firewalld stops before its namespace goes.
+    fws: Vec<Firewalld>,
+    fabric: lab::Fabric,
+    states: Vec<(TempDir, TempDir)>,
+    hooks: TempDir,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let fabric = lab::Fabric::create(&lab::unique_prefix(tag), 2).expect("creating the fabric");
+        let args: Vec<String> = SYSCTLS.iter().map(|s| format!("net.bridge.{s}=0")).collect();
+        let mut fws = Vec::new();
+        let mut states = Vec::new();
+        for host in ["h1", "h2"] {
+            let ns = fabric.host_ns(host).unwrap().to_string();
+            let mut argv = vec![SYSCTL, "-qw"];
+            argv.extend(args.iter().map(String::as_str));
+            ok(fabric.exec_in(&ns, &argv).expect("running sysctl"));
+            fws.push(Firewalld::start(&ns, "nftables"));
+            states.push((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
+        }
+        let hooks = tempfile::tempdir().expect("creating the hook tree");
+        for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks")).unwrap() {
+            let dir = hooks.path().join(entry.unwrap().file_name());
+            std::fs::create_dir(&dir).unwrap();
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"), dir.join(HOOK)).unwrap();
+        }
+        Cluster {
+            fws,
+            fabric,
+            states,
+            hooks,
+        }
     }
-    const PEERS: &str = "bridge_isolation_peer_macs";
-    const TRUSTED_MACS: &str = "bridge_isolation_trusted_macs";
-    let mut fabric = lab::Fabric::create(&lab::unique_prefix("xhfw"), 2).expect("creating the fabric");
-    let args: Vec<String> = SYSCTLS.iter().map(|s| format!("net.bridge.{s}=0")).collect();
-    let mut fws = Vec::new();
-    let mut states = Vec::new();
-    for host in ["h1", "h2"] {
-        let ns = fabric.host_ns(host).unwrap().to_string();
-        let mut argv = vec![SYSCTL, "-qw"];
-        argv.extend(args.iter().map(String::as_str));
-        ok(fabric.exec_in(&ns, &argv).expect("running sysctl"));
-        fws.push(Firewalld::start(&ns, "nftables"));
-        states.push((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
+
+    fn idx(host: &str) -> usize {
+        usize::from(host == "h2")
     }
-    let hooks = tempfile::tempdir().expect("creating the hook tree");
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks")).unwrap() {
-        let dir = hooks.path().join(entry.unwrap().file_name());
-        std::fs::create_dir(&dir).unwrap();
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"), dir.join(HOOK)).unwrap();
-    }
-    let idx = |host: &str| usize::from(host == "h2");
-    let env = |host: &str| -> Vec<(String, String)> {
-        let (state, etc) = &states[idx(host)];
+
+    fn env(&self, host: &str) -> Vec<(String, String)> {
+        let (state, etc) = &self.states[Cluster::idx(host)];
         let path = |p: &Path| p.to_string_lossy().into_owned();
         vec![
             ("BRIDGE_ISOLATION_STATE_DIR".into(), path(state.path())),
@@ -702,23 +714,88 @@ fn firewalld_blocks_peers_across_hosts() {
             ("BRIDGE_ISOLATION_BACKEND".into(), "firewalld".into()),
             ("BRIDGE_ISOLATION_MODULES_LOAD_DIR".into(), path(&etc.path().join("m"))),
             ("BRIDGE_ISOLATION_SYSCTL_DIR".into(), path(&etc.path().join("s"))),
-            ("DBUS_SYSTEM_BUS_ADDRESS".into(), fws[idx(host)].address()),
+            ("DBUS_SYSTEM_BUS_ADDRESS".into(), self.fws[Cluster::idx(host)].address()),
         ]
-    };
-    let hook = |fabric: &lab::Fabric, host: &str, point: &str, payload: Payload, vm: Option<u8>| -> HookRun {
-        let mut e = env(host);
+    }
+
+    fn hook(&self, host: &str, point: &str, payload: Payload, vm: Option<u8>) -> HookRun {
+        let mut e = self.env(host);
         e.extend(vm.map(|n| ("vmId".to_string(), vm_uuid(n))));
-        let ns = fabric.host_ns(host).unwrap();
-        let run = lab::run_hook_point(ns, hooks.path(), point, payload, &e).unwrap();
+        let ns = self.fabric.host_ns(host).unwrap();
+        let run = lab::run_hook_point(ns, self.hooks.path(), point, payload, &e).unwrap();
         assert_eq!(run.codes, [(HOOK.to_string(), 0)], "{point} on {host}:\n{}", run.stderr);
         run
-    };
-    let setup = |fabric: &lab::Fabric, host: &str, net: NetSpec| {
+    }
+
+    fn setup(&self, host: &str, net: NetSpec) {
         let json = lab::setup_networks_json(&[(NET, net)]);
         for point in ["before_network_setup", "after_network_setup"] {
-            hook(fabric, host, point, Payload::Json(json.clone()), None);
+            self.hook(host, point, Payload::Json(json.clone()), None);
         }
-    };
+    }
+
+    /// Starts `vm` (VM number `n`) on `host` as VDSM and libvirt do.
+    fn start(&mut self, host: &str, n: u8, vm: &lab::VmSpec, trusted: bool) {
+        let nic = NicSpec {
+            trusted,
+            ..NicSpec::new(NET, vm.guest_mac)
+        };
+        let engine = domain_xml(&vm.name, &vm_uuid(n), std::slice::from_ref(&nic));
+        self.hook(host, "before_vm_start", Payload::DomXml(engine), Some(n));
+        self.fabric.add_vm(host, vm).expect("plugging the VM");
+        let live = NicSpec {
+            tap: Some(vm.tap.clone()),
+            ..nic
+        };
+        let xml = domain_xml(&vm.name, &vm_uuid(n), &[live]);
+        self.hook(host, "after_vm_start", Payload::DomXml(xml), Some(n));
+    }
+
+    fn cli(&self, host: &str, args: &[&str]) -> Output {
+        Command::new(lab::IP)
+            .args(["netns", "exec", self.fabric.host_ns(host).unwrap()])
+            .arg(env!("CARGO_BIN_EXE_bridge-isolation"))
+            .args(args)
+            .envs(self.env(host))
+            .output()
+            .unwrap()
+    }
+
+    /// The runtime direct rules of `host` naming chains `prefix*` (asserting that runtime
+    /// and permanent agree and that chain `prefix{NET}` exists).
+    fn direct_part(&self, host: &str, prefix: &str) -> Vec<String> {
+        let [runtime, permanent, chains, pchains] = self.fws[Cluster::idx(host)].direct();
+        assert_eq!(runtime, permanent, "{host}: runtime and permanent differ");
+        assert_eq!(chains, pchains);
+        assert!(chains.contains(&format!("eb filter {prefix}{NET}")), "{chains:?}");
+        runtime.into_iter().filter(|l| l.contains(prefix)).collect()
+    }
+
+    /// Whether `host` has the cross-host nft table (never with firewalld).
+    fn has_nft_table(&self, host: &str) -> bool {
+        let ns = self.fabric.host_ns(host).unwrap();
+        let table = bridge_isolation::peers::TABLE;
+        let out = self
+            .fabric
+            .exec_in(ns, &[lab::NFT, "list", "table", "bridge", table])
+            .unwrap();
+        out.status.success()
+    }
+}
+
+/// Cross-host isolation (issue 7) with the firewalld backend on the two-host fabric: the
+/// peer filter is `eb` direct rules (runtime and permanent) instead of the nftables table.
+/// VM1@h1 and VM2@h2 are blocked from each other, every VM reaches the gateway and hosts,
+/// the router VM (trusted vNIC on h2, trusted MAC on h1) reaches everyone; removal and
+/// release-all leave no rule.
+#[test]
+fn firewalld_blocks_peers_across_hosts() {
+    if !firewalld_tests_enabled("firewalld_blocks_peers_across_hosts") {
+        return;
+    }
+    const PEERS: &str = "bridge_isolation_peer_macs";
+    const TRUSTED_MACS: &str = "bridge_isolation_trusted_macs";
+    let mut c = Cluster::new("xhfw");
     let h1_net = NetSpec::on_nic(UPLINK)
         .with_isolation("true")
         .with_custom(PEERS, "56:6f:4c:ab:00:00-56:6f:4c:ab:00:ff")
@@ -726,39 +803,21 @@ fn firewalld_blocks_peers_across_hosts() {
     let h2_net = NetSpec::on_nic(UPLINK)
         .with_isolation("true")
         .with_custom(PEERS, "56:6f:4c:ab:00:00/40");
-    setup(&fabric, "h1", h1_net);
-    setup(&fabric, "h2", h2_net);
+    c.setup("h1", h1_net);
+    c.setup("h2", h2_net);
     for (host, n, trusted) in [("h1", 1, false), ("h1", 3, false), ("h2", 2, false), ("h2", 4, true)] {
-        let vm = fabric.numbered_vm(n);
-        let nic = NicSpec {
-            trusted,
-            ..NicSpec::new(NET, vm.guest_mac)
-        };
-        let engine = domain_xml(&vm.name, &vm_uuid(n), std::slice::from_ref(&nic));
-        hook(&fabric, host, "before_vm_start", Payload::DomXml(engine), Some(n));
-        fabric.add_vm(host, &vm).expect("plugging the VM");
-        let live = NicSpec {
-            tap: Some(vm.tap.clone()),
-            ..nic
-        };
-        let xml = domain_xml(&vm.name, &vm_uuid(n), &[live]);
-        hook(&fabric, host, "after_vm_start", Payload::DomXml(xml), Some(n));
+        let vm = c.fabric.numbered_vm(n);
+        c.start(host, n, &vm, trusted);
     }
 
-    let is_host = |n: &str| fabric.is_host(n);
+    let is_host = |n: &str| c.fabric.is_host(n);
     let expected = |a: &str, b: &str| {
         let vm = |n: &str| is_vm(n) && !is_host(n);
         !(vm(a) && vm(b)) || a == "vm4" || b == "vm4"
     };
-    fabric.matrix().expect("probing").assert_expected(&expected);
+    c.fabric.matrix().expect("probing").assert_expected(&expected);
 
-    let peers = |host: &str| -> Vec<String> {
-        let [runtime, permanent, chains, pchains] = fws[idx(host)].direct();
-        assert_eq!(runtime, permanent, "{host}: runtime and permanent differ");
-        assert_eq!(chains, pchains);
-        assert!(chains.contains(&format!("eb filter BRIDGE_PEERS_{NET}")), "{chains:?}");
-        runtime.into_iter().filter(|l| l.contains("BRIDGE_PEERS_")).collect()
-    };
+    let peers = |host: &str| c.direct_part(host, "BRIDGE_PEERS_");
     let mut h1 = vec![
         format!("eb filter FORWARD 0 -i {UPLINK} -j BRIDGE_PEERS_{NET}"),
         format!("eb filter BRIDGE_PEERS_{NET} 0 -s 56:6f:4c:ab:00:04 -j RETURN"),
@@ -774,40 +833,24 @@ fn firewalld_blocks_peers_across_hosts() {
     h2.sort();
     assert_eq!(peers("h2"), h2);
     for host in ["h1", "h2"] {
-        let ns = fabric.host_ns(host).unwrap();
-        let out = fabric
-            .exec_in(
-                ns,
-                &[lab::NFT, "list", "table", "bridge", bridge_isolation::peers::TABLE],
-            )
-            .unwrap();
         assert!(
-            !out.status.success(),
+            !c.has_nft_table(host),
             "{host}: the nft table is not used with firewalld"
         );
     }
 
-    let cli = |host: &str, args: &[&str]| -> Output {
-        Command::new(lab::IP)
-            .args(["netns", "exec", fabric.host_ns(host).unwrap()])
-            .arg(env!("CARGO_BIN_EXE_bridge-isolation"))
-            .args(args)
-            .envs(env(host))
-            .output()
-            .unwrap()
-    };
     // status counts what the DROP rules took (the matrix sent VM2@h2 -> VM1@h1).
-    let v: Value = serde_json::from_str(&ok(cli("h1", &["status", "--json"]))).unwrap();
+    let v: Value = serde_json::from_str(&ok(c.cli("h1", &["status", "--json"]))).unwrap();
     assert!(v["cross_host"][NET]["drops"]["packets"].as_u64().unwrap() > 0, "{v}");
     // verify: quiet when converged; a DROP rule removed behind our back is reported (exit
     // 1) and a reconcile puts it back.
-    ok(cli("h1", &["verify"]));
+    ok(c.cli("h1", &["verify"]));
     let chain = format!("BRIDGE_PEERS_{NET}");
     let drop_rule = ["1", "-s", "56:6f:4c:ab:00:00/ff:ff:ff:ff:ff:00", "-j", "DROP"];
     let mut remove = vec!["--direct", "--remove-rule", "eb", "filter", &chain];
     remove.extend(drop_rule);
-    ok(fws[0].cmd(&remove));
-    let out = cli("h1", &["verify"]);
+    ok(c.fws[0].cmd(&remove));
+    let out = c.cli("h1", &["verify"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -817,26 +860,89 @@ fn firewalld_blocks_peers_across_hosts() {
         )),
         "{text}"
     );
-    ok(cli("h1", &["reconcile"]));
-    ok(cli("h1", &["verify"]));
+    ok(c.cli("h1", &["reconcile"]));
+    ok(c.cli("h1", &["verify"]));
 
     // Removal on h1, release-all on h2: no rule of ours left, runtime or permanent.
-    setup(&fabric, "h1", NetSpec::removed());
-    let mut e = env("h2");
+    c.setup("h1", NetSpec::removed());
+    let mut e = c.env("h2");
     e.retain(|(k, _)| k != "BRIDGE_ISOLATION_BACKEND");
     let out = Command::new(lab::IP)
-        .args(["netns", "exec", fabric.host_ns("h2").unwrap()])
+        .args(["netns", "exec", c.fabric.host_ns("h2").unwrap()])
         .arg(env!("CARGO_BIN_EXE_bridge-isolation"))
         .arg("release-all")
         .envs(e)
         .output()
         .unwrap();
     ok(out);
-    for fw in &fws {
+    for fw in &c.fws {
         let empty: [Vec<String>; 4] = Default::default();
         assert_eq!(fw.direct(), empty);
     }
-    fabric.matrix().expect("probing").assert_expected(&|_, _| true);
-    drop(fws);
-    fabric.destroy().expect("destroying the fabric");
+    c.fabric.matrix().expect("probing").assert_expected(&|_, _| true);
+}
+
+/// `bridge_isolation_uplink_macs` (issue 13, item 7) with the firewalld backend: chain
+/// `BRIDGE_UPLINK_isonet` (runtime and permanent) lets only the gateway from the uplink
+/// reach untrusted VM1@h1, on every protocol; VM2@h2 with a custom MAC outside the peer
+/// ranges, and h2 itself, are dropped; trusted VM3@h1 still gets their frames; lifting the
+/// property removes the chain and keeps the peer chain; untagging removes everything.
+#[test]
+fn firewalld_uplink_macs_admit_only_the_listed_sources() {
+    if !firewalld_tests_enabled("firewalld_uplink_macs_admit_only_the_listed_sources") {
+        return;
+    }
+    let mut c = Cluster::new("xhfu");
+    let gw = lab::format_mac(lab::GW_MAC);
+    let peers = || {
+        NetSpec::on_nic(UPLINK)
+            .with_isolation("true")
+            .with_custom("bridge_isolation_peer_macs", "56:6f:4c:ab:00:00/40")
+    };
+    c.setup("h1", peers().with_custom("bridge_isolation_uplink_macs", &gw));
+    c.setup("h2", NetSpec::on_nic(UPLINK).with_isolation("true"));
+    let custom = lab::VmSpec::new(
+        "vm2",
+        "vnet2",
+        [0x02, 0xc0, 0xff, 0xee, 0x00, 0x02],
+        "10.77.0.12".parse().unwrap(),
+    );
+    c.start("h2", 2, &custom, false);
+    for (n, trusted) in [(1, false), (3, true)] {
+        let vm = c.fabric.numbered_vm(n);
+        c.start("h1", n, &vm, trusted);
+    }
+    // As tests/crosshost.rs: nothing from the uplink side but the gateway reaches VM1 (a raw
+    // frame goes one way, a ping or ARP needs the answer too).
+    let dropped = |src: &str, dst: &str| dst == "vm1" && matches!(src, "vm2" | "h2");
+    let expected = |a: &str, b: &str, p: lab::Protocol| !dropped(a, b) && (p == lab::Protocol::Raw || !dropped(b, a));
+    c.fabric.matrix().expect("probing").assert_each(&expected);
+
+    let mut want = vec![
+        format!("eb filter FORWARD 0 -i {UPLINK} -j BRIDGE_UPLINK_{NET}"),
+        format!("eb filter BRIDGE_UPLINK_{NET} 0 -o vnet3 -j RETURN"),
+        format!("eb filter BRIDGE_UPLINK_{NET} 0 -s {gw} -j RETURN"),
+        format!("eb filter BRIDGE_UPLINK_{NET} 1 -j DROP"),
+    ];
+    want.sort();
+    assert_eq!(c.direct_part("h1", "BRIDGE_UPLINK_"), want);
+    assert!(!c.has_nft_table("h1"));
+    let v: Value = serde_json::from_str(&ok(c.cli("h1", &["status", "--json"]))).unwrap();
+    let status = &v["cross_host"][NET];
+    assert_eq!(status["uplink_macs"], json!([format!("{gw}-{gw}")]));
+    assert!(status["uplink_drops"]["packets"].as_u64().unwrap() > 0, "{v}");
+    ok(c.cli("h1", &["verify"]));
+
+    // Lifted: the allow-list chain goes, the peer chain stays; VM2 reaches VM1 again.
+    c.setup("h1", peers());
+    assert!(!c.direct_part("h1", "BRIDGE_PEERS_").is_empty());
+    let [runtime, permanent, ..] = c.fws[0].direct();
+    assert!(
+        !runtime.iter().chain(&permanent).any(|l| l.contains("BRIDGE_UPLINK_")),
+        "{runtime:?}"
+    );
+    c.fabric.matrix().expect("probing").assert_expected(&|_, _| true);
+    // Untagged: nothing of ours left.
+    c.setup("h1", NetSpec::on_nic(UPLINK));
+    assert_eq!(c.fws[0].direct(), <[Vec<String>; 4]>::default());
 }

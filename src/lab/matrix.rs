@@ -98,10 +98,16 @@ impl Matrix {
     /// Checks every protocol of every pair against `should_pass(src, dst)`; on mismatch
     /// returns one line per wrong probe, then the whole table.
     pub fn expect(&self, should_pass: &dyn Fn(&str, &str) -> bool) -> Result<(), String> {
+        self.expect_each(&|src, dst, _| should_pass(src, dst))
+    }
+
+    /// As [`Matrix::expect`], with an expectation per protocol (a one-way filter lets the
+    /// raw frame through where a ping needs the answer too).
+    pub fn expect_each(&self, should_pass: &dyn Fn(&str, &str, Protocol) -> bool) -> Result<(), String> {
         let mut wrong = Vec::new();
         for (src, dst) in self.pairs() {
-            let want = should_pass(&src, &dst);
             for proto in Protocol::ALL {
+                let want = should_pass(&src, &dst, proto);
                 let got = self.outcome(&src, &dst, proto);
                 if got != Some(want) {
                     wrong.push(format!(
@@ -126,6 +132,13 @@ impl Matrix {
     /// `unwrap()` would print the report with escaped newlines.
     pub fn assert_expected(&self, should_pass: &dyn Fn(&str, &str) -> bool) {
         if let Err(report) = self.expect(should_pass) {
+            panic!("{report}");
+        }
+    }
+
+    /// Panics with the report of [`Matrix::expect_each`] if any probe differs.
+    pub fn assert_each(&self, should_pass: &dyn Fn(&str, &str, Protocol) -> bool) {
+        if let Err(report) = self.expect_each(should_pass) {
             panic!("{report}");
         }
     }
