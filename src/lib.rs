@@ -25,6 +25,7 @@ pub mod netlink;
 pub mod nftnl;
 pub mod paths;
 pub mod peers;
+pub mod placement;
 pub mod policy;
 pub mod reconcile;
 pub mod release;
