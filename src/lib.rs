@@ -28,6 +28,7 @@ pub mod peers;
 pub mod placement;
 pub mod policy;
 pub mod reconcile;
+pub mod recover;
 pub mod release;
 pub mod setup;
 pub mod state;
