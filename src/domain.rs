@@ -103,6 +103,9 @@ pub struct Interface {
     pub tap: Option<String>,
     /// `<port isolated=...>`: `Some(true)` when libvirt is asked to isolate the tap.
     pub port_isolated: Option<bool>,
+    /// `<vlan><tag id=...>`: the VLAN the host tags the vNIC's frames with (an SR-IOV VF on a
+    /// VLAN network).
+    pub vlan: Option<u16>,
     spans: Spans,
 }
 
@@ -318,6 +321,16 @@ impl Parser {
             if in_source && name == "address" && attr(e, "type")?.as_deref() == Some("pci") {
                 *pci = Some(pci_address(e)?);
             }
+        }
+        let in_vlan = self.stack.len() >= 2 && self.stack[self.stack.len() - 2..] == ["interface", "vlan"];
+        if let Some(iface) = self.current.as_mut().filter(|_| in_vlan && name == "tag") {
+            let id = attr(e, "id")?.unwrap_or_default();
+            iface.vlan = Some(
+                id.parse()
+                    .ok()
+                    .filter(|v| *v <= 4094)
+                    .ok_or_else(|| format!("<tag id={}>", ifname::quoted(&id)))?,
+            );
         }
         if let Some(iface) = self.current.as_mut() {
             let in_iface = self.stack.last().map(String::as_str) == Some("interface");
@@ -659,6 +672,7 @@ mod tests {
             ]
         );
         assert_eq!(doc.network_of(&doc.interfaces[5]), None);
+        assert_eq!((doc.interfaces[3].vlan, doc.interfaces[4].vlan), (Some(100), None));
         assert_eq!(doc.interfaces[1].on_bridge(), None);
         let live = parse(
             b"<interface type='network'><source network='vdsm-red' bridge='red'/><target dev='vnet3'/></interface>",
@@ -670,6 +684,7 @@ mod tests {
             "<interface type='network'><source network='vdsm-red' bridge='../red'/></interface>",
             "<interface type='hostdev'><source><address type='pci' domain='0x0000' bus='0x100' slot='0' function='0'/></source></interface>",
             "<interface type='hostdev'><source><address type='pci' function='0x8'/></source></interface>",
+            "<interface type='hostdev'><vlan><tag id='4095'/></vlan></interface>",
         ] {
             assert!(matches!(parse(bad.as_bytes()), Err(Error::Payload(_))), "{bad}");
         }

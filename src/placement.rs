@@ -12,13 +12,24 @@
 //! - `direct`: `<source dev='eth1' mode='bridge'/>`, a macvtap on host device `eth1`: on
 //!   an isolated network when that device is the network's recorded uplink (or its bridge).
 //! - `hostdev`: an SR-IOV VF; the engine's XML names no network for it, only VDSM's own
-//!   metadata does (`<ovirt-vm:network>`, written for every vNIC VDSM runs).
+//!   metadata does (`<ovirt-vm:network>`, written for every vNIC VDSM runs). Without it (the
+//!   engine's XML, hotplug), the VF is on an isolated network when its physical function
+//!   (`/sys/bus/pci/devices/<VF>/physfn/net/`) is the network's uplink NIC, or a slave of its
+//!   uplink bond, and its `<vlan><tag>` is the uplink's VLAN: same wire, same VLAN.
 //!
 //! Whatever the type, the metadata's `<ovirt-vm:network>` naming an isolated network puts a
 //! vNIC that is not on that network's bridge on the network.
 
+use std::path::PathBuf;
+
 use crate::domain::{Attachment, Document, Interface};
+use crate::paths::SYS_CLASS_NET;
 use crate::state::State;
+
+/// Overrides where the PCI devices are read (root only; for tests, which have no VFs).
+pub const ENV_SYS_PCI: &str = "BRIDGE_ISOLATION_SYS_PCI";
+/// The PCI devices of the host.
+pub const SYS_PCI: &str = "/sys/bus/pci/devices";
 
 /// Prefix VDSM gives the libvirt network of each oVirt network (`netname_o2l`).
 pub const LIBVIRT_NET_PREFIX: &str = "vdsm-";
@@ -53,6 +64,64 @@ impl Placement {
 
 /// Where `iface` of `doc` lands, given the isolated networks of `state`.
 pub fn place(iface: &Interface, doc: &Document, state: &State) -> Placement {
+    place_with(iface, doc, state, &PciDevices::system())
+}
+
+/// The host's PCI devices and network interfaces, as sysfs shows them.
+#[derive(Clone, Debug)]
+pub struct PciDevices {
+    /// `/sys/bus/pci/devices`.
+    pub pci: PathBuf,
+    /// `/sys/class/net`.
+    pub net: PathBuf,
+}
+
+impl PciDevices {
+    /// The running host's (the PCI root overridable by root, see [`ENV_SYS_PCI`]).
+    pub fn system() -> PciDevices {
+        PciDevices {
+            pci: crate::config::dir_override(ENV_SYS_PCI).unwrap_or_else(|| PathBuf::from(SYS_PCI)),
+            net: PathBuf::from(SYS_CLASS_NET),
+        }
+    }
+
+    /// The network interfaces of the physical function of VF `vf` (`DDDD:BB:SS.F`, as the
+    /// parser formats it), each with the bond it is a slave of, if any.
+    fn parent_nics(&self, vf: &str) -> Vec<(String, Option<String>)> {
+        let Ok(entries) = std::fs::read_dir(self.pci.join(vf).join("physfn").join("net")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .map(|nic| {
+                let master = std::fs::read_link(self.net.join(&nic).join("master"))
+                    .ok()
+                    .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()));
+                (nic, master)
+            })
+            .collect()
+    }
+}
+
+/// The isolated network whose uplink a VF shares: its PF is the uplink's NIC (or a slave of
+/// its bond) and its VLAN is the uplink's.
+fn network_of_vf<'s>(vf: &str, vlan: Option<u16>, state: &'s State, pci: &PciDevices) -> Option<&'s str> {
+    let parents = pci.parent_nics(vf);
+    state.networks.iter().find_map(|(name, policy)| {
+        let uplink = policy.uplink.as_deref()?;
+        let (base, uplink_vlan) = match uplink.rsplit_once('.') {
+            Some((base, id)) => (base, id.parse::<u16>().ok()),
+            None => (uplink, None),
+        };
+        let shares = parents
+            .iter()
+            .any(|(nic, master)| nic == base || master.as_deref() == Some(base));
+        (shares && uplink_vlan == vlan).then_some(name.as_str())
+    })
+}
+
+/// [`place`], reading VFs' physical functions from `pci`.
+pub fn place_with(iface: &Interface, doc: &Document, state: &State, pci: &PciDevices) -> Placement {
     if let Some(bridge) = bridge_of(&iface.attachment, state) {
         return Placement::Bridge(bridge);
     }
@@ -66,6 +135,11 @@ pub fn place(iface: &Interface, doc: &Document, state: &State) -> Placement {
     let how = describe(&iface.attachment);
     if let Some(found) = doc.network_of(iface).and_then(|n| bypass(n, how.clone())) {
         return found;
+    }
+    if let Attachment::Hostdev(Some(vf)) = &iface.attachment {
+        if let Some(found) = network_of_vf(vf, iface.vlan, state, pci).and_then(|n| bypass(n, how.clone())) {
+            return found;
+        }
     }
     if let Attachment::Direct(Some(dev)) = &iface.attachment {
         let on_dev = state
@@ -136,7 +210,14 @@ mod tests {
     fn places(xml: &str) -> Vec<Placement> {
         let doc = domain::parse(xml.as_bytes()).unwrap();
         let state = state();
-        doc.interfaces.iter().map(|i| place(i, &doc, &state)).collect()
+        let no_vfs = PciDevices {
+            pci: PathBuf::from("/nonexistent"),
+            net: PathBuf::from("/nonexistent"),
+        };
+        doc.interfaces
+            .iter()
+            .map(|i| place_with(i, &doc, &state, &no_vfs))
+            .collect()
     }
 
     const START: &str = include_str!("../tests/fixtures/bypass_vm_start.xml");
@@ -174,11 +255,60 @@ mod tests {
         assert_eq!(places(foreign), [Placement::Elsewhere], "not a VDSM network");
     }
 
+    /// A fake sysfs: VF 0000:05:10.7 of PF eth1, VF 0000:06:02.1 of PF eth4, a slave of bond0.
+    fn sysfs() -> (tempfile::TempDir, PciDevices) {
+        let dir = tempfile::tempdir().unwrap();
+        let pci = dir.path().join("bus/pci/devices");
+        let net = dir.path().join("class/net");
+        std::fs::create_dir_all(pci.join("0000:05:10.7/physfn/net/eth1")).unwrap();
+        std::fs::create_dir_all(pci.join("0000:06:02.1/physfn/net/eth4")).unwrap();
+        std::fs::create_dir_all(net.join("eth4")).unwrap();
+        std::fs::create_dir_all(net.join("bond0")).unwrap();
+        std::os::unix::fs::symlink("../bond0", net.join("eth4/master")).unwrap();
+        (dir, PciDevices { pci, net })
+    }
+
     #[test]
-    fn a_hostdev_without_metadata_cannot_be_placed() {
-        let hotplug = "<interface type='hostdev' managed='no'><mac address='56:6f:1a:00:00:31'/>\
-                       <source><address type='pci' domain='0x0000' bus='0x05' slot='0x10' function='0x7'/></source>\
-                       <vlan><tag id='100'/></vlan></interface>";
-        assert_eq!(places(hotplug), [Placement::Elsewhere]);
+    fn a_hostdev_without_metadata_is_placed_by_its_physical_function() {
+        let (_dir, pci) = sysfs();
+        let hotplug = |addr: &str, vlan: &str| {
+            let (bus, rest) = addr.split_once(':').unwrap();
+            let (slot, function) = rest.split_once('.').unwrap();
+            format!(
+                "<interface type='hostdev' managed='no'><mac address='56:6f:1a:00:00:31'/>\
+                 <source><address type='pci' domain='0x0000' bus='0x{bus}' slot='0x{slot}' function='0x{function}'/></source>\
+                 {vlan}</interface>"
+            )
+        };
+        let mut state = state();
+        state.networks.insert(
+            "green".into(),
+            NetworkPolicy {
+                bridge: "green".into(),
+                uplink: Some("bond0".into()),
+                ..NetworkPolicy::default()
+            },
+        );
+        let place = |xml: String| {
+            let doc = domain::parse(xml.as_bytes()).unwrap();
+            match place_with(&doc.interfaces[0], &doc, &state, &pci) {
+                Placement::Bypass { network, .. } => Some(network),
+                _ => None,
+            }
+        };
+        let tag = "<vlan><tag id='100'/></vlan>";
+        assert_eq!(
+            place(hotplug("05:10.7", tag)),
+            Some("red".into()),
+            "eth1.100 is red's uplink"
+        );
+        assert_eq!(place(hotplug("05:10.7", "")), None, "untagged: not red's VLAN");
+        assert_eq!(place(hotplug("05:10.7", "<vlan><tag id='200'/></vlan>")), None);
+        assert_eq!(
+            place(hotplug("06:02.1", "")),
+            Some("green".into()),
+            "eth4 is a slave of green's bond0"
+        );
+        assert_eq!(place(hotplug("07:00.1", tag)), None, "not a VF this host knows");
     }
 }

@@ -43,9 +43,21 @@ fn assert_refused(fx: &Fixture, run: &lab::HookRun, n: u8, xml: &str, how: &str)
     assert_eq!(run.payload_text(), xml, "a refused payload must stay as it was");
 }
 
+/// A fake `/sys/bus/pci/devices` where [`VF`] is a virtual function of the uplink NIC
+/// (the lab has no SR-IOV hardware), passed to the hooks as root may.
+fn fake_vf(fx: &Fixture) -> Vec<(String, String)> {
+    let root = fx.state_dir().join("pci");
+    std::fs::create_dir_all(root.join(VF).join("physfn/net").join(UPLINK)).expect("creating the fake VF");
+    vec![(
+        "BRIDGE_ISOLATION_SYS_PCI".to_string(),
+        root.to_string_lossy().into_owned(),
+    )]
+}
+
 /// Under `on_failure = block` (the default), a `direct` vNIC on the uplink and a `hostdev`
 /// vNIC that VDSM's metadata puts on the isolated network stop the VM start with exit 2 and
-/// one line; a `direct` one stops its hotplug too. The other VM ports stay isolated.
+/// one line; their hotplug and update are stopped too (the VF then known by its physical
+/// function, the uplink NIC). The other VM ports stay isolated.
 #[test]
 fn bypassing_vnics_are_refused_at_start_and_hotplug() {
     if !lab::root_tests_enabled("bypassing_vnics_are_refused_at_start_and_hotplug") {
@@ -67,13 +79,12 @@ fn bypassing_vnics_are_refused_at_start_and_hotplug() {
         let xml = domain_xml(&fx.vm(2).name, &vm_uuid(2), std::slice::from_ref(&vnic));
         let start = run(&fx, "before_vm_start", 2, &xml, &[]);
         assert_refused(&fx, &start, 2, &xml, &how);
-        if matches!(kind, NicKind::Direct(_)) {
-            let one = interface_xml(&vnic);
-            let hotplug = run(&fx, "before_nic_hotplug", 2, &one, &[]);
-            assert_refused(&fx, &hotplug, 2, &one, &how);
-            let update = run(&fx, "before_update_device", 2, &one, &[]);
-            assert_refused(&fx, &update, 2, &one, &how);
-        }
+        let one = interface_xml(&vnic);
+        let env = fake_vf(&fx);
+        let hotplug = run(&fx, "before_nic_hotplug", 2, &one, &env);
+        assert_refused(&fx, &hotplug, 2, &one, &how);
+        let update = run(&fx, "before_update_device", 2, &one, &env);
+        assert_refused(&fx, &update, 2, &one, &how);
     }
     fx.assert_isolated_ports(&["vnet1"]);
 }
@@ -104,10 +115,12 @@ fn bypassing_vnics_pass_with_a_warning_under_warn() {
         (
             "before_vm_start",
             3,
-            domain_xml(&fx.vm(3).name, &vm_uuid(3), &[hostdev]),
+            domain_xml(&fx.vm(3).name, &vm_uuid(3), std::slice::from_ref(&hostdev)),
         ),
         ("before_nic_hotplug", 2, interface_xml(&direct)),
+        ("before_nic_hotplug", 3, interface_xml(&hostdev)),
     ];
+    let warn = [warn.as_slice(), &fake_vf(&fx)].concat();
     for (point, n, xml) in cases {
         let run = run(&fx, point, n, &xml, &warn);
         assert_eq!(run.codes[0].1, 0, "{point}: {}", run.stderr);
