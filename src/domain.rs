@@ -33,10 +33,10 @@ pub enum Attachment {
     /// `type='hostdev'`: an SR-IOV virtual function given to the guest, with the PCI
     /// address of `<source><address type='pci'>`.
     Hostdev(Option<String>),
-    /// Any other type (`vhostuser`, `ethernet`, `user`, ...), or none.
+    /// No `type` attribute.
     #[default]
     Unknown,
-    /// A type this project never needs to tell apart.
+    /// Any other type (`vhostuser`, `ethernet`, `user`, ...).
     Other(String),
 }
 

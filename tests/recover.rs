@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bridge_isolation::lab::{self, domain_xml, Payload};
 use common::{tagged, vm_uuid, Fixture, NET, PLAIN, UPLINK};
-use serde_json::Value;
 
 /// VDSM's running config of the lab network, as `/var/lib/vdsm/staging/netconf/nets/NET`.
 const NETCONF: &str = r#"{"nic": "eth1", "bridged": true, "mtu": 1500, "stp": false, "switch": "legacy",
@@ -86,13 +85,7 @@ fn set_aside(fx: &Fixture) -> Vec<Vec<u8>> {
 /// isolated, and `verify` exits 0.
 #[track_caller]
 fn assert_isolated_again(fx: &Fixture) {
-    let status = fx.cli(&["status", "--json"]);
-    assert!(
-        status.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let report: Value = serde_json::from_slice(&status.stdout).expect("status --json prints JSON");
+    let report = fx.status_json();
     let bridge = &report["bridges"][0];
     assert_eq!(
         (bridge["network"].as_str(), bridge["uplink"].as_str()),
