@@ -418,13 +418,13 @@ impl Parser {
 /// Other types are not ours to judge.
 fn check_names(iface: &Interface) -> ParseResult<()> {
     let mac = iface.mac.map(|m| format!(" {m}")).unwrap_or_default();
-    let (bridge, tap) = match &iface.attachment {
-        Attachment::Bridge(bridge) | Attachment::Network { bridge, .. } => (bridge, &iface.tap),
-        Attachment::Direct(dev) => (dev, &None),
+    let (source, what, tap) = match &iface.attachment {
+        Attachment::Bridge(bridge) | Attachment::Network { bridge, .. } => (bridge, "bridge", &iface.tap),
+        Attachment::Direct(dev) => (dev, "dev", &None),
         _ => return Ok(()),
     };
-    if let Some(bridge) = bridge {
-        ifname::validate(bridge).map_err(|e| format!("<interface{mac}> <source>: {e}"))?;
+    if let Some(name) = source {
+        ifname::validate(name).map_err(|e| format!("<interface{mac}> <source {what}>: {e}"))?;
     }
     if let Some(tap) = tap {
         ifname::validate(tap).map_err(|e| format!("<interface{mac}> <target dev>: {e}"))?;
