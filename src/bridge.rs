@@ -54,6 +54,13 @@ impl Snapshot {
         }
     }
 
+    /// The names of every bridge, sorted.
+    pub fn bridges(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.bridges.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The ports of `bridge`, sorted by name; `None` when there is no such bridge.
     pub fn ports(&self, bridge: &str) -> Option<&[Port]> {
         let index = self.bridges.get(bridge)?;
@@ -213,6 +220,11 @@ pub fn group(link: &str) -> Option<u32> {
 /// A link's interface index from sysfs; `None` when there is no such link.
 pub fn ifindex(link: &str) -> Option<u32> {
     std::fs::read_to_string(sys(&[link, "ifindex"])).ok()?.trim().parse().ok()
+}
+
+/// True when `name` is a tun/tap device (what libvirt plugs a vNIC in with).
+pub fn is_tap(name: &str) -> bool {
+    sys(&[name, "tun_flags"]).exists()
 }
 
 /// True when `name` is a bridge in this namespace.

@@ -10,7 +10,7 @@ use crate::config::{self, Settings};
 use crate::error::{Error, Result};
 use crate::reconcile::{self, Plan, Role};
 use crate::state::{State, Store};
-use crate::{demo, firewall_watch, logging, manpage, release};
+use crate::{demo, firewall_watch, logging, manpage, recover, release};
 
 /// Isolate the VM ports of oVirt bridge networks from each other (VDSM hooks).
 #[derive(Debug, Parser)]
@@ -41,6 +41,20 @@ pub enum Command {
     /// The package runs it when it is erased; the hooks apply isolation again at the next
     /// network setup or VM start if they are still installed.
     ReleaseAll,
+    /// Recover from an unreadable state file (empty, truncated, garbage) without editing it
+    /// (root). The file is moved aside as state.json.broken-<UTC time> (never deleted); the
+    /// isolated networks are rebuilt from VDSM's running network config
+    /// (/var/lib/vdsm/staging/netconf/nets/, with the checks of before_network_setup) or, when
+    /// VDSM keeps none, from the kernel (bridges with isolated VM ports; network = bridge
+    /// name; uplink only where unambiguous), then reconciled. Trusted vNICs are not rebuilt:
+    /// each comes back at its VM's next lifecycle hook. Refuses a readable, valid state file
+    /// unless --force.
+    Recover {
+        /// Rebuild even when the state file is readable and valid (it is moved aside as
+        /// state.json.replaced-<UTC time>).
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-apply isolation whenever firewalld reloads, starts or stops (root; runs in the
     /// foreground, started by bridge-isolation-firewalld.service).
     WatchFirewalld,
@@ -149,6 +163,10 @@ fn run(command: Command) -> Result<ExitCode> {
             for f in &released.foreign {
                 println!("left in the state directory (not ours): {}", f.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recover { force } => {
+            print!("{}", recover::recover(&settings, force)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::WatchFirewalld => {

@@ -20,6 +20,10 @@ pub const ENV_MODULES_LOAD_DIR: &str = "BRIDGE_ISOLATION_MODULES_LOAD_DIR";
 /// (root only; for tests).
 pub const ENV_SYSCTL_DIR: &str = "BRIDGE_ISOLATION_SYSCTL_DIR";
 
+/// Overrides VDSM's running network config directory, the one holding `nets/` (root only;
+/// for tests).
+pub const ENV_VDSM_NETCONF: &str = "BRIDGE_ISOLATION_VDSM_NETCONF";
+
 /// Set once this process has honoured the environment overrides ([`Settings::from_env`] as
 /// root); the root helper ([`Settings::system`]) never sets it.
 static OVERRIDES_HONOURED: AtomicBool = AtomicBool::new(false);

@@ -14,19 +14,98 @@ use crate::ifname;
 use crate::mac::Mac;
 use crate::policy::{self, PROP_TRUSTED};
 
+/// What a vNIC is plugged into on the host: its `type` and `<source>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Attachment {
+    /// `type='bridge'`: a tap on the Linux bridge `<source bridge>`.
+    Bridge(Option<String>),
+    /// `type='network'`: a port of libvirt network `<source network>` (VDSM names its
+    /// networks `vdsm-NAME`). Live XML also names the bridge libvirt plugged the tap into
+    /// (`<source network='vdsm-red' bridge='red'/>`); the engine's XML does not.
+    Network {
+        /// `<source network>`.
+        network: Option<String>,
+        /// `<source bridge>`, in live XML.
+        bridge: Option<String>,
+    },
+    /// `type='direct'`: a macvtap on host device `<source dev>`, beside any bridge.
+    Direct(Option<String>),
+    /// `type='hostdev'`: an SR-IOV virtual function given to the guest, with the PCI
+    /// address of `<source><address type='pci'>`.
+    Hostdev(Option<String>),
+    /// No `type` attribute.
+    #[default]
+    Unknown,
+    /// Any other type (`vhostuser`, `ethernet`, `user`, ...).
+    Other(String),
+}
+
+impl Attachment {
+    /// The attachment of an `<interface type=...>` with no `<source>` seen yet.
+    fn of_type(kind: &str) -> Attachment {
+        match kind {
+            "bridge" => Attachment::Bridge(None),
+            "network" => Attachment::Network {
+                network: None,
+                bridge: None,
+            },
+            "direct" => Attachment::Direct(None),
+            "hostdev" => Attachment::Hostdev(None),
+            "" => Attachment::Unknown,
+            other => Attachment::Other(other.to_string()),
+        }
+    }
+
+    /// Records what `<source>` says.
+    fn source(&mut self, e: &BytesStart) -> ParseResult<()> {
+        match self {
+            Attachment::Bridge(bridge) => *bridge = attr(e, "bridge")?,
+            Attachment::Network { network, bridge } => {
+                *network = attr(e, "network")?;
+                *bridge = attr(e, "bridge")?;
+            }
+            Attachment::Direct(dev) => *dev = attr(e, "dev")?,
+            Attachment::Hostdev(_) | Attachment::Unknown | Attachment::Other(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The interface `type` this attachment has, for messages.
+    pub fn kind(&self) -> &str {
+        match self {
+            Attachment::Bridge(_) => "bridge",
+            Attachment::Network { .. } => "network",
+            Attachment::Direct(_) => "direct",
+            Attachment::Hostdev(_) => "hostdev",
+            Attachment::Unknown => "",
+            Attachment::Other(kind) => kind,
+        }
+    }
+
+    /// The Linux bridge the XML names: `<source bridge>` of a `bridge` or (live) `network`
+    /// interface.
+    pub fn bridge(&self) -> Option<&str> {
+        match self {
+            Attachment::Bridge(bridge) | Attachment::Network { bridge, .. } => bridge.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// One `<interface>` element of the document.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Interface {
-    /// The `type` attribute (`bridge` for oVirt's Linux bridge networks).
-    pub kind: String,
-    /// `<source bridge=...>`.
-    pub bridge: Option<String>,
+    /// What it is plugged into.
+    pub attachment: Attachment,
     /// `<mac address=...>`: the guest MAC.
     pub mac: Option<Mac>,
     /// `<target dev=...>`: the tap, present in live XML only.
     pub tap: Option<String>,
     /// `<port isolated=...>`: `Some(true)` when libvirt is asked to isolate the tap.
     pub port_isolated: Option<bool>,
+    /// `<vlan><tag id=...>`: the VLAN the host tags the vNIC's frames with (an SR-IOV VF on a
+    /// VLAN network).
+    pub vlan: Option<u16>,
     spans: Spans,
 }
 
@@ -43,12 +122,12 @@ struct Spans {
 }
 
 impl Interface {
-    /// True for a vNIC on a Linux bridge, the only kind this project acts on.
+    /// The bridge of a `type='bridge'` vNIC. A `type='network'` vNIC's bridge depends on
+    /// the host's libvirt networks: see [`crate::placement`].
     pub fn on_bridge(&self) -> Option<&str> {
-        if self.kind == "bridge" {
-            self.bridge.as_deref()
-        } else {
-            None
+        match &self.attachment {
+            Attachment::Bridge(bridge) => bridge.as_deref(),
+            _ => None,
         }
     }
 }
@@ -62,12 +141,21 @@ pub struct Document {
     pub interfaces: Vec<Interface>,
     /// `bridge_isolation_trusted` from the oVirt metadata, by guest MAC.
     pub trusted: BTreeMap<Mac, bool>,
+    /// The oVirt network of each vNIC, by guest MAC, where the metadata names it
+    /// (`<ovirt-vm:device mac_address=...><ovirt-vm:network>`, which VDSM writes for every
+    /// vNIC it runs; not the `<ovirt-vm:portMirroring>` list).
+    pub networks: BTreeMap<Mac, String>,
 }
 
 impl Document {
     /// Whether the metadata marks this interface's vNIC as trusted.
     pub fn is_trusted(&self, iface: &Interface) -> bool {
         iface.mac.and_then(|m| self.trusted.get(&m).copied()).unwrap_or(false)
+    }
+
+    /// The oVirt network the metadata names for this interface's vNIC.
+    pub fn network_of(&self, iface: &Interface) -> Option<&str> {
+        iface.mac.and_then(|m| self.networks.get(&m)).map(String::as_str)
     }
 }
 
@@ -218,7 +306,7 @@ impl Parser {
                 (tag.end - 2..tag.end, end_tag)
             });
             self.current = Some(Interface {
-                kind: attr(e, "type")?.unwrap_or_default(),
+                attachment: Attachment::of_type(&attr(e, "type")?.unwrap_or_default()),
                 spans: Spans {
                     self_closing,
                     ..Spans::default()
@@ -227,6 +315,22 @@ impl Parser {
             });
             self.seen_children.clear();
             return Ok(());
+        }
+        let in_source = self.stack.len() >= 2 && self.stack[self.stack.len() - 2..] == ["interface", "source"];
+        if let Some(Attachment::Hostdev(pci)) = self.current.as_mut().map(|i| &mut i.attachment) {
+            if in_source && name == "address" && attr(e, "type")?.as_deref() == Some("pci") {
+                *pci = Some(pci_address(e)?);
+            }
+        }
+        let in_vlan = self.stack.len() >= 2 && self.stack[self.stack.len() - 2..] == ["interface", "vlan"];
+        if let Some(iface) = self.current.as_mut().filter(|_| in_vlan && name == "tag") {
+            let id = attr(e, "id")?.unwrap_or_default();
+            iface.vlan = Some(
+                id.parse()
+                    .ok()
+                    .filter(|v| *v <= 4094)
+                    .ok_or_else(|| format!("<tag id={}>", ifname::quoted(&id)))?,
+            );
         }
         if let Some(iface) = self.current.as_mut() {
             let in_iface = self.stack.last().map(String::as_str) == Some("interface");
@@ -241,7 +345,7 @@ impl Parser {
                     self.seen_children.push(name.clone());
                 }
                 match name.as_str() {
-                    "source" => iface.bridge = attr(e, "bridge")?,
+                    "source" => iface.attachment.source(e)?,
                     "mac" => iface.mac = attr(e, "address")?.map(|m| mac(&m)).transpose()?,
                     "target" => iface.tap = attr(e, "dev")?,
                     "port" => {
@@ -272,9 +376,7 @@ impl Parser {
             if iface.spans.insert_at == 0 {
                 iface.spans.insert_at = start;
             }
-            if iface.kind == "bridge" {
-                check_names(&iface)?;
-            }
+            check_names(&iface)?;
             self.doc.interfaces.push(iface);
             return Ok(());
         }
@@ -299,6 +401,11 @@ impl Parser {
                     self.doc.trusted.insert(mac, trusted);
                 }
             }
+            "network" if self.parent() == Some("device") && self.stack.iter().any(|n| n == "metadata") => {
+                if let Some(mac) = self.meta_mac {
+                    self.doc.networks.insert(mac, text.to_string());
+                }
+            }
             "device" if self.stack.iter().any(|n| n == "metadata") => self.meta_mac = None,
             _ => {}
         }
@@ -306,16 +413,43 @@ impl Parser {
     }
 }
 
-/// The bridge and tap names of a vNIC on a Linux bridge must be Linux interface names.
+/// The names we act on or compare with Linux interfaces must be Linux interface names: the
+/// bridge and tap of a vNIC on a bridge or a libvirt network, the host device of a macvtap.
+/// Other types are not ours to judge.
 fn check_names(iface: &Interface) -> ParseResult<()> {
     let mac = iface.mac.map(|m| format!(" {m}")).unwrap_or_default();
-    if let Some(bridge) = &iface.bridge {
-        ifname::validate(bridge).map_err(|e| format!("<interface{mac}> <source bridge>: {e}"))?;
+    let (source, what, tap) = match &iface.attachment {
+        Attachment::Bridge(bridge) | Attachment::Network { bridge, .. } => (bridge, "bridge", &iface.tap),
+        Attachment::Direct(dev) => (dev, "dev", &None),
+        _ => return Ok(()),
+    };
+    if let Some(name) = source {
+        ifname::validate(name).map_err(|e| format!("<interface{mac}> <source {what}>: {e}"))?;
     }
-    if let Some(tap) = &iface.tap {
+    if let Some(tap) = tap {
         ifname::validate(tap).map_err(|e| format!("<interface{mac}> <target dev>: {e}"))?;
     }
     Ok(())
+}
+
+/// `DDDD:BB:SS.F`, the name of a PCI device under `/sys/bus/pci/devices`, from libvirt's
+/// `<address type='pci' domain='0x0000' bus='0x05' slot='0x10' function='0x7'/>`.
+fn pci_address(e: &BytesStart) -> ParseResult<String> {
+    let field = |key: &str, max: u32| -> ParseResult<u32> {
+        let text = attr(e, key)?.unwrap_or_else(|| "0".into());
+        let digits = text.strip_prefix("0x").unwrap_or(&text);
+        u32::from_str_radix(digits, 16)
+            .ok()
+            .filter(|v| *v <= max)
+            .ok_or_else(|| format!("<address {key}={}>", ifname::quoted(&text)))
+    };
+    Ok(format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        field("domain", 0xffff)?,
+        field("bus", 0xff)?,
+        field("slot", 0x1f)?,
+        field("function", 7)?
+    ))
 }
 
 fn mac(text: &str) -> ParseResult<Mac> {
@@ -505,6 +639,55 @@ mod tests {
         assert_eq!(bridges, ["blue"]);
         let nic = parse(b"<interface type='bridge'><uuid>u2</uuid></interface>").unwrap();
         assert_eq!(nic.vm_id, None);
+    }
+
+    #[test]
+    fn attachments_of_every_vnic_type() {
+        let doc = parse(include_bytes!("../tests/fixtures/bypass_vm_start.xml")).unwrap();
+        let kinds: Vec<Attachment> = doc.interfaces.iter().map(|i| i.attachment.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Attachment::Bridge(Some("red".into())),
+                Attachment::Network {
+                    network: Some("vdsm-red".into()),
+                    bridge: None
+                },
+                Attachment::Direct(Some("eth1.100".into())),
+                Attachment::Hostdev(Some("0000:05:10.7".into())),
+                Attachment::Hostdev(Some("0000:05:11.0".into())),
+                Attachment::Direct(Some("eth2".into())),
+                Attachment::Bridge(Some("ovirtmgmt".into())),
+                Attachment::Other("vhostuser".into()),
+            ]
+        );
+        // The network of each vNIC, not the networks its traffic is mirrored to.
+        let networks: Vec<(String, &str)> = doc.networks.iter().map(|(m, n)| (m.to_string(), n.as_str())).collect();
+        assert_eq!(
+            networks,
+            [
+                ("56:6f:1a:00:00:11".to_string(), "red"),
+                ("56:6f:1a:00:00:14".to_string(), "red"),
+                ("56:6f:1a:00:00:15".to_string(), "sriov1"),
+            ]
+        );
+        assert_eq!(doc.network_of(&doc.interfaces[5]), None);
+        assert_eq!((doc.interfaces[3].vlan, doc.interfaces[4].vlan), (Some(100), None));
+        assert_eq!(doc.interfaces[1].on_bridge(), None);
+        let live = parse(
+            b"<interface type='network'><source network='vdsm-red' bridge='red'/><target dev='vnet3'/></interface>",
+        )
+        .unwrap();
+        assert_eq!(live.interfaces[0].attachment.bridge(), Some("red"));
+        for bad in [
+            "<interface type='direct'><source dev='eth1;x' mode='bridge'/></interface>",
+            "<interface type='network'><source network='vdsm-red' bridge='../red'/></interface>",
+            "<interface type='hostdev'><source><address type='pci' domain='0x0000' bus='0x100' slot='0' function='0'/></source></interface>",
+            "<interface type='hostdev'><source><address type='pci' function='0x8'/></source></interface>",
+            "<interface type='hostdev'><vlan><tag id='4095'/></vlan></interface>",
+        ] {
+            assert!(matches!(parse(bad.as_bytes()), Err(Error::Payload(_))), "{bad}");
+        }
     }
 
     #[test]

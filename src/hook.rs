@@ -11,14 +11,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::Settings;
+use crate::config::{OnFailure, Settings};
 use crate::domain::{self, Document, PortWish};
 use crate::error::{Error, Result};
 use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_TRUSTED};
 use crate::bridge::Snapshot;
 use crate::state::{Locked, PendingSetup, Runner, State, Store};
 use crate::vnic::{Event, Report, VnicFact};
-use crate::{helper, logging, reconcile, setup};
+use crate::{helper, logging, placement, reconcile, setup};
 
 /// The hook points this project installs into. Never `after_vm_dehibernate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -398,10 +398,12 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
     let state = Store::new(&settings.state_dir).read()?;
     let doc = domain::parse(&payload.bytes)?;
     let trust = trust_of(point, &doc)?;
-    let wish = |iface: &domain::Interface| match (iface.on_bridge(), trust(iface)) {
+    refuse_bypasses(settings, &doc, &state)?;
+    let bridge = |iface: &domain::Interface| placement::place(iface, &doc, &state).bridge().map(str::to_string);
+    let wish = |iface: &domain::Interface| match (bridge(iface), trust(iface)) {
         (None, _) => PortWish::Keep,
         (Some(_), true) => PortWish::Open,
-        (Some(bridge), _) if state.is_isolated(bridge) => PortWish::Isolated,
+        (Some(bridge), _) if state.is_isolated(&bridge) => PortWish::Isolated,
         _ => PortWish::Keep,
     };
     // Fail closed: a vNIC on an isolated bridge is not started (plugged, updated) when no
@@ -412,7 +414,7 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
                 "{}vNIC {} on isolated bridge {}: refusing to run it unprotected: {e}",
                 vm_label(&doc),
                 iface.mac.map(|m| m.to_string()).unwrap_or_default(),
-                iface.bridge.as_deref().unwrap_or_default()
+                bridge(iface).unwrap_or_default()
             ))
         })?;
     }
@@ -423,7 +425,7 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
         let w = wish(iface);
         if w != PortWish::Keep && (w == PortWish::Isolated) != (iface.port_isolated == Some(true)) {
             let mac = iface.mac.map(|m| m.to_string()).unwrap_or_default();
-            let bridge = iface.bridge.as_deref().unwrap_or_default();
+            let bridge = bridge(iface).unwrap_or_default();
             let what = if w == PortWish::Isolated {
                 "isolated port"
             } else {
@@ -433,6 +435,32 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
         }
     }
     payload.replace(&new)
+}
+
+/// A vNIC on an isolated network that does not pass through its bridge (a macvtap, an
+/// SR-IOV VF) cannot be isolated by it: refused under `on_failure = block`, one warning
+/// under `warn`. Trust does not matter: a trusted vNIC around the bridge is still outside
+/// what this host enforces.
+fn refuse_bypasses(settings: &Settings, doc: &Document, state: &State) -> Result<()> {
+    for iface in &doc.interfaces {
+        let placement::Placement::Bypass { network, bridge, how } = placement::place(iface, doc, state) else {
+            continue;
+        };
+        let reason = format!(
+            "{}vNIC {} is {how}, which bypasses bridge {bridge} and cannot be isolated",
+            vm_label(doc),
+            iface
+                .mac
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "without a MAC".into()),
+        );
+        if OnFailure::of(&settings.config_file) != OnFailure::Warn {
+            let reason = format!("{reason}: refused (on_failure = block)");
+            return Err(Error::Policy { network, reason });
+        }
+        log::warn!("network {network}: {reason}: not isolated (on_failure = warn)");
+    }
+    Ok(())
 }
 
 fn vm_label(doc: &Document) -> String {
@@ -466,9 +494,9 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
     let trust = trust_of(point, &doc)?;
     let mut bridges = BTreeSet::new();
     let mut vnics = Vec::new();
-    for iface in &doc.interfaces {
-        if let (Some(bridge), Some(mac)) = (iface.on_bridge(), iface.mac) {
-            bridges.insert(bridge.to_string());
+    for (iface, bridge) in doc.interfaces.iter().zip(bridges_of(settings, &doc)?) {
+        if let (Some(bridge), Some(mac)) = (bridge, iface.mac) {
+            bridges.insert(bridge);
             vnics.push(VnicFact {
                 mac,
                 trusted: Some(trust(iface)),
@@ -487,6 +515,22 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
         },
         &bridges,
     )
+}
+
+/// The bridge of each vNIC of `doc` that is on one. The state is read only for a
+/// `type='network'` vNIC whose payload names no bridge (hotplug): live XML names it.
+fn bridges_of(settings: &Settings, doc: &Document) -> Result<Vec<Option<String>>> {
+    let unnamed = |i: &domain::Interface| matches!(i.attachment, domain::Attachment::Network { bridge: None, .. });
+    let state = if doc.interfaces.iter().any(unnamed) {
+        Store::new(&settings.state_dir).read()?
+    } else {
+        State::default()
+    };
+    Ok(doc
+        .interfaces
+        .iter()
+        .map(|i| placement::place(i, doc, &state).bridge().map(str::to_string))
+        .collect())
 }
 
 fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {

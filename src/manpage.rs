@@ -203,6 +203,14 @@ pub fn man_page() -> Result<Vec<u8>> {
         ("BRIDGE_ISOLATION_CONFIG", "The configuration file."),
         ("BRIDGE_ISOLATION_STATE_DIR", "The state directory."),
         ("BRIDGE_ISOLATION_BACKEND", "The backend, overriding the configuration."),
+        (
+            "BRIDGE_ISOLATION_VDSM_NETCONF",
+            "VDSM's running network config, the directory holding nets/ (recover).",
+        ),
+        (
+            "BRIDGE_ISOLATION_SYS_PCI",
+            "Read instead of /sys/bus/pci/devices to find an SR-IOV VF's physical function.",
+        ),
         ("BRIDGE_ISOLATION_LOG", "Log level: error, warn, info (default), debug."),
         ("DBUS_SYSTEM_BUS_ADDRESS", "The system bus watch-firewalld listens on."),
     ] {

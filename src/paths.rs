@@ -14,3 +14,6 @@ pub const VDSM_HOOKS_DIR: &str = "/usr/libexec/vdsm/hooks";
 pub const HOOK_NAME: &str = "50_bridge_isolation";
 /// Where the kernel lists network devices (of the caller's network namespace).
 pub const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// VDSM's running network config: `nets/NAME` holds each network's setupNetworks attributes.
+pub const VDSM_NETCONF: &str = "/var/lib/vdsm/staging/netconf";

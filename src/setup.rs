@@ -72,7 +72,9 @@ fn truthy(v: &Value) -> bool {
     matches!(v, Value::Bool(true)) || matches!(v.as_str(), Some("true" | "True"))
 }
 
-fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChange> {
+/// What one network's setupNetworks attributes ask of isolation, validated (also what VDSM
+/// keeps of each network in its running config, see [`crate::recover`]).
+pub fn change(network: &str, attrs: &BTreeMap<String, Value>) -> Result<NetworkChange> {
     // The name comes from the payload: quoted (escaped) in messages unless it is a sane one.
     let label = match ifname::validate(network) {
         Ok(()) => network.to_string(),

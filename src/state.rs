@@ -251,6 +251,43 @@ impl Store {
 
     /// Takes the exclusive lock (waiting for it) and reads the state.
     pub fn lock(&self) -> Result<Locked> {
+        let lock = self.take_lock()?;
+        let state = self.read()?;
+        Ok(Locked {
+            store: self.clone(),
+            _lock: lock,
+            original: state.clone(),
+            state,
+        })
+    }
+
+    /// Takes the exclusive lock and, without reading it, renames the state file to
+    /// `state.json.<suffix>` (kept, never deleted); the state starts empty. Returns where the
+    /// file went, `None` when there was none. For `bridge-isolation recover`.
+    pub fn lock_and_set_aside(&self, suffix: &str) -> Result<(Locked, Option<PathBuf>)> {
+        let lock = self.take_lock()?;
+        let aside = self.dir.join(format!("{STATE_FILE}.{suffix}"));
+        let moved = match std::fs::rename(self.path(), &aside) {
+            Ok(()) => Some(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::State {
+                    path: self.path(),
+                    reason: format!("moving it to {}: {e}", aside.display()),
+                })
+            }
+        };
+        let locked = Locked {
+            store: self.clone(),
+            _lock: lock,
+            original: State::default(),
+            state: State::default(),
+        };
+        Ok((locked, moved))
+    }
+
+    /// Creates the state directory if needed, checks it, and takes the exclusive lock.
+    fn take_lock(&self) -> Result<File> {
         let err = |what: &str, e: std::io::Error| Error::State {
             path: self.dir.clone(),
             reason: format!("{what}: {e}"),
@@ -293,13 +330,7 @@ impl Store {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err("locking", std::io::Error::last_os_error()));
         }
-        let state = self.read()?;
-        Ok(Locked {
-            store: self.clone(),
-            _lock: lock,
-            original: state.clone(),
-            state,
-        })
+        Ok(lock)
     }
 }
 

@@ -105,13 +105,7 @@ fn vm_start_isolates_plain_vnics_and_exempts_trusted_ones() {
 /// role and state with no drift and lists the trusted vNICs, `verify` exits 0; once vnet1's
 /// flag is cleared behind our back, `verify` exits 1 with one drift line naming vnet1.
 fn assert_cli_reports_ports_and_drift(fx: &Fixture) {
-    let status = fx.cli(&["status", "--json"]);
-    assert!(
-        status.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let report: Value = serde_json::from_slice(&status.stdout).expect("status --json prints JSON");
+    let report = fx.status_json();
     let bridge = &report["bridges"][0];
     assert_eq!(
         (bridge["network"].as_str(), bridge["uplink"].as_str()),

@@ -190,6 +190,26 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     assert!(!run.failed, "{}", run.stderr);
     assert!(lab.port_isolated(&vm1.tap).unwrap());
 
+    // The same vNIC as a `type='network'` one (VDSM's libvirt network `vdsm-<net>`, whose
+    // live XML names the bridge) is a bridge port like any other: repaired as vdsm too.
+    lab.set_port_isolated(&vm1.tap, false).unwrap();
+    let uuid1 = format!("00000000-0000-4000-8000-0000000000{:02x}", vm1.guest_mac[5]);
+    let nic = NicSpec {
+        kind: lab::NicKind::Network,
+        ..NicSpec::of_vm(&vm1, &net)
+    };
+    let xml = lab::domain_xml(&vm1.name, &uuid1, &[nic]);
+    assert!(
+        xml.contains(&format!("<source network='vdsm-{net}' bridge='{net}'/>")),
+        "{xml}"
+    );
+    let run = as_vdsm("after_vm_start", Payload::DomXml(xml), &env);
+    assert!(!run.failed, "{}", run.stderr);
+    assert!(
+        lab.port_isolated(&vm1.tap).unwrap(),
+        "a type='network' vNIC was not repaired"
+    );
+
     // before_vm_start as vdsm reads the installed state, not the one the environment names.
     let (payload, _) = live(&vm2, false);
     let Payload::DomXml(xml) = &payload else { unreachable!() };

@@ -453,7 +453,7 @@ proptest! {
         let again = again.unwrap();
         prop_assert_eq!(again.interfaces.len(), parsed.interfaces.len());
         for (i, (new, old)) in again.interfaces.iter().zip(&parsed.interfaces).enumerate() {
-            prop_assert_eq!((&new.kind, &new.bridge, new.mac, &new.tap), (&old.kind, &old.bridge, old.mac, &old.tap));
+            prop_assert_eq!((&new.attachment, new.mac, &new.tap), (&old.attachment, old.mac, &old.tap));
             let want = match (changes[i], wishes[i]) {
                 (false, _) => old.port_isolated,
                 (true, PortWish::Isolated) => Some(true),

@@ -18,9 +18,27 @@ pub const OVIRT_TUNE_NS: &str = "http://ovirt.org/vm/tune/1.0";
 /// vNIC profile custom property that exempts a vNIC.
 pub const TRUSTED_PROPERTY: &str = "bridge_isolation_trusted";
 
+/// How a vNIC is plugged in: the `type` of its `<interface>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NicKind {
+    /// `type="bridge"`: a tap on the bridge (what oVirt writes).
+    #[default]
+    Bridge,
+    /// `type="network"`: a port of VDSM's libvirt network `vdsm-<bridge>`, which forwards
+    /// to the bridge; live XML names the bridge too.
+    Network,
+    /// `type="direct"`: a macvtap on this host device (bypasses the bridge).
+    Direct(String),
+    /// `type="hostdev"`: an SR-IOV VF at this PCI address (`0000:05:10.7`), which VDSM's
+    /// metadata puts on the network (`<ovirt-vm:network>`).
+    Hostdev(String),
+}
+
 /// One vNIC of a VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NicSpec {
+    /// How it is plugged in.
+    pub kind: NicKind,
     /// Bridge (network) it is on.
     pub bridge: String,
     /// Guest MAC.
@@ -37,6 +55,7 @@ impl NicSpec {
     /// A plain vNIC on `bridge` (engine XML: no tap).
     pub fn new(bridge: &str, mac: Mac) -> NicSpec {
         NicSpec {
+            kind: NicKind::Bridge,
             bridge: bridge.to_string(),
             mac,
             tap: None,
@@ -138,12 +157,20 @@ fn metadata(x: &mut XmlWriter, nics: &[NicSpec]) {
     x.open("ovirt-vm:vm", &[("xmlns:ovirt-vm", OVIRT_VM_NS)]);
     x.text("ovirt-vm:clusterVersion", &[], "4.7");
     x.empty("ovirt-vm:custom", &[]);
-    for nic in nics.iter().filter(|n| n.trusted) {
+    let named = |n: &&NicSpec| matches!(n.kind, NicKind::Hostdev(_));
+    for nic in nics.iter().filter(|n| n.trusted || named(n)) {
         let mac = format_mac(nic.mac);
         x.open("ovirt-vm:device", &[("mac_address", &mac)]);
-        x.open("ovirt-vm:custom", &[]);
-        x.text(&format!("ovirt-vm:{TRUSTED_PROPERTY}"), &[], "true");
-        x.close("ovirt-vm:custom");
+        if named(&nic) {
+            x.text("ovirt-vm:network", &[], &nic.bridge);
+        }
+        if nic.trusted {
+            x.open("ovirt-vm:custom", &[]);
+            x.text(&format!("ovirt-vm:{TRUSTED_PROPERTY}"), &[], "true");
+            x.close("ovirt-vm:custom");
+        } else {
+            x.empty("ovirt-vm:custom", &[]);
+        }
         x.close("ovirt-vm:device");
     }
     x.text("ovirt-vm:launchPaused", &[], "false");
@@ -186,16 +213,32 @@ fn devices(x: &mut XmlWriter, vm_uuid: &str, nics: &[NicSpec]) {
     x.close("devices");
 }
 
-/// One `<interface type="bridge">`; `index` places it on its own PCI bus in live XML.
+/// One `<interface>`; `index` places it on its own PCI bus in live XML.
 fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
     let mac = format_mac(nic.mac);
     let alias = nic.alias();
-    x.open("interface", &[("type", "bridge")]);
+    match &nic.kind {
+        NicKind::Bridge | NicKind::Network => {}
+        NicKind::Direct(dev) => return direct_interface(x, nic, dev),
+        NicKind::Hostdev(pci) => return hostdev_interface(x, nic, pci),
+    }
+    let kind = if nic.kind == NicKind::Network {
+        "network"
+    } else {
+        "bridge"
+    };
+    x.open("interface", &[("type", kind)]);
+    let libvirt_net = format!("vdsm-{}", nic.bridge);
+    let source: Vec<(&str, &str)> = match (&nic.kind, &nic.tap) {
+        (NicKind::Network, None) => vec![("network", &libvirt_net)],
+        (NicKind::Network, Some(_)) => vec![("network", &libvirt_net), ("bridge", &nic.bridge)],
+        _ => vec![("bridge", &nic.bridge)],
+    };
     match &nic.tap {
         None => {
             x.empty("model", &[("type", "virtio")]);
             x.empty("link", &[("state", "up")]);
-            x.empty("source", &[("bridge", &nic.bridge)]);
+            x.empty("source", &source);
             x.empty("mac", &[("address", &mac)]);
             x.empty("mtu", &[("size", "1500")]);
             x.empty("filterref", &[("filter", "vdsm-no-mac-spoofing")]);
@@ -207,7 +250,7 @@ fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
         Some(tap) => {
             // libvirt's own element order.
             x.empty("mac", &[("address", &mac)]);
-            x.empty("source", &[("bridge", &nic.bridge)]);
+            x.empty("source", &source);
             if nic.native_isolated {
                 x.empty("port", &[("isolated", "yes")]);
             }
@@ -230,6 +273,45 @@ fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
             );
         }
     }
+    x.close("interface");
+}
+
+/// `<interface type="direct">`: a macvtap on `dev` in `bridge` mode, as libvirt writes it.
+fn direct_interface(x: &mut XmlWriter, nic: &NicSpec, dev: &str) {
+    x.open("interface", &[("type", "direct")]);
+    x.empty("mac", &[("address", &format_mac(nic.mac))]);
+    x.empty("source", &[("dev", dev), ("mode", "bridge")]);
+    if let Some(tap) = &nic.tap {
+        x.empty("target", &[("dev", tap)]);
+    }
+    x.empty("model", &[("type", "virtio")]);
+    x.empty("alias", &[("name", &nic.alias())]);
+    x.close("interface");
+}
+
+/// `<interface type="hostdev" managed="no">`: an SR-IOV VF at PCI address `pci`
+/// (`DDDD:BB:SS.F`), as the engine writes it.
+fn hostdev_interface(x: &mut XmlWriter, nic: &NicSpec, pci: &str) {
+    let (domain, rest) = pci.split_once(':').expect("DDDD:BB:SS.F");
+    let (bus, rest) = rest.split_once(':').expect("DDDD:BB:SS.F");
+    let (slot, function) = rest.split_once('.').expect("DDDD:BB:SS.F");
+    let hex = |s: &str| format!("0x{s}");
+    x.open("interface", &[("type", "hostdev"), ("managed", "no")]);
+    x.empty("driver", &[("name", "vfio")]);
+    x.open("source", &[]);
+    x.empty(
+        "address",
+        &[
+            ("type", "pci"),
+            ("domain", &hex(domain)),
+            ("bus", &hex(bus)),
+            ("slot", &hex(slot)),
+            ("function", &hex(function)),
+        ],
+    );
+    x.close("source");
+    x.empty("alias", &[("name", &nic.alias())]);
+    x.empty("mac", &[("address", &format_mac(nic.mac))]);
     x.close("interface");
 }
 

@@ -77,7 +77,7 @@ mod xml;
 #[cfg(test)]
 mod tests;
 
-pub use domxml::{domain_xml, interface_xml, NicSpec, OVIRT_TUNE_NS, OVIRT_VM_NS, TRUSTED_PROPERTY};
+pub use domxml::{domain_xml, interface_xml, NicKind, NicSpec, OVIRT_TUNE_NS, OVIRT_VM_NS, TRUSTED_PROPERTY};
 pub use fabric::{Fabric, FabricHost, SWITCH_BRIDGE};
 pub use frame::RAW_ETHERTYPE;
 pub use gate::{root_test_obstacle, root_tests_enabled, REQUIRE_ROOT_TESTS};

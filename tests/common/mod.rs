@@ -352,6 +352,17 @@ impl Fixture {
         self.lab.matrix().expect("probing").assert_expected(&|_, _| true);
     }
 
+    /// `bridge-isolation status --json`, asserting it succeeds and prints JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        let status = self.cli(&["status", "--json"]);
+        assert!(
+            status.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        serde_json::from_slice(&status.stdout).expect("status --json prints JSON")
+    }
+
     /// Runs the admin CLI `bridge-isolation ARGS` in the host namespace with the hooks' env.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(lab::IP)
