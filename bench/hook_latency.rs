@@ -367,7 +367,7 @@ fn inner(args: &[String]) -> Result<()> {
             &env_of("_hook_domxml", &vm2_root, Some(VM2_UUID), &nft_env),
         )?;
     }
-    // A repeated before_network_setup keeps the previous policy as `pending` (for
+    // A repeated before_network_setup keeps the previous policy as `setup` (for
     // after_network_setup_fail): one more run records it, so the measured runs write nothing.
     run_once(
         &hook("before_network_setup"),

@@ -259,6 +259,7 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
     let runner = Runner::parent();
     let state = &mut locked.state;
     let mut changes_policy = true;
+    let mut said = Vec::new();
     match point {
         Point::BeforeNetworkSetup => {
             // What the request changes, to restore if this very setup fails; a request that
@@ -266,8 +267,9 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
             // nothing and leaves the state file alone.
             let previous = replaced(state, &request);
             changes_policy = !previous.is_empty();
+            // Said once the record is written: an aborted setup must not report a change.
             for (name, change) in &request.networks {
-                record(state, name, change);
+                said.extend(record_quietly(state, name, change));
             }
             state.setup = changes_policy.then(|| PendingSetup {
                 request: request.fingerprint(),
@@ -315,6 +317,9 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
         log::warn!("{e}; this setup changes no isolated network: going on without recording");
         locked.revert();
     }
+    for line in said {
+        log::info!("{line}");
+    }
     // Failing here aborts the setup: the previous policy is written back, nothing blocked.
     if let Err(e) = reconcile::run_or_abort(&mut locked.state, settings) {
         locked.state = fallback;
@@ -349,28 +354,36 @@ fn replaced(state: &State, request: &setup::SetupRequest) -> BTreeMap<String, Op
         .collect()
 }
 
-/// Records one network's change in `state`.
+/// Records one network's change in `state`, logging what changed.
 pub fn record(state: &mut State, network: &str, change: &NetworkChange) {
+    if let Some(line) = record_quietly(state, network, change) {
+        log::info!("{line}");
+    }
+}
+
+/// Records one network's change in `state`; returns the line saying what changed, if it did.
+fn record_quietly(state: &mut State, network: &str, change: &NetworkChange) -> Option<String> {
     match change {
         NetworkChange::Isolate(policy) => {
             let old = state.networks.insert(network.to_string(), policy.clone());
-            if old.as_ref() != Some(policy) {
-                log::info!(
+            let said = (old.as_ref() != Some(policy)).then(|| {
+                format!(
                     "network {network}: bridge {} isolated (uplink {})",
                     policy.bridge,
                     policy.uplink.as_deref().unwrap_or("none")
-                );
-            }
+                )
+            });
             if let Some(old) = old.filter(|o| o.bridge != policy.bridge) {
                 state.released.insert(old.bridge);
             }
             state.released.remove(&policy.bridge);
+            said
         }
         NetworkChange::Lift => {
-            if let Some(old) = state.networks.remove(network) {
-                log::info!("network {network}: isolation of bridge {} lifted", old.bridge);
-                state.released.insert(old.bridge);
-            }
+            let old = state.networks.remove(network)?;
+            let said = format!("network {network}: isolation of bridge {} lifted", old.bridge);
+            state.released.insert(old.bridge);
+            Some(said)
         }
     }
 }

@@ -82,7 +82,8 @@ pub struct LegacyBinding {
 pub fn bind_legacy(legacy: &BTreeMap<Mac, TrustedVnic>, live: &Snapshot) -> LegacyBinding {
     let mut out = LegacyBinding::default();
     for (mac, owner) in legacy {
-        let matching: Vec<&Port> = live.all_ports().filter(|p| p.mac == Some(mac.tap())).collect();
+        let mut matching: Vec<&Port> = live.all_ports().filter(|p| p.mac == Some(mac.tap())).collect();
+        matching.sort_by(|a, b| a.name.cmp(&b.name));
         match matching.as_slice() {
             [port] => out.bound.entry(owner.vm.clone()).or_default().push(TrustedPort {
                 mac: *mac,

@@ -378,9 +378,10 @@ fn the_root_helper_ignores_overrides_arguments_and_sudo_tricks() {
     let state_file = Path::new(paths::STATE_DIR).join("state.json");
     let report = |vm: &lab::VmSpec| {
         format!(
-            r#"{{"vm": "00000000-0000-4000-8000-0000000000{:02x}", "event": "up", "vnics": [{{"mac": "{}", "trusted": true}}]}}"#,
+            r#"{{"vm": "00000000-0000-4000-8000-0000000000{:02x}", "event": "up", "vnics": [{{"mac": "{}", "trusted": true, "tap": "{}"}}]}}"#,
             vm.guest_mac[5],
-            lab::format_mac(vm.guest_mac)
+            lab::format_mac(vm.guest_mac),
+            vm.tap
         )
     };
     let nft_tables = || {
