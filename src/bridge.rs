@@ -219,7 +219,11 @@ pub fn group(link: &str) -> Option<u32> {
 
 /// A link's interface index from sysfs; `None` when there is no such link.
 pub fn ifindex(link: &str) -> Option<u32> {
-    std::fs::read_to_string(sys(&[link, "ifindex"])).ok()?.trim().parse().ok()
+    std::fs::read_to_string(sys(&[link, "ifindex"]))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// True when `name` is a tun/tap device (what libvirt plugs a vNIC in with).

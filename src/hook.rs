@@ -11,11 +11,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::bridge::Snapshot;
 use crate::config::{OnFailure, Settings};
 use crate::domain::{self, Document, PortWish};
 use crate::error::{Error, Result};
 use crate::policy::{self, NetworkChange, NetworkPolicy, PROP_TRUSTED};
-use crate::bridge::Snapshot;
 use crate::state::{Locked, PendingSetup, Runner, State, Store};
 use crate::vnic::{Event, Report, VnicFact};
 use crate::{helper, logging, placement, reconcile, setup};
@@ -284,7 +284,9 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
             }
         }
         _ => match state.setup.take() {
-            Some(pending) if pending.request == request.fingerprint() && runner.is_some() && pending.runner == runner => {
+            Some(pending)
+                if pending.request == request.fingerprint() && runner.is_some() && pending.runner == runner =>
+            {
                 for (name, previous) in pending.previous {
                     let change = previous.map_or(NetworkChange::Lift, NetworkChange::Isolate);
                     log::info!("network {name}: setup failed, restoring the previous policy");

@@ -111,8 +111,7 @@ pub fn plan_for(state: &State, keep: impl Fn(&str) -> bool) -> Result<Plan> {
 
 /// True when `state` has an isolated or lifted bridge that `keep` accepts.
 fn has_bridges(state: &State, keep: &impl Fn(&str) -> bool) -> bool {
-    state.networks.values().any(|p| keep(&p.bridge))
-        || state.released.iter().any(|b| !state.is_isolated(b) && keep(b))
+    state.networks.values().any(|p| keep(&p.bridge)) || state.released.iter().any(|b| !state.is_isolated(b) && keep(b))
 }
 
 /// Like [`plan_for`], on ports already read. A port is the uplink when it is the recorded

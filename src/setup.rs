@@ -262,12 +262,20 @@ mod tests {
         // Canonicalized: keys reordered, defaults spelled out, VLAN as a string.
         let canonical = REQUEST
             .replace(r#""vlan": 100"#, r#""vlan": "100", "ipv6gateway": "::""#)
-            .replace(r#""gone": {"remove": true}"#, r#""gone": {"remove": true, "bridged": true}"#);
+            .replace(
+                r#""gone": {"remove": true}"#,
+                r#""gone": {"remove": true, "bridged": true}"#,
+            );
         let b = parse(canonical.as_bytes()).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 16);
         // Another request (red untagged) is another fingerprint.
-        let other = parse(REQUEST.replace(r#""bridge_isolation": "true""#, r#""bridge_isolation": "false""#).as_bytes()).unwrap();
+        let other = parse(
+            REQUEST
+                .replace(r#""bridge_isolation": "true""#, r#""bridge_isolation": "false""#)
+                .as_bytes(),
+        )
+        .unwrap();
         assert_ne!(a.fingerprint(), other.fingerprint());
         let moved = parse(REQUEST.replace(r#""nic": "eth1""#, r#""nic": "eth2""#).as_bytes()).unwrap();
         assert_ne!(a.fingerprint(), moved.fingerprint());

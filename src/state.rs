@@ -172,7 +172,8 @@ impl State {
                 let old = old.as_ref()?;
                 let now = self.networks.get(network)?;
                 let uplink = old.uplink.as_deref()?;
-                (now.bridge == old.bridge && now.uplink.as_deref() != Some(uplink)).then_some((old.bridge.as_str(), uplink))
+                (now.bridge == old.bridge && now.uplink.as_deref() != Some(uplink))
+                    .then_some((old.bridge.as_str(), uplink))
             })
             .collect()
     }
@@ -641,7 +642,10 @@ mod tests {
         assert_eq!(state.legacy_trusted.len(), 2);
         assert!(state.trusted_vnics.is_empty());
         assert!(state.legacy_pending.is_some() && state.setup.is_none());
-        assert!(state.former_uplinks().is_empty(), "format 1's pending never makes an uplink");
+        assert!(
+            state.former_uplinks().is_empty(),
+            "format 1's pending never makes an uplink"
+        );
 
         let mut locked = store.lock().unwrap();
         locked.state.legacy_trusted.clear();
@@ -650,7 +654,10 @@ mod tests {
         let text = std::fs::read_to_string(store.path()).unwrap();
         let written: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(written["version"], 2);
-        assert!(written.get("pending").is_none() && written.get("trusted").is_none(), "{text}");
+        assert!(
+            written.get("pending").is_none() && written.get("trusted").is_none(),
+            "{text}"
+        );
         assert_eq!(store.read().unwrap().networks, state.networks);
     }
 

@@ -166,7 +166,10 @@ pub fn tidy(state: &mut State, live: &Snapshot) -> Vec<String> {
         ports.retain(|p| {
             let keep = is_live(p, live) || crate::bridge::ifindex(&p.tap) == Some(p.ifindex);
             if !keep {
-                said.push(format!("trusted vNIC {} of VM {vm}: tap {} is gone, record dropped", p.mac, p.tap));
+                said.push(format!(
+                    "trusted vNIC {} of VM {vm}: tap {} is gone, record dropped",
+                    p.mac, p.tap
+                ));
             }
             keep
         });
@@ -229,7 +232,11 @@ mod tests {
             )])
         );
         assert_eq!(got.unbound.len(), 2);
-        assert!(got.unbound[0].contains("2 ports have MAC fe:6f:1a:3e:00:07 (vnet1, vnet2): none opened"), "{:?}", got.unbound);
+        assert!(
+            got.unbound[0].contains("2 ports have MAC fe:6f:1a:3e:00:07 (vnet1, vnet2): none opened"),
+            "{:?}",
+            got.unbound
+        );
         assert!(got.unbound[1].contains("no running tap"), "{:?}", got.unbound);
 
         // Until root writes the binding, planning trusts what the binding would.
@@ -261,7 +268,9 @@ mod tests {
         state.trusted_vnics.insert("vm-r".into(), vec![record("vnet4", 30)]);
         // vnet4 of another index: its tap was deleted, a new one took the name.
         state.trusted_vnics.insert("vm-old".into(), vec![record("vnet4", 12)]);
-        state.trusted_vnics.insert("vm-gone".into(), vec![record("vnet-none-0", 13)]);
+        state
+            .trusted_vnics
+            .insert("vm-gone".into(), vec![record("vnet-none-0", 13)]);
         let said = tidy(&mut state, &live);
         assert_eq!(state.trusted_vnics.keys().collect::<Vec<_>>(), ["vm-r"]);
         assert_eq!(said.len(), 2, "{said:?}");

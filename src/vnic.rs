@@ -108,7 +108,9 @@ impl Report {
         let mut owned_taps: Option<BTreeSet<String>> = None;
         for v in &self.vnics {
             if v.trusted.is_some() {
-                state.legacy_trusted.retain(|mac, t| !(t.vm == self.vm && *mac == v.mac));
+                state
+                    .legacy_trusted
+                    .retain(|mac, t| !(t.vm == self.vm && *mac == v.mac));
             }
             if v.trusted != Some(true) {
                 if v.trusted == Some(false) {
@@ -159,7 +161,9 @@ impl Report {
     pub fn recorded_in(&self, state: &State, live: &Snapshot) -> bool {
         let mut after = state.clone();
         let unproven = self.apply(&mut after, live, || Ok(BTreeSet::new()));
-        unproven.is_empty() && after.trusted_vnics == state.trusted_vnics && after.legacy_trusted == state.legacy_trusted
+        unproven.is_empty()
+            && after.trusted_vnics == state.trusted_vnics
+            && after.legacy_trusted == state.legacy_trusted
     }
 }
 
@@ -248,7 +252,12 @@ mod tests {
     #[test]
     fn a_guest_mac_starting_with_fe_is_found_on_its_fa_tap() {
         let mut state = State::default();
-        let hotplug = report(VM_A, Event::Up, vec![fact("fe:6f:1a:3e:00:09", Some(true), None)], false);
+        let hotplug = report(
+            VM_A,
+            Event::Up,
+            vec![fact("fe:6f:1a:3e:00:09", Some(true), None)],
+            false,
+        );
         let owned = || Ok(BTreeSet::from(["vnet3".to_string()]));
         assert!(hotplug.apply(&mut state, &live(), owned).is_empty());
         assert_eq!(state.trusted_vnics[VM_A][0].tap, "vnet3");
@@ -256,7 +265,12 @@ mod tests {
 
     #[test]
     fn without_a_named_tap_only_the_vms_own_qemu_proves_one() {
-        let hotplug = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), None)], false);
+        let hotplug = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(true), None)],
+            false,
+        );
         // The qemu holds vnet2 only: the colliding vnet1 is no candidate.
         let mut state = State::default();
         assert!(hotplug
@@ -271,11 +285,16 @@ mod tests {
         });
         assert!(state.trusted_vnics.is_empty());
         assert_eq!(said.len(), 1);
-        assert!(said[0].contains("2 taps of the VM's qemu have MAC fe:6f:1a:3e:00:07: ambiguous"), "{said:?}");
+        assert!(
+            said[0].contains("2 taps of the VM's qemu have MAC fe:6f:1a:3e:00:07: ambiguous"),
+            "{said:?}"
+        );
         // No qemu found (or no root to look): nothing opened, one line, and an
         // unprivileged hook asks root.
         let mut state = State::default();
-        let said = hotplug.apply(&mut state, &live(), || Err(std::io::Error::from_raw_os_error(libc::EACCES)));
+        let said = hotplug.apply(&mut state, &live(), || {
+            Err(std::io::Error::from_raw_os_error(libc::EACCES))
+        });
         assert!(state.trusted_vnics.is_empty());
         assert!(said[0].contains("its port stays isolated"), "{said:?}");
         assert!(!hotplug.recorded_in(&state, &live()));
@@ -284,7 +303,12 @@ mod tests {
     #[test]
     fn a_named_tap_that_is_no_bridge_port_opens_nothing() {
         let mut state = State::default();
-        let up = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet9"))], true);
+        let up = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet9"))],
+            true,
+        );
         let said = up.apply(&mut state, &live(), no_owner);
         assert!(state.trusted_vnics.is_empty());
         assert!(said[0].contains("its tap vnet9 is not a bridge port"), "{said:?}");
@@ -295,7 +319,12 @@ mod tests {
         let mut state = State::default();
         // Two VMs with the same guest MAC (another cluster's VM migrated in, a custom MAC).
         for (vm, tap) in [(VM_A, "vnet1"), (VM_B, "vnet2")] {
-            let up = report(vm, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), Some(tap))], true);
+            let up = report(
+                vm,
+                Event::Up,
+                vec![fact("56:6f:1a:3e:00:07", Some(true), Some(tap))],
+                true,
+            );
             up.apply(&mut state, &live(), no_owner);
         }
         assert_eq!(state.trusted_vnics.len(), 2);
@@ -304,7 +333,12 @@ mod tests {
         gone.apply(&mut state, &live(), no_owner);
         assert_eq!(state.trusted_vnics.keys().collect::<Vec<_>>(), [VM_B]);
         // A device update marking B's vNIC untrusted drops it.
-        let update = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(false), Some("vnet2"))], false);
+        let update = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(false), Some("vnet2"))],
+            false,
+        );
         update.apply(&mut state, &live(), no_owner);
         assert!(state.trusted_vnics.is_empty());
     }
@@ -312,9 +346,19 @@ mod tests {
     #[test]
     fn a_proven_record_stands_through_a_device_hook_that_names_no_tap() {
         let mut state = State::default();
-        let start = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))], true);
+        let start = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))],
+            true,
+        );
         start.apply(&mut state, &live(), no_owner);
-        let update = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), None)], false);
+        let update = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(true), None)],
+            false,
+        );
         assert!(update.recorded_in(&state, &live()));
         // Once the tap is gone (a new vnet2 has another index), the record proves nothing.
         let reborn = Snapshot::of(vec![("red", 3, vec![port("vnet2", 40, "fe:6f:1a:3e:00:07")])]);
@@ -325,11 +369,23 @@ mod tests {
     #[test]
     fn a_whole_domain_replaces_the_vms_records() {
         let mut state = State::default();
-        state.legacy_trusted.insert(mac("56:6f:1a:3e:00:07"), TrustedVnic { vm: VM_B.into() });
-        let start = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))], true);
+        state
+            .legacy_trusted
+            .insert(mac("56:6f:1a:3e:00:07"), TrustedVnic { vm: VM_B.into() });
+        let start = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))],
+            true,
+        );
         start.apply(&mut state, &live(), no_owner);
         assert!(state.legacy_trusted.is_empty(), "the format-1 record is superseded");
-        let without = report(VM_B, Event::Up, vec![fact("56:6f:1a:3e:00:09", Some(false), Some("vnet3"))], true);
+        let without = report(
+            VM_B,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:09", Some(false), Some("vnet3"))],
+            true,
+        );
         without.apply(&mut state, &live(), no_owner);
         assert!(state.trusted_vnics.is_empty());
     }
@@ -338,7 +394,12 @@ mod tests {
     fn rejects_odd_reports() {
         let bad = report("../../etc", Event::Up, vec![], false);
         assert!(bad.validate().is_err());
-        let tap = report(VM_A, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), Some("../x"))], false);
+        let tap = report(
+            VM_A,
+            Event::Up,
+            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("../x"))],
+            false,
+        );
         assert!(tap.validate().is_err());
         let json = r#"{"vm": "x", "event": "up", "vnics": [], "state_dir": "/tmp"}"#;
         assert!(serde_json::from_str::<Report>(json).is_err());

@@ -319,17 +319,17 @@ fn serial_then_concurrent(fx: &Fixture, initial: &[u8], backend: BackendKind, en
 
     // What that is, spelled out: trusted records for the plugged trusted VMs only; with
     // port isolation, trusted vNICs and the uplink open and the other VM ports isolated.
-    let mut trusted: Vec<String> = serial
-        .trusted_ports()
-        .map(|(_, p)| p.mac.to_string())
-        .collect();
+    let mut trusted: Vec<String> = serial.trusted_ports().map(|(_, p)| p.mac.to_string()).collect();
     trusted.sort();
     let want_trusted: Vec<String> = (1..=PLUGGED)
         .filter(|&n| is_trusted(n))
         .map(|n| format_mac(fx.vm(n).guest_mac))
         .collect();
     assert_eq!(trusted, want_trusted);
-    assert!(serial.trusted_vnics.keys().all(|vm| !GONE.map(vm_uuid).any(|g| g == *vm)));
+    assert!(serial
+        .trusted_vnics
+        .keys()
+        .all(|vm| !GONE.map(vm_uuid).any(|g| g == *vm)));
     assert_eq!(serial.networks.keys().collect::<Vec<_>>(), [NET]);
     if backend == BackendKind::PortIsolation {
         let mut want_flags: BTreeMap<String, bool> = (1..=PLUGGED).map(|n| (fx.vm(n).tap, !is_trusted(n))).collect();

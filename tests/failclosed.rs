@@ -220,7 +220,11 @@ fn a_port_whose_flag_is_set_is_confirmed_not_blocked() {
     let vm2 = [nftables(), env("vmId", &vm_uuid(2))];
     let run = run_without_nft(&fx, "after_vm_start", live_domain(&fx, 2).as_bytes(), &vm2);
     assert_eq!(run.code(), Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("fail-closed: blocked bridge isonet ports vnet2"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("fail-closed: blocked bridge isonet ports vnet2"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         port_states(&fx),
         states(&[(UPLINK, "forwarding"), ("vnet1", "forwarding"), ("vnet2", "disabled")])

@@ -48,7 +48,10 @@ fn a_stale_pending_record_is_never_replayed() {
     assert!(run.stderr.contains("dropped, not replayed"), "{}", run.stderr);
     fx.assert_isolated_ports(&["vnet1", "vnet2"]);
     fx.assert_isolation(&[]);
-    assert!(fx.state_json().get("setup").is_none(), "the record outlived the next setup");
+    assert!(
+        fx.state_json().get("setup").is_none(),
+        "the record outlived the next setup"
+    );
     assert!(fx.cli(&["verify"]).status.success());
 
     // The same request, failing under another runner: not replayed either.
@@ -138,9 +141,8 @@ fn a_read_only_state_directory_aborts_only_setups_it_must_record() {
     let fx = Fixture::new("biro", 1);
     fx.network_setup(&tagged("true"));
     let dir = fx.state_dir().display().to_string();
-    let read_only = format!(
-        "/usr/bin/mount --bind {dir} {dir} && /usr/bin/mount -o remount,bind,ro {dir} && exec \"$0\""
-    );
+    let read_only =
+        format!("/usr/bin/mount --bind {dir} {dir} && /usr/bin/mount -o remount,bind,ro {dir} && exec \"$0\"");
     let state = fx.state_bytes();
     let run = fx.run_scripted("before_network_setup", unrelated().as_bytes(), &[], &read_only);
     assert_eq!(run.code(), Some(0), "{}", run.stderr);

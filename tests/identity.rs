@@ -79,7 +79,10 @@ fn a_colliding_mac_never_opens_a_port() {
     fx.assert_isolated_ports(&["vnet1", "vnet3"]);
     let status = String::from_utf8_lossy(&fx.cli(&["status"]).stdout).into_owned();
     assert!(
-        status.contains(&format!("trusted vNIC 56:6f:1a:3e:00:07 (VM {}) on tap vnet2", vm_uuid(2))),
+        status.contains(&format!(
+            "trusted vNIC 56:6f:1a:3e:00:07 (VM {}) on tap vnet2",
+            vm_uuid(2)
+        )),
         "{status}"
     );
 
@@ -134,7 +137,10 @@ fn a_format_1_trust_record_is_carried_over_to_its_one_tap() {
     assert!(out.status.success(), "{stderr}");
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("none opened")).collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
-    assert!(warnings[0].contains("56:6f:1a:3e:00:07") && warnings[0].contains("vnet1, vnet2"), "{stderr}");
+    assert!(
+        warnings[0].contains("56:6f:1a:3e:00:07") && warnings[0].contains("vnet1, vnet2"),
+        "{stderr}"
+    );
     fx.assert_isolated_ports(&["vnet1", "vnet2", "vnet5"]);
     fx.assert_isolation(&["vm3"]);
     let state = fx.state_json();
@@ -216,7 +222,16 @@ fn a_hotplugged_trusted_vnic_is_proven_by_its_qemu_process() {
 
     let _qemu = Qemu::hold(fx.lab.host_ns(), "vnet9", &vm_uuid(9));
     fx.lab
-        .ip_in_host(&["link", "set", "vnet9", "address", "fe:6f:4c:ab:00:09", "master", NET, "up"])
+        .ip_in_host(&[
+            "link",
+            "set",
+            "vnet9",
+            "address",
+            "fe:6f:4c:ab:00:09",
+            "master",
+            NET,
+            "up",
+        ])
         .expect("plugging the tap");
     let router = NicSpec {
         trusted: true,
@@ -241,7 +256,11 @@ fn a_hotplugged_trusted_vnic_is_proven_by_its_qemu_process() {
     let run = fx.run_vm_point("after_nic_hotplug", 8, interface_xml(&claim), &claim.device_env());
     let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("stays isolated")).collect();
     assert_eq!(lines.len(), 1, "{}", run.stderr);
-    assert!(lines[0].contains(&vm_uuid(8)) && lines[0].contains("02:6f:4c:ab:00:09"), "{}", run.stderr);
+    assert!(
+        lines[0].contains(&vm_uuid(8)) && lines[0].contains("02:6f:4c:ab:00:09"),
+        "{}",
+        run.stderr
+    );
     fx.assert_isolated_ports(&["vnet8"]);
     assert!(fx.state_json()["trusted_vnics"].get(vm_uuid(8)).is_none());
 }

@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(format_mac(mac), "56:6f:4c:ab:00:0a");
         assert_eq!(parse_mac(&format_mac(mac)).unwrap(), mac);
         assert_eq!(format_mac(tap_mac(mac)), "fe:6f:4c:ab:00:0a");
-        assert_eq!(format_mac(tap_mac([0xfe, 0x6f, 0x4c, 0xab, 0x00, 0x0a])), "fa:6f:4c:ab:00:0a");
+        assert_eq!(
+            format_mac(tap_mac([0xfe, 0x6f, 0x4c, 0xab, 0x00, 0x0a])),
+            "fa:6f:4c:ab:00:0a"
+        );
         assert!(parse_mac("56:6f:4c:ab:00").is_err());
         assert!(parse_mac("56:6f:4c:ab:00:zz").is_err());
         assert!(parse_mac("56:6f:4c:ab:00:100").is_err());
