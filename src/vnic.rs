@@ -1,7 +1,8 @@
 //! vNIC reports: what a VM or device hook learnt about a VM's vNICs, and how it changes state.
 //!
 //! An unprivileged VM hook sends its report to the root helper, which trusts it no further
-//! than this: it can mark or unmark vNICs as trusted and forget a VM's records; it cannot
+//! than this: it can mark or unmark one VM's vNICs as trusted (each bound to a tap the host
+//! proves, never to a MAC: see [`crate::trust`]) and forget that VM's records; it cannot
 //! name bridges, paths or backends. Isolation itself always follows the root-owned state.
 
 use std::collections::BTreeSet;
