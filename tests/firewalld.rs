@@ -1,4 +1,4 @@
-//! The firewalld backend on a real kernel, against a real firewalld (DESIGN.md section 7):
+//! The firewalld backend on a real kernel, against a real firewalld (docs/design.md §7):
 //! each test runs its own `dbus-daemon` on a private socket and `firewalld --nofork --nopid
 //! --system-config DIR` inside the lab's host namespace, with `DBUS_SYSTEM_BUS_ADDRESS`
 //! pointing the hooks at it; the machine's `/etc/firewalld` and system bus are untouched.
@@ -538,8 +538,8 @@ fn nft_members(v: &Value) -> Vec<String> {
 /// three running VMs, then the tag: our `bridge bridge_isolation` table holds their ports,
 /// every protocol is blocked between them, uplink and host open, and firewalld has no direct
 /// rule of ours. `firewall-cmd --reload` (FlushAllOnReload=yes) keeps the table as it was
-/// (same handles, same members, same rule) and the matrix, and `verify` passes (DESIGN.md
-/// section 4: a reload keeps foreign nftables tables).
+/// (same handles, same members, same rule) and the matrix, and `verify` passes (docs/design.md
+/// §4: a reload keeps foreign nftables tables).
 #[test]
 fn nftables_table_survives_firewalld_reload() {
     if !firewalld_tests_enabled("nftables_table_survives_firewalld_reload") {

@@ -1,5 +1,5 @@
 //! Hostile and broken input through the real hook binary, run as VDSM runs it in a netns lab
-//! (DESIGN.md sections 2 and 7): truncated, empty and non-UTF-8 payloads, entity expansion,
+//! (docs/design.md §2 and §7): truncated, empty and non-UTF-8 payloads, entity expansion,
 //! names that are not Linux interface names, a 20,000-network request, unknown keys, and
 //! state files another user could have planted. Every refusal is one stderr line with exit 2
 //! where VDSM aborts and 1 elsewhere, never a panic or a signal, and leaves the payload, the

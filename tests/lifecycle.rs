@@ -1,4 +1,4 @@
-//! The hooks on a real kernel: each test builds a netns lab (DESIGN.md section 7), runs the
+//! The hooks on a real kernel: each test builds a netns lab (docs/design.md §7), runs the
 //! installed hook tree as VDSM runs it at each lifecycle point, emulates libvirt in between,
 //! and checks the kernel's port flags and the reachability matrix. They need root; as
 //! another user they skip (or fail under `BRIDGE_ISOLATION_REQUIRE_ROOT_TESTS=1`).

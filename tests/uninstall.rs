@@ -1,6 +1,6 @@
 //! Lifting isolation on a real kernel: `bridge-isolation release-all` (what the RPM's
 //! `%preun` runs on erase) and `bridge-isolation watch-firewalld` (what
-//! bridge-isolation-firewalld.service runs), each in a netns lab (DESIGN.md section 7)
+//! bridge-isolation-firewalld.service runs), each in a netns lab (docs/design.md §7)
 //! with its own state directory, driven through the hooks exactly as VDSM runs them.
 
 use std::io::{BufRead, BufReader};

@@ -30,7 +30,7 @@
 //! own ports, so that is VM -> VM on one bridge. The sets stay per bridge: a chain a map's
 //! verdict leads to cannot look that map up itself (the kernel refuses the loop). Sets are
 //! scoped per bridge by their explicit members, not by `meta ibrname`, which needs
-//! NFT_BRIDGE_META (DESIGN.md section 4). Members are interface *indexes*: like the kernel's
+//! NFT_BRIDGE_META (docs/design.md §4). Members are interface *indexes*: like the kernel's
 //! port flag they belong to one interface, so a tap name that libvirt reuses on another
 //! bridge is never caught by a stale entry; `nft list` still prints them by name.
 //!

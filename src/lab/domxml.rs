@@ -1,4 +1,4 @@
-//! Realistic VDSM domain payloads (DESIGN.md section 2): a VM's domain XML and the single
+//! Realistic VDSM domain payloads (docs/design.md §2): a VM's domain XML and the single
 //! `<interface>` element of device points.
 //!
 //! They come in two flavours, as on a real host. Without tap names it is what the engine

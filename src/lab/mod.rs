@@ -1,4 +1,4 @@
-//! The network-namespace test lab of DESIGN.md section 7, shared by the integration tests
+//! The network-namespace test lab of docs/design.md §7, shared by the integration tests
 //! and the `bridge-isolation demo` command. Everything here needs root except the payload
 //! builders, [`Matrix`] and the address helpers.
 //!

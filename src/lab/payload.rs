@@ -1,4 +1,4 @@
-//! Realistic VDSM network payloads (DESIGN.md section 2): the setupNetworks JSON of
+//! Realistic VDSM network payloads (docs/design.md §2): the setupNetworks JSON of
 //! `before/after_network_setup`, and its `vdsm-tool restore-nets` variant.
 
 use serde_json::{json, Map, Value};

@@ -1,4 +1,4 @@
-//! Running a hook point the way VDSM does (DESIGN.md section 2), inside a namespace.
+//! Running a hook point the way VDSM does (docs/design.md §2), inside a namespace.
 //!
 //! Every executable regular file of `HOOKS/POINT/` (no dotfiles, as VDSM's glob) runs in
 //! name order, with no arguments, stdin from /dev/null, stdout discarded, stderr captured,

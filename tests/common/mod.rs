@@ -1,6 +1,6 @@
 //! Shared fixtures of the integration tests: a VDSM hook tree installed by
 //! `packaging/install.sh`, and a [`Fixture`] that drives the hooks against a netns lab the
-//! way VDSM and libvirt would (DESIGN.md sections 2 and 7).
+//! way VDSM and libvirt would (docs/design.md §2 and §7).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::OpenOptionsExt;
