@@ -63,9 +63,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bridge_isolation::backend::{self, BackendKind};
-use bridge_isolation::lab::{Lab, LabSpec};
 use bridge_isolation::reconcile;
 use bridge_isolation::state::State;
+use bridge_isolation_lab::{Lab, LabSpec};
 use common::*;
 
 const NAME: &str = "dataplane";

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bridge_isolation::backend::{self, BackendKind};
-use bridge_isolation::lab::{self, domain_xml, Lab, LabSpec, NetSpec, NicSpec};
+use bridge_isolation_lab::{self as lab, domain_xml, Lab, LabSpec, NetSpec, NicSpec};
 use common::*;
 
 const NAME: &str = "hook_latency";

@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn reads_the_bridges_and_ports_of_a_namespace() {
-        use crate::lab::{root_tests_enabled, unique_prefix, Lab, LabSpec};
+        use bridge_isolation_lab::{root_tests_enabled, unique_prefix, Lab, LabSpec};
         if !root_tests_enabled("reads_the_bridges_and_ports_of_a_namespace") {
             return;
         }

@@ -17,7 +17,6 @@ pub mod firewall_watch;
 pub mod helper;
 pub mod hook;
 pub mod ifname;
-pub mod lab;
 pub mod logging;
 pub mod mac;
 pub mod manpage;

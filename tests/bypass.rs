@@ -7,7 +7,7 @@
 #[allow(dead_code)] // each test binary uses some of the shared helpers
 mod common;
 
-use bridge_isolation::lab::{self, domain_xml, format_mac, interface_xml, NicKind, NicSpec, Payload};
+use bridge_isolation_lab::{self as lab, domain_xml, format_mac, interface_xml, NicKind, NicSpec, Payload};
 use common::{port_isolated_in, tagged, vm_uuid, Fixture, PLAIN, UPLINK};
 
 /// A VF of the uplink's NIC, as the engine names it by PCI address.

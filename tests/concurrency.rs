@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bridge_isolation::backend::BackendKind;
-use bridge_isolation::lab::{self, domain_xml, format_mac, interface_xml, NicSpec};
 use bridge_isolation::state::{State, Store};
+use bridge_isolation_lab::{self as lab, domain_xml, format_mac, interface_xml, NicSpec};
 use common::{tagged, vm_uuid, Fixture, Profile, NET, PLAIN, TRUSTED, UPLINK};
 
 /// VMs with a tap on the bridge (1-16); 17-20 are gone, with trusted records to forget.

@@ -7,7 +7,7 @@
 #[allow(dead_code)]
 mod common;
 
-use bridge_isolation::lab::{self, NetSpec};
+use bridge_isolation_lab::{self as lab, NetSpec};
 use common::{tagged, vm_uuid, Finished, Fixture, NET, TRUSTED, UPLINK};
 use serde_json::json;
 
@@ -176,10 +176,10 @@ fn a_trusted_vnic_opens_only_once_its_record_is_written() {
     let vm = fx.vm(2);
     fx.lab.add_vm(&vm).unwrap();
     fx.assert_isolated_ports(&["vnet1"]);
-    let live = bridge_isolation::lab::domain_xml(
+    let live = bridge_isolation_lab::domain_xml(
         &vm.name,
         &vm_uuid(2),
-        &[bridge_isolation::lab::NicSpec {
+        &[bridge_isolation_lab::NicSpec {
             tap: Some(vm.tap.clone()),
             ..fx.engine_nic(2, TRUSTED)
         }],

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bridge_isolation::backend::iptables::SYSCTLS;
 use bridge_isolation::backend::nftables::{set_name, TABLE as NFT_TABLE};
-use bridge_isolation::lab::{self, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
+use bridge_isolation_lab::{self as lab, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 

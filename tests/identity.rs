@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-use bridge_isolation::lab::{self, domain_xml, interface_xml, parse_mac, LabSpec, NicSpec, VmSpec};
+use bridge_isolation_lab::{self as lab, domain_xml, interface_xml, parse_mac, LabSpec, NicSpec, VmSpec};
 use common::{tagged, vm_uuid, Fixture, NET};
 use serde_json::json;
 

@@ -19,8 +19,8 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
 use bridge_isolation::backend::iptables::{MODULES_DROPIN, SYSCTLS, SYSCTL_DROPIN};
-use bridge_isolation::lab::{
-    self, domain_xml, is_vm, HookRun, Lab, LabSpec, Matrix, NetSpec, NicSpec, Payload, Protocol,
+use bridge_isolation_lab::{
+    self as lab, domain_xml, is_vm, HookRun, Lab, LabSpec, Matrix, NetSpec, NicSpec, Payload, Protocol,
 };
 use serde_json::{json, Value};
 use tempfile::TempDir;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use bridge_isolation::lab::{self, domain_xml, format_mac, interface_xml, LabSpec, NetSpec, NicSpec, Payload};
+use bridge_isolation_lab::{self as lab, domain_xml, format_mac, interface_xml, LabSpec, NetSpec, NicSpec, Payload};
 use common::{
     has_port_element, port_isolated_in, removed, tagged, untagged, vm_uuid, Fixture, Profile, NET, PLAIN, TRUSTED,
     UPLINK,

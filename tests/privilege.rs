@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use bridge_isolation::lab::{self, is_vm, Lab, LabSpec, NicSpec, Payload, RunAs};
 use bridge_isolation::paths;
+use bridge_isolation_lab::{self as lab, is_vm, Lab, LabSpec, NicSpec, Payload, RunAs};
 
 #[allow(dead_code)]
 mod common;
@@ -494,7 +494,7 @@ fn the_root_helper_ignores_overrides_arguments_and_sudo_tricks() {
 }
 
 /// Every process the library starts outside the test lab is named by an absolute path (no
-/// PATH lookup) and none is a shell: each `Command::new(X)` in `src/` (but `src/lab/`) takes
+/// PATH lookup) and none is a shell: each `Command::new(X)` in `src/` (the lab is `lab/`) takes
 /// a constant whose value starts with `/`, or a variable that every assignment in its file
 /// feeds from such constants or from functions returning only absolute literals; no string
 /// literal names a shell or sudo bare; nothing calls `execvp`, `system` or reads `PATH`.
@@ -508,9 +508,7 @@ fn no_path_lookups_and_no_shell_in_the_library() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                if path != src.join("lab") {
-                    dirs.push(path);
-                }
+                dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 files.push(path);
             }
@@ -528,7 +526,8 @@ fn no_path_lookups_and_no_shell_in_the_library() {
     // Every `const NAME: &str = "value";` of the crate, the lab's included.
     let mut consts = std::collections::BTreeMap::new();
     let mut all = files.clone();
-    all.extend(std::fs::read_dir(src.join("lab")).unwrap().map(|e| e.unwrap().path()));
+    let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/src");
+    all.extend(std::fs::read_dir(lab).unwrap().map(|e| e.unwrap().path()));
     for path in &all {
         for line in code(path).lines() {
             let line = line.trim().trim_start_matches("pub ").trim_start_matches("pub(crate) ");

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use bridge_isolation::lab::{self, domain_xml, Payload};
+use bridge_isolation_lab::{self as lab, domain_xml, Payload};
 use common::{tagged, vm_uuid, Fixture, NET, PLAIN, UPLINK};
 
 /// VDSM's running config of the lab network, as `/var/lib/vdsm/staging/netconf/nets/NET`.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use bridge_isolation::lab::{self, domain_xml, format_mac, NetSpec, NicSpec};
+use bridge_isolation_lab::{self as lab, domain_xml, format_mac, NetSpec, NicSpec};
 use common::{port_isolated_in, removed, tagged, untagged, vm_uuid, Finished, Fixture, NET, PLAIN, TRUSTED, UPLINK};
 
 const VMS: u8 = 4;

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bridge_isolation::backend::nftables::GROUP;
-use bridge_isolation::lab::{self, is_vm, Lab, LabSpec, NetSpec, NicSpec, Payload};
+use bridge_isolation_lab::{self as lab, is_vm, Lab, LabSpec, NetSpec, NicSpec, Payload};
 
 const CLI: &str = env!("CARGO_BIN_EXE_bridge-isolation");
 

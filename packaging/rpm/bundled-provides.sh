@@ -1,6 +1,6 @@
 #!/bin/bash
 # The spec's `Provides: bundled(crate(NAME)) = VERSION` lines: one per crate statically
-# linked into the binaries (Cargo.lock's normal dependencies of this package, for the host
+# linked into the packaged binaries (Cargo.lock's normal dependencies of this package, for the host
 # target, without build scripts' and proc macros' own dependencies), as the packaging
 # guidelines for Rust ask, so that `rpm -q --whatprovides 'bundled(crate(quick-xml))'` finds
 # this package when a crate needs a fix.
@@ -22,7 +22,8 @@ lines() {
     # "{p}" prints "NAME vVERSION" (and the path for a path dependency: this package only).
     # SemVer build metadata ("+...") is not part of an RPM version's comparison: dropped.
     # From the registry cache when it holds every crate, else from crates.io.
-    local args=(tree --locked -p "$name" --edges no-build,no-dev,no-proc-macro --prefix none --format '{p}')
+    # Without default features: the RPM builds without the `demo` feature (and its lab).
+    local args=(tree --locked -p "$name" --no-default-features --edges no-build,no-dev,no-proc-macro --prefix none --format '{p}')
     (cd "$top" && { cargo "${args[@]}" --offline 2>/dev/null || cargo "${args[@]}"; }) |
         awk -v self="$name" '$1 != self { v = $2; sub(/^v/, "", v); sub(/\+.*/, "", v);
             printf "Provides:       bundled(crate(%s)) = %s\n", $1, v }' |

@@ -87,6 +87,13 @@ trap 'rm -rf "$payload"' EXIT
 (cd "$payload" && rpm2cpio "$rpmfile" | cpio -idm --quiet)
 check "man page renders as bridge-isolation(8)" bash -c \
     "zcat -f '$payload$man' | grep -q '^\.TH bridge-isolation 8 ' && zcat -f '$payload$man' | grep -q 'release\\\\-all'"
+# The packaged CLI carries no test lab: its demo only says where to run it.
+no_lab() {
+    local out
+    out=$("$payload/usr/sbin/bridge-isolation" demo 2>&1) && return 1
+    grep -q 'this build has no demo' <<< "$out" && ! grep -aq 'bidemo' "$payload/usr/sbin/bridge-isolation"
+}
+check "no test lab in the packaged CLI (built without the demo feature)" no_lab
 if command -v systemd-analyze >/dev/null; then
     # Verify copies whose ExecStart= points into the payload (the real path is not installed here).
     mkdir -p "$payload/units"

@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bridge_isolation::lab::{
-    self, domain_xml, interface_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload, VmSpec,
+use bridge_isolation_lab::{
+    self as lab, domain_xml, interface_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload, VmSpec,
 };
 use tempfile::TempDir;
 

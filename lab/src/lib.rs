@@ -1,5 +1,6 @@
-//! The network-namespace test lab of docs/design.md §7, shared by the integration tests
-//! and the `bridge-isolation demo` command. Everything here needs root except the payload
+//! The network-namespace test lab of docs/design.md §7, shared by the integration tests,
+//! the benchmarks and the `bridge-isolation demo` command. A crate of its own: the product
+//! library never links it, and the packaged binaries are built without the demo. Everything here needs root except the payload
 //! builders, [`Matrix`] and the address helpers.
 //!
 //! # Topology ([`LabSpec`], [`VmSpec`], [`Lab`])
@@ -37,7 +38,7 @@
 //! # Use from a test
 //!
 //! ```ignore
-//! use bridge_isolation::lab::{self, is_vm, Lab, LabSpec};
+//! use bridge_isolation_lab::{self as lab, is_vm, Lab, LabSpec};
 //! if !lab::root_tests_enabled("my_test") { return; }
 //! let lab = Lab::create(&LabSpec::new(&lab::unique_prefix("t")).with_vms(2))?;
 //! let run = lab::run_hook_point(lab.host_ns(), hooks, "before_network_setup",
