@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # The classic bridge-isolation recipe written as a VDSM hook, the way an administrator
-# would write it (the baseline of bench/hook_latency.rs; DESIGN.md section 1):
+# would write it (the baseline of bench/hook_latency.rs; docs/design.md §1, docs/benchmarks.md):
 #
 #   modprobe br_netfilter
 #   sysctl -w net.bridge.bridge-nf-call-iptables=1
@@ -13,7 +13,7 @@
 # `bridge_isolation=true` isolates the network's bridge; the isolated bridges are written
 # to a state file so that after_vm_start (which gets no network properties) knows them.
 #
-# It keeps the recipe's defects on purpose (DESIGN.md section 4): it cuts VMs off the
+# It keeps the recipe's defects on purpose (docs/design.md §4): it cuts VMs off the
 # uplink too, leaves IPv6/ARP open, needs br_netfilter. It is a cost baseline, not a fix.
 import json
 import os

@@ -224,11 +224,16 @@ pub fn man_page() -> Result<Vec<u8>> {
     );
     r += "\n.SH SEE ALSO\n";
     r += &format!(
-        "{}, {}, {}, {}\n",
+        "{}, {}, {}, {}, {}\n",
         bold("vdsm-tool(8)"),
         bold("bridge(8)"),
         bold("firewall-cmd(1)"),
-        esc("/usr/share/doc/vdsm-hook-bridge-isolation/README.md")
+        esc("/usr/share/doc/vdsm-hook-bridge-isolation/README.md"),
+        esc(
+            "/usr/share/doc/vdsm-hook-bridge-isolation/docs/ (install.md, configuration.md, \
+             backends.md, cross-host.md, security.md, troubleshooting.md, how-it-works.md, \
+             benchmarks.md, design.md)"
+        )
     );
     out.extend_from_slice(r.as_bytes());
     Ok(out)

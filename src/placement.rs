@@ -1,7 +1,8 @@
 //! Where a vNIC lands on this host: on a Linux bridge, on an isolated network but around its
 //! bridge, or somewhere this project does not act.
 //!
-//! What each interface type gives (VDSM 4.50 and ovirt-engine 4.5, see the README):
+//! What each interface type gives (VDSM 4.50 and ovirt-engine 4.5, see docs/how-it-works.md,
+//! "vNICs that are not taps on the bridge"):
 //!
 //! - `bridge`: `<source bridge='NET'/>`, the bridge itself.
 //! - `network`: `<source network='vdsm-NET'/>`. VDSM names the libvirt network of oVirt

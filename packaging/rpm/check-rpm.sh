@@ -79,6 +79,16 @@ check "%license LICENSE" has "$license" -rw-r--r-- l
 check "%license LICENSE.dependencies" has "$deps" -rw-r--r-- l
 readme=$(awk -F'|' '$6 ~ "^/usr/share/doc/.*/README.md$" {print $6}' <<< "$files")
 check "%doc README.md" has "$readme" -rw-r--r-- d
+# The administrator's documents the README links to and the man page names: every docs/*.md
+# of the tree, and nothing else, in /usr/share/doc/NAME/docs/.
+docdir=${readme%/README.md}/docs
+expected_docs=$(cd "$top/docs" && for f in *.md; do echo "$docdir/$f"; done | sort)
+packaged_docs=$(awk -F'|' -v d="$docdir/" 'index($6, d) == 1 {print $6}' <<< "$files" | sort)
+docs_match() { [ -n "$readme" ] && [ "$expected_docs" = "$packaged_docs" ]; }
+check "%doc docs: exactly the $(wc -l <<< "$expected_docs") files of docs/ in $docdir" docs_match
+bad=0
+for f in $expected_docs; do has "$f" -rw-r--r-- d || bad=1; done
+check "every packaged doc is 0644 root:root, %doc" [ $bad -eq 0 ]
 check "state directory 0755" has /var/lib/$name drwxr-xr-x
 
 # --- contents ----------------------------------------------------------------------------
@@ -94,6 +104,8 @@ no_lab() {
     grep -q 'this build has no demo' <<< "$out" && ! grep -aq 'bidemo' "$payload/usr/sbin/bridge-isolation"
 }
 check "no test lab in the packaged CLI (built without the demo feature)" no_lab
+check "man page names the packaged README.md and docs/" bash -c \
+    "zcat -f '$payload$man' | grep -qF '${readme//-/\\-}' && zcat -f '$payload$man' | grep -qF '${docdir//-/\\-}/'"
 if command -v systemd-analyze >/dev/null; then
     # Verify copies whose ExecStart= points into the payload (the real path is not installed here).
     mkdir -p "$payload/units"
