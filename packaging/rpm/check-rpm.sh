@@ -137,8 +137,8 @@ check "Requires: vdsm" grep -qx 'vdsm' <<< "$requires"
 check "Requires: sudo" grep -qx 'sudo' <<< "$requires"
 provided=$(rpm -qp --provides "$rpmfile" | grep '^bundled(crate(' | sort)
 expected_bundled=$("$here/bundled-provides.sh" | sed 's/^Provides: *//' | sort)
-check "Provides: bundled(crate(...)) for each of the $(wc -l <<< "$expected_bundled") linked crates" \
-    [ -n "$provided" ] && [ "$provided" = "$expected_bundled" ]
+same_bundled() { [ -n "$provided" ] && [ "$provided" = "$expected_bundled" ]; }
+check "Provides: bundled(crate(...)) for each of the $(wc -l <<< "$expected_bundled") linked crates" same_bundled
 buildrequires=$(rpm -qp --requires "$srpm")
 for br in 'cargo >= 1.84' 'rust >= 1.84' 'systemd-rpm-macros'; do
     check "BuildRequires: $br" grep -qx "$br" <<< "$buildrequires"
