@@ -290,20 +290,24 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
             e
         }
     };
-    migrate(state)?;
-    if state.networks.is_empty() && state.released.is_empty() && state.blocked.is_empty() {
+    // One port dump serves the trust records' upkeep and the first plan.
+    let busy = !(state.networks.is_empty() && state.released.is_empty() && state.blocked.is_empty());
+    let trusts = !(state.legacy_trusted.is_empty() && state.trusted_vnics.is_empty());
+    let live = if busy || trusts { Some(Snapshot::read()?) } else { None };
+    migrate(state, live.as_ref());
+    let Some(live) = live.filter(|_| busy) else {
         // Nothing is or was isolated: a host that never uses the property is never
         // touched, and a backend it cannot run never fails its network setups.
         return Ok(Outcome {
             backend: state.backend,
             changes: Vec::new(),
         });
-    }
+    };
     let (mut backend, why) = match choose_backend(settings) {
         Ok(chosen) => chosen,
         Err(e) => return Err(fail(state, None, e)),
     };
-    let (outcome, plan) = match enforce(state, &mut *backend, &why) {
+    let (outcome, plan) = match enforce(state, &mut *backend, &why, &live) {
         Ok(done) => done,
         Err(e) => return Err(fail(state, Some(&mut *backend), e)),
     };
@@ -315,23 +319,14 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
 }
 
 /// Root, under the lock: carries format-1 records over (trusted vNICs bound to their taps,
-/// the old `pending` dropped) and forgets trust records whose tap is gone.
-fn migrate(state: &mut State) -> Result<()> {
+/// the old `pending` dropped) and, given the ports, forgets trust records whose tap is gone.
+fn migrate(state: &mut State, live: Option<&Snapshot>) {
     if state.legacy_pending.take().is_some() {
         log::info!("state: the previous release's pending setup record names no request: dropped, never replayed");
     }
-    if state.legacy_trusted.is_empty() && state.trusted_vnics.is_empty() {
-        return Ok(());
+    for (level, line) in live.map(|live| crate::trust::tidy(state, live)).unwrap_or_default() {
+        log::log!(level, "{line}");
     }
-    let live = Snapshot::read()?;
-    for line in crate::trust::tidy(state, &live) {
-        if line.contains("none opened") {
-            log::warn!("{line}");
-        } else {
-            log::info!("{line}");
-        }
-    }
-    Ok(())
 }
 
 /// Writes the locked state first, then [`run_and_commit`]: a record that lets the kernel open
@@ -379,14 +374,14 @@ pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome
 
 /// The body of [`run`] with the chosen backend. Also returns the newest plan it made, for the
 /// cross-host filter (one port dump serves both).
-fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str) -> Result<(Outcome, Plan)> {
+fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str, live: &Snapshot) -> Result<(Outcome, Plan)> {
     let kind = backend.kind();
     if state.backend == Some(kind) {
         log::debug!("backend {kind} ({why})");
     } else {
         log::info!("backend {kind} ({why})");
     }
-    let mut plan = plan(state)?;
+    let mut plan = plan_with(state, live, |_| true);
     let previous = state.backend.filter(|&p| p != kind);
     // The new backend enforces first, so a handover leaves no moment without isolation.
     let mut changes = backend.apply(&plan)?;

@@ -23,14 +23,19 @@ pub enum Binding {
     Unproven(String),
 }
 
+/// The record binding the vNIC with guest MAC `mac` to `port`.
+fn bound(mac: Mac, port: &Port) -> TrustedPort {
+    TrustedPort {
+        mac,
+        tap: port.name.clone(),
+        ifindex: port.ifindex,
+    }
+}
+
 /// Binds the vNIC with guest MAC `mac` to `tap`, the name libvirt's live XML gives it.
 pub fn by_name(mac: Mac, tap: &str, live: &Snapshot) -> Binding {
     match live.port(tap) {
-        Some(port) => Binding::Bound(TrustedPort {
-            mac,
-            tap: tap.to_string(),
-            ifindex: port.ifindex,
-        }),
+        Some(port) => Binding::Bound(bound(mac, port)),
         None => Binding::Unproven(format!("its tap {tap} is not a bridge port")),
     }
 }
@@ -44,11 +49,7 @@ pub fn by_owner(mac: Mac, owned: &BTreeSet<String>, live: &Snapshot) -> Binding 
         .filter(|p| p.mac == Some(mac.tap()))
         .collect();
     match candidates.as_slice() {
-        [port] => Binding::Bound(TrustedPort {
-            mac,
-            tap: port.name.clone(),
-            ifindex: port.ifindex,
-        }),
+        [port] => Binding::Bound(bound(mac, port)),
         [] if owned.is_empty() => Binding::Unproven("no tap held by the VM's qemu process was found".into()),
         [] => Binding::Unproven(format!(
             "none of the taps the VM's qemu holds ({}) is a bridge port with MAC {}",
@@ -73,8 +74,10 @@ pub fn is_live(port: &TrustedPort, live: &Snapshot) -> bool {
 pub struct LegacyBinding {
     /// Records bound, by VM.
     pub bound: BTreeMap<String, Vec<TrustedPort>>,
-    /// One line per record that could not be bound, and why.
-    pub unbound: Vec<String>,
+    /// One line per record that several ports match: none of them is opened.
+    pub ambiguous: Vec<String>,
+    /// One line per record that no port matches (its VM is not running): dropped.
+    pub absent: Vec<String>,
 }
 
 /// Binds each format-1 record to the one bridge port whose MAC libvirt derives from its
@@ -85,17 +88,13 @@ pub fn bind_legacy(legacy: &BTreeMap<Mac, TrustedVnic>, live: &Snapshot) -> Lega
         let mut matching: Vec<&Port> = live.all_ports().filter(|p| p.mac == Some(mac.tap())).collect();
         matching.sort_by(|a, b| a.name.cmp(&b.name));
         match matching.as_slice() {
-            [port] => out.bound.entry(owner.vm.clone()).or_default().push(TrustedPort {
-                mac: *mac,
-                tap: port.name.clone(),
-                ifindex: port.ifindex,
-            }),
-            [] => out.unbound.push(format!(
+            [port] => out.bound.entry(owner.vm.clone()).or_default().push(bound(*mac, port)),
+            [] => out.absent.push(format!(
                 "trusted vNIC {mac} of VM {}: no running tap has MAC {}; its next start records it again",
                 owner.vm,
                 mac.tap()
             )),
-            many => out.unbound.push(format!(
+            many => out.ambiguous.push(format!(
                 "trusted vNIC {mac} of VM {}: {} ports have MAC {} ({}): none opened, as a MAC \
                  proves no identity; the VM's next start or vNIC update records its tap",
                 owner.vm,
@@ -140,16 +139,20 @@ impl TrustedSet {
 
 /// Root, under the lock: binds format-1 records (see [`bind_legacy`]) and forgets records
 /// whose tap is gone (an interface index is never reused while the host runs, so such a
-/// record can never match again). Returns one line per change, for the log.
-pub fn tidy(state: &mut State, live: &Snapshot) -> Vec<String> {
+/// record can never match again). Returns one line per change and its log level: a
+/// warning where a record opened nothing because several ports matched it.
+pub fn tidy(state: &mut State, live: &Snapshot) -> Vec<(log::Level, String)> {
     let mut said = Vec::new();
     if !state.legacy_trusted.is_empty() {
         let legacy = bind_legacy(&std::mem::take(&mut state.legacy_trusted), live);
         for (vm, ports) in legacy.bound {
             for p in &ports {
-                said.push(format!(
-                    "trusted vNIC {} of VM {vm}: carried over from the previous release to tap {} (index {})",
-                    p.mac, p.tap, p.ifindex
+                said.push((
+                    log::Level::Info,
+                    format!(
+                        "trusted vNIC {} of VM {vm}: carried over from the previous release to tap {} (index {})",
+                        p.mac, p.tap, p.ifindex
+                    ),
                 ));
             }
             let records = state.trusted_vnics.entry(vm).or_default();
@@ -160,15 +163,19 @@ pub fn tidy(state: &mut State, live: &Snapshot) -> Vec<String> {
             }
             records.sort();
         }
-        said.extend(legacy.unbound);
+        said.extend(legacy.ambiguous.into_iter().map(|l| (log::Level::Warn, l)));
+        said.extend(legacy.absent.into_iter().map(|l| (log::Level::Info, l)));
     }
     for (vm, ports) in &mut state.trusted_vnics {
         ports.retain(|p| {
             let keep = is_live(p, live) || crate::bridge::ifindex(&p.tap) == Some(p.ifindex);
             if !keep {
-                said.push(format!(
-                    "trusted vNIC {} of VM {vm}: tap {} is gone, record dropped",
-                    p.mac, p.tap
+                said.push((
+                    log::Level::Info,
+                    format!(
+                        "trusted vNIC {} of VM {vm}: tap {} is gone, record dropped",
+                        p.mac, p.tap
+                    ),
                 ));
             }
             keep
@@ -231,13 +238,13 @@ mod tests {
                 }]
             )])
         );
-        assert_eq!(got.unbound.len(), 2);
+        assert_eq!((got.ambiguous.len(), got.absent.len()), (1, 1));
         assert!(
-            got.unbound[0].contains("2 ports have MAC fe:6f:1a:3e:00:07 (vnet1, vnet2): none opened"),
+            got.ambiguous[0].contains("2 ports have MAC fe:6f:1a:3e:00:07 (vnet1, vnet2): none opened"),
             "{:?}",
-            got.unbound
+            got.ambiguous
         );
-        assert!(got.unbound[1].contains("no running tap"), "{:?}", got.unbound);
+        assert!(got.absent[0].contains("no running tap"), "{:?}", got.absent);
 
         // Until root writes the binding, planning trusts what the binding would.
         let state = State {

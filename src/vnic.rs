@@ -90,7 +90,7 @@ impl Report {
         &self,
         state: &mut State,
         live: &Snapshot,
-        owned: impl FnOnce() -> std::io::Result<BTreeSet<String>>,
+        owned: impl Fn() -> std::io::Result<BTreeSet<String>>,
     ) -> Vec<String> {
         let mut records = state.trusted_vnics.remove(&self.vm).unwrap_or_default();
         let mut unproven = Vec::new();
@@ -105,7 +105,6 @@ impl Report {
             }
             Event::Up => {}
         }
-        let mut owned = Some(owned);
         let mut owned_taps: Option<BTreeSet<String>> = None;
         for v in &self.vnics {
             if v.trusted.is_some() {
@@ -131,13 +130,11 @@ impl Report {
             let binding = match &v.tap {
                 Some(tap) => trust::by_name(v.mac, tap, live),
                 None => {
-                    let taps = owned_taps.get_or_insert_with(|| match owned.take().map(|f| f()) {
-                        Some(Ok(taps)) => taps,
-                        Some(Err(e)) => {
+                    let taps = owned_taps.get_or_insert_with(|| {
+                        owned().unwrap_or_else(|e| {
                             log::debug!("reading the taps of VM {}'s qemu: {e}", self.vm);
                             BTreeSet::new()
-                        }
-                        None => BTreeSet::new(),
+                        })
                     });
                     trust::by_owner(v.mac, taps, live)
                 }
@@ -221,6 +218,12 @@ mod tests {
         }
     }
 
+    /// A report of `vm` that its vNIC 56:6f:1a:3e:00:07 (the router's) is trusted, its tap
+    /// named `tap` (live XML) or not (hotplug).
+    fn router(vm: &str, tap: Option<&str>, whole: bool) -> Report {
+        report(vm, Event::Up, vec![fact("56:6f:1a:3e:00:07", Some(true), tap)], whole)
+    }
+
     fn no_owner() -> std::io::Result<BTreeSet<String>> {
         panic!("the owner proof was asked although the payload names the tap")
     }
@@ -228,12 +231,7 @@ mod tests {
     #[test]
     fn a_trusted_vnic_is_bound_to_the_tap_its_live_xml_names() {
         let mut state = State::default();
-        let up = report(
-            VM_B,
-            Event::Up,
-            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))],
-            true,
-        );
+        let up = router(VM_B, Some("vnet2"), true);
         up.validate().unwrap();
         assert!(!up.recorded_in(&state, &live()));
         assert!(up.apply(&mut state, &live(), no_owner).is_empty());
@@ -266,12 +264,7 @@ mod tests {
 
     #[test]
     fn without_a_named_tap_only_the_vms_own_qemu_proves_one() {
-        let hotplug = report(
-            VM_B,
-            Event::Up,
-            vec![fact("56:6f:1a:3e:00:07", Some(true), None)],
-            false,
-        );
+        let hotplug = router(VM_B, None, false);
         // The qemu holds vnet2 only: the colliding vnet1 is no candidate.
         let mut state = State::default();
         assert!(hotplug
@@ -304,12 +297,7 @@ mod tests {
     #[test]
     fn a_named_tap_that_is_no_bridge_port_opens_nothing() {
         let mut state = State::default();
-        let up = report(
-            VM_B,
-            Event::Up,
-            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet9"))],
-            true,
-        );
+        let up = router(VM_B, Some("vnet9"), true);
         let said = up.apply(&mut state, &live(), no_owner);
         assert!(state.trusted_vnics.is_empty());
         assert!(said[0].contains("its tap vnet9 is not a bridge port"), "{said:?}");
@@ -320,12 +308,7 @@ mod tests {
         let mut state = State::default();
         // Two VMs with the same guest MAC (another cluster's VM migrated in, a custom MAC).
         for (vm, tap) in [(VM_A, "vnet1"), (VM_B, "vnet2")] {
-            let up = report(
-                vm,
-                Event::Up,
-                vec![fact("56:6f:1a:3e:00:07", Some(true), Some(tap))],
-                true,
-            );
+            let up = router(vm, Some(tap), true);
             up.apply(&mut state, &live(), no_owner);
         }
         assert_eq!(state.trusted_vnics.len(), 2);
@@ -347,19 +330,9 @@ mod tests {
     #[test]
     fn a_proven_record_stands_through_a_device_hook_that_names_no_tap() {
         let mut state = State::default();
-        let start = report(
-            VM_B,
-            Event::Up,
-            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))],
-            true,
-        );
+        let start = router(VM_B, Some("vnet2"), true);
         start.apply(&mut state, &live(), no_owner);
-        let update = report(
-            VM_B,
-            Event::Up,
-            vec![fact("56:6f:1a:3e:00:07", Some(true), None)],
-            false,
-        );
+        let update = router(VM_B, None, false);
         assert!(update.recorded_in(&state, &live()));
         // Once the tap is gone (a new vnet2 has another index), the record proves nothing.
         let reborn = Snapshot::of(vec![("red", 3, vec![port("vnet2", 40, "fe:6f:1a:3e:00:07")])]);
@@ -373,12 +346,7 @@ mod tests {
         state
             .legacy_trusted
             .insert(mac("56:6f:1a:3e:00:07"), TrustedVnic { vm: VM_B.into() });
-        let start = report(
-            VM_B,
-            Event::Up,
-            vec![fact("56:6f:1a:3e:00:07", Some(true), Some("vnet2"))],
-            true,
-        );
+        let start = router(VM_B, Some("vnet2"), true);
         start.apply(&mut state, &live(), no_owner);
         assert!(state.legacy_trusted.is_empty(), "the format-1 record is superseded");
         let without = report(
