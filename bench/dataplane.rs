@@ -62,9 +62,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bridge_isolation::backend::{self, BackendKind};
+use bridge_isolation::enforce;
+use bridge_isolation::host::state::State;
+use bridge_isolation::model::backend::BackendKind;
 use bridge_isolation::reconcile;
-use bridge_isolation::state::State;
 use bridge_isolation_lab::{Lab, LabSpec};
 use common::*;
 
@@ -121,7 +122,7 @@ fn bridge_probe(body: &str) -> String {
 }
 
 /// The interface group the `nft-devgroup` probe puts the lab's VM ports in: the backend's.
-const DEVGROUP: u32 = bridge_isolation::backend::nftables::GROUP;
+const DEVGROUP: u32 = bridge_isolation::enforce::nftables::GROUP;
 
 const SET_VM: &str = " set vm { type iface_index; elements = { \"vnet1\", \"vnet2\" } }\n";
 const FORWARD: &str = " chain forward { type filter hook forward priority -200; policy accept;\n";
@@ -438,9 +439,9 @@ fn inner(args: &[String]) -> Result<()> {
     let config = Config::from_name(config).context("unknown configuration")?;
     let plan = reconcile::plan(&lab_state())?;
     // Back to nothing first.
-    backend::open(BackendKind::PortIsolation)?.remove(&plan.bridges)?;
-    if backend::open(BackendKind::Nftables).and_then(|b| b.available()).is_ok() {
-        backend::open(BackendKind::Nftables)?.remove(&plan.bridges)?;
+    enforce::open(BackendKind::PortIsolation)?.remove(&plan.bridges)?;
+    if enforce::open(BackendKind::Nftables).and_then(|b| b.available()).is_ok() {
+        enforce::open(BackendKind::Nftables)?.remove(&plan.bridges)?;
     }
     let _ = nft_script(&format!("delete table bridge {PROBE_TABLE}\n"));
     set_devgroup(0)?;
@@ -458,10 +459,10 @@ fn inner(args: &[String]) -> Result<()> {
     match config {
         Config::None => {}
         Config::PortIsolation => {
-            backend::open(BackendKind::PortIsolation)?.apply(&plan)?;
+            enforce::open(BackendKind::PortIsolation)?.apply(&plan)?;
         }
         Config::Nftables => {
-            backend::open(BackendKind::Nftables)?.apply(&plan)?;
+            enforce::open(BackendKind::Nftables)?.apply(&plan)?;
         }
         Config::Probe(i) => {
             nft_script(&(PROBES[i].script)())?;
@@ -940,7 +941,7 @@ fn outer() -> Result<()> {
     );
     let mut brnf = BrNetfilter::probe();
     let result = (|| -> Result<()> {
-        let nft_ok = match backend::open(BackendKind::Nftables).and_then(|b| b.available()) {
+        let nft_ok = match enforce::open(BackendKind::Nftables).and_then(|b| b.available()) {
             Ok(()) => true,
             Err(e) => {
                 println!("nftables backend not usable here ({e}): skipped");

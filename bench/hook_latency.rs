@@ -26,7 +26,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bridge_isolation::backend::{self, BackendKind};
+use bridge_isolation::enforce;
+use bridge_isolation::model::backend::BackendKind;
 use bridge_isolation_lab::{self as lab, domain_xml, Lab, LabSpec, NetSpec, NicSpec};
 use common::*;
 
@@ -334,7 +335,7 @@ fn inner(args: &[String]) -> Result<()> {
         ("BRIDGE_ISOLATION_BACKEND".into(), "nftables".into()),
         ("BRIDGE_ISOLATION_CONFIG".into(), "/nonexistent".into()),
     ];
-    let nft_ok = match backend::open(BackendKind::Nftables).and_then(|b| b.available()) {
+    let nft_ok = match enforce::open(BackendKind::Nftables).and_then(|b| b.available()) {
         Ok(()) => true,
         Err(e) => {
             println!("nftables backend not usable here ({e}): its rows are skipped");

@@ -1,5 +1,5 @@
 //! Other ways to read the ports of bridges, measured beside the library's
-//! (`bridge::Snapshot`: one RTM_GETLINK dump of family AF_BRIDGE). Same result type, so the
+//! (`sys::bridge::snapshot`: one RTM_GETLINK dump of family AF_BRIDGE). Same result type, so the
 //! bench checks they all agree before timing them.
 //!
 //! - [`sysfs`]: what the library did before, `brif/` and three files per port (ifindex,
@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
-use bridge_isolation::bridge::Port;
-use bridge_isolation::mac::Mac;
+use bridge_isolation::model::mac::Mac;
+use bridge_isolation::model::port::Port;
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{InfoBridgePort, InfoPortData, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;

@@ -31,10 +31,11 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bridge_isolation::backend::{self, BackendKind};
-use bridge_isolation::config::{BackendChoice, Settings};
+use bridge_isolation::enforce;
+use bridge_isolation::host::config::{BackendChoice, Settings};
+use bridge_isolation::host::state::State;
+use bridge_isolation::model::backend::BackendKind;
 use bridge_isolation::reconcile;
-use bridge_isolation::state::State;
 use common::*;
 
 const NAME: &str = "reconcile_scale";
@@ -174,7 +175,7 @@ fn settings(kind: BackendKind, dir: &Path) -> Settings {
 /// Removes every enforcement `kind` has on the bridges of `state` (untimed reset).
 fn reset(kind: BackendKind, state: &State) -> Result<()> {
     let plan = reconcile::plan(state)?;
-    backend::open(kind)?.remove(&plan.bridges)?;
+    enforce::open(kind)?.remove(&plan.bridges)?;
     Ok(())
 }
 
@@ -192,7 +193,7 @@ impl Cli {
     fn write_state(&self, state: &State) -> Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let mut s = state.clone();
-        s.version = bridge_isolation::state::VERSION;
+        s.version = bridge_isolation::host::state::VERSION;
         std::fs::write(self.dir.join("state.json"), serde_json::to_vec_pretty(&s)?)?;
         Ok(())
     }
@@ -264,7 +265,7 @@ fn inner(args: &[String]) -> Result<()> {
     let steady_reps = env_usize("BENCH_STEADY_REPS", 30);
     let cold_reps = env_usize("BENCH_COLD_REPS", 7);
     let mut kinds = vec![BackendKind::PortIsolation];
-    match backend::open(BackendKind::Nftables).and_then(|b| b.available()) {
+    match enforce::open(BackendKind::Nftables).and_then(|b| b.available()) {
         Ok(()) => kinds.push(BackendKind::Nftables),
         Err(e) => println!("nftables backend not usable here ({e}): its rows are skipped"),
     }
@@ -321,8 +322,8 @@ fn inner(args: &[String]) -> Result<()> {
         }
         // The other readers must read exactly what the library reads.
         let names: Vec<String> = state0.networks.values().map(|p| p.bridge.clone()).collect();
-        let snapshot = bridge_isolation::bridge::Snapshot::read()?;
-        let library: BTreeMap<String, Option<Vec<bridge_isolation::bridge::Port>>> = names
+        let snapshot = bridge_isolation::sys::bridge::snapshot()?;
+        let library: BTreeMap<String, Option<Vec<bridge_isolation::model::port::Port>>> = names
             .iter()
             .map(|b| (b.clone(), snapshot.ports(b).map(<[_]>::to_vec)))
             .collect();
@@ -331,7 +332,7 @@ fn inner(args: &[String]) -> Result<()> {
             || proto_ports::per_bridge(&names)? != library
             || proto_ports::sysfs_flag_ioctl(&names)? != library
         {
-            bail!("the other port readers disagree with bridge::Snapshot at {size} ports");
+            bail!("the other port readers disagree with sys::bridge::snapshot at {size} ports");
         }
         // Steady: library and CLI for each backend, plan alone, the other readers, and
         // /bin/true, rotating.

@@ -1,39 +1,28 @@
 //! Isolate the VM ports of oVirt bridge networks from each other, as VDSM hooks.
 //!
-//! VDSM runs the hook binary at lifecycle points; it reads VDSM's payload ([`setup`] for
-//! network points, [`domain`] for VM and device points), records the policy in [`state`],
-//! and [`reconcile`]s the kernel through one [`backend`]. The admin CLI ([`cli`]) shows and
-//! repairs the same state; the root [`helper`] is what an unprivileged VM hook reaches
-//! through sudo.
+//! The crate is layered; each layer is a module that uses only the layers below it
+//! (docs/design.md §6.1; `tests/layers.rs` enforces it):
+//!
+//! | layer | what it holds |
+//! |---|---|
+//! | [`app`] | one module per binary or subcommand: the hook, the root helper, the CLI |
+//! | [`reconcile`] | from the recorded policy and the live ports to a plan, enforced |
+//! | [`enforce`] | the [`enforce::Backend`] trait, one module per backend, the cross-host filter |
+//! | [`vdsm`] | VDSM's hook protocol and payloads: network setups, domain XML, vNIC reports |
+//! | [`host`] | this host's configuration, paths, recorded state and trust records |
+//! | [`sys`] | the kernel and processes: rtnetlink, nfnetlink, bridge ports, `/proc`, tools |
+//! | [`model`] | plain data without I/O: MACs, names, the policy, the plan, backend kinds |
+//!
+//! [`error`] is below them all. [`vdsm`] and [`enforce`] are side by side: neither uses the
+//! other.
 
-pub mod backend;
-pub mod bridge;
-pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod domain;
+pub mod app;
+pub mod enforce;
 pub mod error;
-pub mod firewall_watch;
-pub mod helper;
-pub mod hook;
-pub mod ifname;
-pub mod logging;
-pub mod mac;
-pub mod manpage;
-pub mod netlink;
-pub mod nftnl;
-pub mod owner;
-pub mod paths;
-pub mod peers;
-pub mod placement;
-pub mod policy;
+pub mod host;
+pub mod model;
 pub mod reconcile;
-pub mod recover;
-pub mod release;
-pub mod setup;
-pub mod state;
-pub mod tool;
-pub mod trust;
-pub mod vnic;
+pub mod sys;
+pub mod vdsm;
 
 pub use error::{Error, Result};

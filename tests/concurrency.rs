@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bridge_isolation::backend::BackendKind;
-use bridge_isolation::state::{State, Store};
+use bridge_isolation::host::state::{State, Store};
+use bridge_isolation::model::backend::BackendKind;
 use bridge_isolation_lab::{self as lab, domain_xml, format_mac, interface_xml, NicSpec};
 use common::{tagged, vm_uuid, Fixture, Profile, NET, PLAIN, TRUSTED, UPLINK};
 
@@ -497,7 +497,7 @@ fn sigkill_at_any_point_then_the_next_run_converges() {
             assert_eq!(attrs["nic"], UPLINK);
             n.insert(
                 NET.to_string(),
-                bridge_isolation::policy::NetworkPolicy {
+                bridge_isolation::model::policy::NetworkPolicy {
                     bridge: NET.to_string(),
                     uplink: Some(UPLINK.to_string()),
                     ..Default::default()

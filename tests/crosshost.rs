@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bridge_isolation::peers::TABLE;
+use bridge_isolation::enforce::cross_host::TABLE;
 use bridge_isolation_lab::{
     self as lab, domain_xml, format_mac, is_vm, Fabric, HookRun, Mac, NetSpec, NicSpec, Payload, Protocol, VmSpec,
     GW_MAC,

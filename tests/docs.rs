@@ -199,7 +199,7 @@ fn slugs_follow_github() {
 
 #[test]
 fn man_page_names_every_document_shipped_in_docs() {
-    let page = String::from_utf8(bridge_isolation::manpage::man_page().unwrap()).unwrap();
+    let page = String::from_utf8(bridge_isolation::app::manpage::man_page().unwrap()).unwrap();
     let see_also = &page[page.find(".SH SEE ALSO").expect("SEE ALSO")..];
     assert!(see_also.contains("/usr/share/doc/vdsm\\-hook\\-bridge\\-isolation/README.md"));
     assert!(see_also.contains("/usr/share/doc/vdsm\\-hook\\-bridge\\-isolation/docs/"));

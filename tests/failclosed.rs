@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use bridge_isolation::backend::nftables::{NFT, TABLE};
+use bridge_isolation::enforce::nftables::{NFT, TABLE};
 use bridge_isolation_lab::{self as lab, domain_xml, is_vm, NicSpec};
 use common::{tagged, vm_uuid, Finished, Fixture, NET, PLAIN, UPLINK};
 use serde_json::{json, Value};

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_isolation::backend::iptables::SYSCTLS;
-use bridge_isolation::backend::nftables::{set_name, TABLE as NFT_TABLE};
+use bridge_isolation::enforce::iptables::SYSCTLS;
+use bridge_isolation::enforce::nftables::{set_name, TABLE as NFT_TABLE};
 use bridge_isolation_lab::{self as lab, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -774,7 +774,7 @@ impl Cluster {
     /// Whether `host` has the cross-host nft table (never with firewalld).
     fn has_nft_table(&self, host: &str) -> bool {
         let ns = self.fabric.host_ns(host).unwrap();
-        let table = bridge_isolation::peers::TABLE;
+        let table = bridge_isolation::enforce::cross_host::TABLE;
         let out = self
             .fabric
             .exec_in(ns, &[lab::NFT, "list", "table", "bridge", table])

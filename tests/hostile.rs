@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use bridge_isolation::hook::Point;
+use bridge_isolation::vdsm::protocol::Point;
 use bridge_isolation_lab::{self as lab, domain_xml, interface_xml, NetSpec, NicSpec};
 use common::{tagged, vm_uuid, Finished, Fixture, NET, PLAIN, TRUSTED, UPLINK};
 use serde_json::{json, Value};

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
-use bridge_isolation::backend::iptables::{MODULES_DROPIN, SYSCTLS, SYSCTL_DROPIN};
+use bridge_isolation::enforce::iptables::{MODULES_DROPIN, SYSCTLS, SYSCTL_DROPIN};
 use bridge_isolation_lab::{
     self as lab, domain_xml, is_vm, HookRun, Lab, LabSpec, Matrix, NetSpec, NicSpec, Payload, Protocol,
 };

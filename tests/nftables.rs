@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bridge_isolation::backend::nftables::{chain_name, set_name, GROUP, MAP, TABLE};
+use bridge_isolation::enforce::nftables::{chain_name, set_name, GROUP, MAP, TABLE};
 use bridge_isolation_lab::{self as lab, domain_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload};
 use serde_json::{json, Value};
 use tempfile::TempDir;

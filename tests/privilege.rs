@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use bridge_isolation::paths;
+use bridge_isolation::host::paths;
 use bridge_isolation_lab::{self as lab, is_vm, Lab, LabSpec, NicSpec, Payload, RunAs};
 
 #[allow(dead_code)]
@@ -643,7 +643,7 @@ fn backends_run_nothing_from_path() {
     let marker = trap_dir(traps.path());
     let etc = tempfile::tempdir().unwrap();
     let fx = common::Fixture::new("bipath", 2);
-    for backend in bridge_isolation::backend::BackendKind::ALL {
+    for backend in bridge_isolation::model::backend::BackendKind::ALL {
         let env = [
             ("PATH".to_string(), traps.path().display().to_string()),
             ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.to_string()),

@@ -3,8 +3,8 @@
 //! keeps a document well formed, changes exactly the interfaces whose `<port>` must change,
 //! and within those only the `<port>` element; every byte outside them stays as it was.
 
-use bridge_isolation::domain::{self, Document, Interface, PortWish};
-use bridge_isolation::setup;
+use bridge_isolation::vdsm::domain::{self, Document, Interface, PortWish};
+use bridge_isolation::vdsm::setup;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
@@ -102,11 +102,11 @@ proptest! {
         let text = request.to_string();
         if let Ok(parsed) = setup::parse(text.as_bytes()) {
             for (name, change) in parsed.networks {
-                if let bridge_isolation::policy::NetworkChange::Isolate(policy) = change {
+                if let bridge_isolation::model::policy::NetworkChange::Isolate(policy) = change {
                     prop_assert_eq!(&policy.bridge, &name);
-                    prop_assert!(bridge_isolation::ifname::validate(&policy.bridge).is_ok());
+                    prop_assert!(bridge_isolation::model::ifname::validate(&policy.bridge).is_ok());
                     if let Some(uplink) = &policy.uplink {
-                        prop_assert!(bridge_isolation::ifname::validate(uplink).is_ok(), "{}", uplink);
+                        prop_assert!(bridge_isolation::model::ifname::validate(uplink).is_ok(), "{}", uplink);
                     }
                 }
             }

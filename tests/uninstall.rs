@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bridge_isolation::backend::nftables::GROUP;
+use bridge_isolation::enforce::nftables::GROUP;
 use bridge_isolation_lab::{self as lab, is_vm, Lab, LabSpec, NetSpec, NicSpec, Payload};
 
 const CLI: &str = env!("CARGO_BIN_EXE_bridge-isolation");

@@ -455,7 +455,7 @@ pub fn parse_strace(text: &str) -> ProcessCount {
 
 /// The policy of an isolated network on bridge `bridge` with uplink port `uplink`, built
 /// through serde so that fields added later with defaults need no change here.
-pub fn policy(bridge: &str, uplink: &str) -> bridge_isolation::policy::NetworkPolicy {
+pub fn policy(bridge: &str, uplink: &str) -> bridge_isolation::model::policy::NetworkPolicy {
     serde_json::from_value(serde_json::json!({ "bridge": bridge, "uplink": uplink })).expect("a valid policy")
 }
 

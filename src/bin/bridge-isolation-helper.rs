@@ -1,4 +1,4 @@
 //! The root helper that unprivileged VM hooks reach through `sudo -n`.
 fn main() -> std::process::ExitCode {
-    bridge_isolation::helper::main()
+    bridge_isolation::app::helper::main()
 }

@@ -1,4 +1,4 @@
 //! The administrator's CLI: status, verify, reconcile, demo.
 fn main() -> std::process::ExitCode {
-    bridge_isolation::cli::main()
+    bridge_isolation::app::cli::main()
 }

@@ -1,4 +1,4 @@
 //! The VDSM hook, installed as `50_bridge_isolation` in every hook-point directory.
 fn main() -> std::process::ExitCode {
-    bridge_isolation::hook::main()
+    bridge_isolation::app::hook::main()
 }

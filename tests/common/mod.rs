@@ -513,7 +513,7 @@ impl Fixture {
     }
 
     fn spawn_via(&self, point: &str, payload: &[u8], extra: &[(String, String)], script: Option<&str>) -> Spawned {
-        let var = bridge_isolation::hook::Point::from_name(point)
+        let var = bridge_isolation::vdsm::protocol::Point::from_name(point)
             .unwrap_or_else(|| panic!("unknown hook point {point}"))
             .payload_var();
         let dir = process_dir();

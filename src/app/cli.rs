@@ -1,0 +1,470 @@
+//! The administrator's CLI `bridge-isolation`: status, verify, reconcile, and the demo.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::app::demo;
+use crate::app::firewall_watch;
+use crate::app::manpage;
+use crate::app::recover;
+use crate::app::release;
+use crate::error::{Error, Result};
+use crate::host::config::{self, Settings};
+use crate::host::state::{State, Store};
+use crate::model::backend::DropCounter;
+use crate::model::plan::{Plan, Role};
+use crate::reconcile;
+use crate::vdsm::logging;
+
+/// Isolate the VM ports of oVirt bridge networks from each other (VDSM hooks).
+#[derive(Debug, Parser)]
+#[command(name = "bridge-isolation", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every isolated bridge and port: role, isolation, drift.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the kernel match the recorded policy (root).
+    Reconcile,
+    /// Exit non-zero, listing each drift, when the kernel differs from the policy.
+    Verify,
+    /// Build a disposable netns lab, run the hooks as VDSM does, and show the
+    /// reachability matrix before and after isolation (root).
+    Demo(demo::DemoArgs),
+    /// Lift every isolation this host applied and forget the recorded policy (root).
+    /// The package runs it when it is erased; the hooks apply isolation again at the next
+    /// network setup or VM start if they are still installed.
+    ReleaseAll,
+    /// Recover from an unreadable state file (empty, truncated, garbage) without editing it
+    /// (root). The file is moved aside as state.json.broken-<UTC time> (never deleted); the
+    /// isolated networks are rebuilt from VDSM's running network config
+    /// (/var/lib/vdsm/staging/netconf/nets/, with the checks of before_network_setup) or, when
+    /// VDSM keeps none, from the kernel (bridges with isolated VM ports; network = bridge
+    /// name; uplink only where unambiguous), then reconciled. Trusted vNICs are not rebuilt:
+    /// each comes back at its VM's next lifecycle hook. Refuses a readable, valid state file
+    /// unless --force.
+    Recover {
+        /// Rebuild even when the state file is readable and valid (it is moved aside as
+        /// state.json.replaced-<UTC time>).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-apply isolation whenever firewalld reloads, starts or stops (root; runs in the
+    /// foreground, started by bridge-isolation-firewalld.service).
+    WatchFirewalld,
+    /// Write the manual page or a shell completion script to stdout (for packaging).
+    #[command(hide = true, subcommand)]
+    Generate(manpage::Generate),
+}
+
+/// Entry point of the CLI binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init("cli");
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    if let Command::Generate(what) = &command {
+        // Build time: no privilege, no configuration.
+        manpage::write(what, &mut std::io::stdout().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = Settings::from_env()?;
+    let store = Store::new(&settings.state_dir);
+    match command {
+        Command::Status { json } => {
+            let report = StatusReport::gather(&settings, &store.read()?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let state = store.read()?;
+            let report = StatusReport::gather(&settings, &state)?;
+            let drifts: Vec<String> = report
+                .bridges
+                .iter()
+                .flat_map(|b| b.ports.iter().filter(|p| p.drift).map(move |p| (b, p)))
+                .map(|(b, p)| {
+                    format!(
+                        "drift: bridge {} port {} ({:?}) isolated={} expected={}",
+                        b.bridge, p.port, p.role, p.isolated, p.expected
+                    )
+                })
+                .chain(report.bridges.iter().filter_map(BridgeStatus::missing_uplink))
+                .chain(
+                    report
+                        .lifted
+                        .iter()
+                        .map(|b| format!("drift: bridge {b} still has to be cleared (isolation lifted)")),
+                )
+                .chain(report.blocked.iter().flat_map(|(b, ps)| {
+                    ps.iter()
+                        .map(move |p| format!("blocked: bridge {b} port {p} (enforcement failed; run reconcile)"))
+                }))
+                .chain(cross_host_drift(&state)?.into_iter().map(|d| format!("drift: {d}")))
+                .collect();
+            for d in &drifts {
+                println!("{d}");
+            }
+            if drifts.is_empty() {
+                let ports: usize = report.bridges.iter().map(|b| b.ports.len()).sum();
+                println!(
+                    "ok: {} isolated bridge(s), {ports} port(s), no drift ({})",
+                    report.bridges.len(),
+                    report.backend
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Reconcile => {
+            if !config::is_root() {
+                return Err(Error::Helper("reconcile must run as root".into()));
+            }
+            let outcome = reconcile::run_and_commit(store.lock()?, &settings)?;
+            match outcome.backend {
+                Some(backend) => println!("{backend}: {} port(s) changed", outcome.changes.len()),
+                None => println!("no isolated networks: nothing to do"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(&args).map(|_| ExitCode::SUCCESS),
+        Command::ReleaseAll => {
+            let released = release::release_all(&settings)?;
+            if released.bridges.is_empty() {
+                println!("nothing recorded: no isolation to lift");
+            } else {
+                let backends: Vec<String> = released.backends.iter().map(ToString::to_string).collect();
+                println!(
+                    "released {} bridge(s) ({}): {} port(s) opened; state forgotten",
+                    released.bridges.len(),
+                    backends.join(", "),
+                    released.changes.len()
+                );
+            }
+            for f in &released.foreign {
+                println!("left in the state directory (not ours): {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recover { force } => {
+            print!("{}", recover::recover(&settings, force)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WatchFirewalld => {
+            if !config::is_root() {
+                return Err(Error::Helper("watch-firewalld must run as root".into()));
+            }
+            firewall_watch::run(&settings).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Generate(_) => unreachable!("handled before the settings are read"),
+    }
+}
+
+/// Everything `status` shows, as data (its JSON form is `status --json`).
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// The backend that would act now.
+    pub backend: String,
+    /// The backend recorded as having done the work.
+    pub recorded_backend: Option<String>,
+    /// The state file.
+    pub state_file: String,
+    /// Isolated bridges.
+    pub bridges: Vec<BridgeStatus>,
+    /// Bridges whose isolation was lifted but not yet cleared.
+    pub lifted: Vec<String>,
+    /// Trusted vNICs, each with the tap it is bound to.
+    pub trusted: Vec<TrustedStatus>,
+    /// VM ports disabled because enforcement failed (fail-closed), by bridge.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub blocked: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Cross-host isolation per network: peer ranges, trusted MACs, allowed uplink MACs,
+    /// frames dropped.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cross_host: std::collections::BTreeMap<String, crate::enforce::cross_host::PeerStatus>,
+}
+
+/// What differs in the cross-host filter; only root can read it, so for anyone else a note
+/// on stderr says it was not checked.
+fn cross_host_drift(state: &crate::host::state::State) -> Result<Vec<String>> {
+    if config::is_root() {
+        return crate::enforce::cross_host::drift(state, &cross_host_plan(state)?);
+    }
+    if !crate::enforce::cross_host::wanted_bridges(state).is_empty() {
+        eprintln!("note: the cross-host filter was not checked (only root can read it)");
+    }
+    Ok(Vec::new())
+}
+
+/// The plan of the bridges the cross-host filter covers (an rtnetlink dump when there are).
+fn cross_host_plan(state: &State) -> Result<Plan> {
+    let bridges = crate::enforce::cross_host::wanted_bridges(state);
+    reconcile::plan_for(state, |b| bridges.contains(b))
+}
+
+/// One trusted vNIC.
+#[derive(Debug, Serialize)]
+pub struct TrustedStatus {
+    /// The VM (`vmId`).
+    pub vm: String,
+    /// Its guest MAC.
+    pub mac: String,
+    /// The tap it is bound to; `None` for a record of the previous release not yet bound
+    /// (the next root run binds it, or drops it).
+    pub tap: Option<String>,
+    /// The tap's interface index when it was bound.
+    pub ifindex: Option<u32>,
+}
+
+/// One isolated bridge.
+#[derive(Debug, Serialize)]
+pub struct BridgeStatus {
+    /// oVirt network.
+    pub network: String,
+    /// Linux bridge.
+    pub bridge: String,
+    /// Recorded uplink port.
+    pub uplink: Option<String>,
+    /// Whether the bridge exists.
+    pub present: bool,
+    /// Its ports.
+    pub ports: Vec<PortStatus>,
+    /// Frames dropped between its VM ports, for backends that count them (nftables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<DropCounter>,
+}
+
+impl BridgeStatus {
+    /// A `verify` line when the recorded uplink is not a port of the present bridge: the
+    /// port that leads to the gateway now is then taken for a VM port and isolated.
+    pub fn missing_uplink(&self) -> Option<String> {
+        let uplink = self.uplink.as_deref()?;
+        (self.present && !self.ports.iter().any(|p| p.port == uplink)).then(|| {
+            format!(
+                "uplink: bridge {} has no port {uplink}, the uplink recorded for network {}: any \
+                 other port leading to the gateway is isolated as a VM port; sync the network \
+                 (setupNetworks) so the hooks record its uplink",
+                self.bridge, self.network
+            )
+        })
+    }
+}
+
+/// One port.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    /// Interface name.
+    pub port: String,
+    /// MAC address.
+    pub mac: Option<String>,
+    /// Role from the policy.
+    pub role: Role,
+    /// Whether the backend keeps it from the other VM ports now.
+    pub isolated: bool,
+    /// Whether it should.
+    pub expected: bool,
+    /// `isolated != expected`.
+    pub drift: bool,
+}
+
+impl StatusReport {
+    /// Reads the kernel and builds the report for `state`.
+    pub fn gather(settings: &Settings, state: &State) -> Result<StatusReport> {
+        let plan: Plan = reconcile::plan(state)?;
+        let mut backend = reconcile::select_backend(settings)?;
+        if backend.needs_root_to_observe() && !config::is_root() {
+            return Err(Error::Helper(format!(
+                "the {} backend's rules can only be read by root: run this as root",
+                backend.kind()
+            )));
+        }
+        let observed = backend.observe(&plan)?;
+        let mut drops = backend.drop_counters(&plan)?;
+        let lifted_plan = Plan {
+            bridges: plan.lifted.clone(),
+            lifted: Vec::new(),
+        };
+        let still_lifted = backend.observe(&lifted_plan)?;
+        let isolated = |b: &str, p: &str| observed.iter().any(|o| o.bridge == b && o.port == p && o.isolated);
+        let bridges = plan
+            .bridges
+            .iter()
+            .map(|b| BridgeStatus {
+                network: b.network.clone(),
+                bridge: b.bridge.clone(),
+                uplink: b.uplink.clone(),
+                present: b.present,
+                ports: b
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let now = isolated(&b.bridge, &p.port.name);
+                        PortStatus {
+                            port: p.port.name.clone(),
+                            mac: p.port.mac.map(|m| m.to_string()),
+                            role: p.role,
+                            isolated: now,
+                            expected: p.role.isolated(),
+                            drift: now != p.role.isolated(),
+                        }
+                    })
+                    .collect(),
+                drops: drops.remove(&b.bridge),
+            })
+            .collect();
+        Ok(StatusReport {
+            backend: backend.kind().to_string(),
+            recorded_backend: state.backend.map(|b| b.to_string()),
+            state_file: Store::new(&settings.state_dir).path().display().to_string(),
+            bridges,
+            lifted: plan
+                .lifted
+                .iter()
+                .filter(|b| {
+                    b.ports.iter().any(|p| p.port.isolated == Some(true))
+                        || still_lifted.iter().any(|o| o.bridge == b.bridge && o.isolated)
+                })
+                .map(|b| b.bridge.clone())
+                .collect(),
+            trusted: state
+                .trusted_ports()
+                .map(|(vm, p)| TrustedStatus {
+                    vm: vm.to_string(),
+                    mac: p.mac.to_string(),
+                    tap: Some(p.tap.clone()),
+                    ifindex: Some(p.ifindex),
+                })
+                .chain(state.legacy_trusted.iter().map(|(m, t)| TrustedStatus {
+                    vm: t.vm.clone(),
+                    mac: m.to_string(),
+                    tap: None,
+                    ifindex: None,
+                }))
+                .collect(),
+            blocked: state.blocked.clone(),
+            cross_host: crate::enforce::cross_host::status(state, || cross_host_plan(state)),
+        })
+    }
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let recorded = self.recorded_backend.as_deref().unwrap_or("none yet");
+        writeln!(
+            f,
+            "backend: {} (last used: {recorded})   state: {}",
+            self.backend, self.state_file
+        )?;
+        if self.bridges.is_empty() {
+            writeln!(f, "no isolated networks")?;
+        } else {
+            writeln!(
+                f,
+                "{:<15} {:<15} {:<15} {:<17} {:<8} {:<9} {:<9} DRIFT",
+                "NETWORK", "BRIDGE", "PORT", "MAC", "ROLE", "ISOLATED", "EXPECTED"
+            )?;
+        }
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        for b in &self.bridges {
+            if !b.present {
+                writeln!(f, "{:<15} {:<15} (bridge absent)", b.network, b.bridge)?;
+            }
+            for p in &b.ports {
+                let role = format!("{:?}", p.role).to_lowercase();
+                let drift = if p.drift { "DRIFT" } else { "-" };
+                let mac = p.mac.as_deref().unwrap_or("-");
+                writeln!(
+                    f,
+                    "{:<15} {:<15} {:<15} {mac:<17} {role:<8} {:<9} {:<9} {drift}",
+                    b.network,
+                    b.bridge,
+                    p.port,
+                    yn(p.isolated),
+                    yn(p.expected)
+                )?;
+            }
+            if let Some(d) = b.drops {
+                writeln!(
+                    f,
+                    "{:<15} {:<15} dropped between VM ports: {} frame(s), {} byte(s)",
+                    b.network, b.bridge, d.packets, d.bytes
+                )?;
+            }
+        }
+        for l in &self.lifted {
+            writeln!(f, "bridge {l}: isolation lifted, flags not yet cleared (run reconcile)")?;
+        }
+        for t in &self.trusted {
+            match (&t.tap, t.ifindex) {
+                (Some(tap), Some(index)) => {
+                    writeln!(f, "trusted vNIC {} (VM {}) on tap {tap} (index {index})", t.mac, t.vm)?
+                }
+                _ => writeln!(f, "trusted vNIC {} (VM {}): not bound to a tap yet", t.mac, t.vm)?,
+            }
+        }
+        for (bridge, port) in self.blocked.iter().flat_map(|(b, ps)| ps.iter().map(move |p| (b, p))) {
+            writeln!(
+                f,
+                "bridge {bridge} port {port}: BLOCKED (enforcement failed; disabled until a reconcile succeeds)"
+            )?;
+        }
+        for (network, c) in &self.cross_host {
+            let list = |items: Vec<String>| {
+                if items.is_empty() {
+                    "none".to_string()
+                } else {
+                    items.join(",")
+                }
+            };
+            let drops = match c.drops {
+                Some(d) => format!("dropped {} frame(s), {} byte(s)", d.packets, d.bytes),
+                None if c.peer_macs.is_empty() => "inactive (no peer ranges)".to_string(),
+                None => "no rule in the kernel (or not root)".to_string(),
+            };
+            write!(
+                f,
+                "cross-host {network}: peers {}; trusted MACs {}; {drops}",
+                list(c.peer_macs.iter().map(ToString::to_string).collect()),
+                list(c.trusted_macs.iter().map(ToString::to_string).collect()),
+            )?;
+            if !c.uplink_macs.is_empty() {
+                let drops = match c.uplink_drops {
+                    Some(d) => format!("dropped from others {} frame(s), {} byte(s)", d.packets, d.bytes),
+                    None => "no rule in the kernel (or not root)".to_string(),
+                };
+                write!(
+                    f,
+                    "; uplink MACs {}; {drops}",
+                    list(c.uplink_macs.iter().map(ToString::to_string).collect())
+                )?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,451 @@
+//! The hook binary: what each VDSM hook point does (docs/design.md §3). The protocol itself
+//! (points, payload file, exit codes) is [`crate::vdsm::protocol`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use crate::app::helper;
+use crate::error::{Error, Result};
+use crate::host::config::{OnFailure, Settings};
+use crate::host::state::{PendingSetup, Runner, State, Store};
+use crate::model::policy::{self, NetworkChange, NetworkPolicy, PROP_TRUSTED};
+use crate::reconcile;
+use crate::sys::bridge;
+use crate::vdsm::domain::{self, Document, PortWish};
+use crate::vdsm::logging;
+use crate::vdsm::placement;
+use crate::vdsm::protocol::{one_line, point_from_args, Payload, Point};
+use crate::vdsm::setup;
+use crate::vdsm::vnic::{Event, Report, VnicFact};
+
+/// Entry point of the hook binary.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let Some(point) = point_from_args(&args) else {
+        logging::init("hook");
+        log::error!(
+            "cannot tell the hook point from {:?}: install as <hooks>/<point>/{} or pass the point as the argument",
+            args.first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            crate::host::paths::HOOK_NAME
+        );
+        return ExitCode::from(1);
+    };
+    logging::init(point.name());
+    match run(point) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{}", one_line(&e.to_string()));
+            ExitCode::from(point.failure_code())
+        }
+    }
+}
+
+/// Runs the hook at `point` with this process's environment.
+pub fn run(point: Point) -> Result<()> {
+    let payload = Payload::from_env(point.payload_var())?;
+    let settings = Settings::from_env()?;
+    if point.is_network() && !settings.privileged {
+        return Err(Error::Helper(format!(
+            "{} must run as root, as VDSM runs network hooks",
+            point.name()
+        )));
+    }
+    match point {
+        Point::BeforeNetworkSetup | Point::AfterNetworkSetup | Point::AfterNetworkSetupFail => {
+            network_setup(point, &settings, &payload.bytes)
+        }
+        Point::BeforeVmStart | Point::BeforeNicHotplug | Point::BeforeUpdateDevice => {
+            rewrite(point, &settings, &payload)
+        }
+        Point::AfterVmStart | Point::AfterVmMigrateDestination | Point::AfterNicHotplug | Point::AfterUpdateDevice => {
+            vnics_up(point, &settings, &payload.bytes)
+        }
+        Point::AfterVmDestroy => vm_gone(&settings, &payload.bytes),
+    }
+}
+
+fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
+    // Validate everything before touching anything.
+    let request = setup::parse(bytes)?;
+    let store = Store::new(&settings.state_dir);
+    let mut locked = match store.lock() {
+        Ok(locked) => locked,
+        // A state directory that cannot be locked (read-only, full, failing) must not abort
+        // a setup that changes no isolated network: there is nothing to record.
+        Err(e) if point == Point::BeforeNetworkSetup && replaced(&store.read()?, &request).is_empty() => {
+            log::warn!("{e}; this setup changes no isolated network: going on without recording");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let runner = Runner::parent();
+    let state = &mut locked.state;
+    let mut changes_policy = true;
+    let mut said = Vec::new();
+    match point {
+        Point::BeforeNetworkSetup => {
+            // What the request changes, to restore if this very setup fails; a request that
+            // changes no policy (the usual case on a host not using the property) records
+            // nothing and leaves the state file alone.
+            let previous = replaced(state, &request);
+            changes_policy = !previous.is_empty();
+            // Said once the record is written: an aborted setup must not report a change.
+            for (name, change) in &request.networks {
+                said.extend(record_quietly(state, name, change));
+            }
+            state.setup = changes_policy.then(|| PendingSetup {
+                request: request.fingerprint(),
+                runner,
+                previous,
+            });
+        }
+        Point::AfterNetworkSetup => {
+            state.setup = None;
+            for (name, change) in &request.networks {
+                record(state, name, change);
+            }
+        }
+        _ => match state.setup.take() {
+            Some(pending)
+                if pending.request == request.fingerprint() && runner.is_some() && pending.runner == runner =>
+            {
+                for (name, previous) in pending.previous {
+                    let change = previous.map_or(NetworkChange::Lift, NetworkChange::Isolate);
+                    log::info!("network {name}: setup failed, restoring the previous policy");
+                    record(state, &name, &change);
+                }
+            }
+            Some(_) => log::warn!(
+                "a pending setup record of another request or runner was dropped, not replayed: \
+                 this failed setup changed nothing here"
+            ),
+            None => {}
+        },
+    }
+    // A bridge isolated for the first time is written down (as released) before its ports
+    // are touched: killed half-way, this run leaves a state whose next reconcile clears
+    // them, never flags that no record explains.
+    let isolated: Vec<String> = locked.state.networks.values().map(|p| p.bridge.clone()).collect();
+    locked.record_intent(isolated.iter().map(String::as_str))?;
+    if point != Point::BeforeNetworkSetup {
+        return reconcile::record_then_run(locked, settings).map(drop);
+    }
+    // Write-ahead: the policy is on disk before the kernel follows it, so a setup that
+    // cannot be recorded is aborted with nothing lifted. Only a record this setup needs
+    // (what it changes) is worth aborting it for.
+    let fallback = locked.recorded().clone();
+    if let Err(e) = locked.save() {
+        if changes_policy {
+            return Err(e);
+        }
+        log::warn!("{e}; this setup changes no isolated network: going on without recording");
+        locked.revert();
+    }
+    for line in said {
+        log::info!("{line}");
+    }
+    // Failing here aborts the setup: the previous policy is written back, nothing blocked.
+    if let Err(e) = reconcile::run_or_abort(&mut locked.state, settings) {
+        locked.state = fallback;
+        if let Err(w) = locked.save() {
+            log::error!("writing back the previous policy: {w}");
+        }
+        return Err(e);
+    }
+    match locked.commit() {
+        Err(e) if !changes_policy => {
+            log::warn!("{e}; this setup changes no isolated network: going on");
+            Ok(())
+        }
+        done => done,
+    }
+}
+
+/// The isolated networks `request` changes, each with the policy it replaces (`None`: not
+/// isolated before).
+fn replaced(state: &State, request: &setup::SetupRequest) -> BTreeMap<String, Option<NetworkPolicy>> {
+    request
+        .networks
+        .iter()
+        .filter_map(|(name, change)| {
+            let old = state.networks.get(name);
+            let new = match change {
+                NetworkChange::Isolate(policy) => Some(policy),
+                NetworkChange::Lift => None,
+            };
+            (old != new).then(|| (name.clone(), old.cloned()))
+        })
+        .collect()
+}
+
+/// Records one network's change in `state`, logging what changed.
+pub fn record(state: &mut State, network: &str, change: &NetworkChange) {
+    if let Some(line) = record_quietly(state, network, change) {
+        log::info!("{line}");
+    }
+}
+
+/// Records one network's change in `state`; returns the line saying what changed, if it did.
+fn record_quietly(state: &mut State, network: &str, change: &NetworkChange) -> Option<String> {
+    match change {
+        NetworkChange::Isolate(policy) => {
+            let old = state.networks.insert(network.to_string(), policy.clone());
+            let said = (old.as_ref() != Some(policy)).then(|| {
+                format!(
+                    "network {network}: bridge {} isolated (uplink {})",
+                    policy.bridge,
+                    policy.uplink.as_deref().unwrap_or("none")
+                )
+            });
+            if let Some(old) = old.filter(|o| o.bridge != policy.bridge) {
+                state.released.insert(old.bridge);
+            }
+            state.released.remove(&policy.bridge);
+            said
+        }
+        NetworkChange::Lift => {
+            let old = state.networks.remove(network)?;
+            let said = format!("network {network}: isolation of bridge {} lifted", old.bridge);
+            state.released.insert(old.bridge);
+            Some(said)
+        }
+    }
+}
+
+/// `bridge_isolation_trusted` from a device hook's environment (absent: not trusted).
+fn trusted_in_env() -> Result<bool> {
+    match std::env::var(PROP_TRUSTED) {
+        Ok(v) => policy::parse_flag(&v).map_err(|e| Error::Payload(format!("{PROP_TRUSTED}: {e}"))),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Trust of each interface of `doc`: the domain metadata for a whole VM, the device
+/// environment for one vNIC. VDSM hands device hooks the vNIC's complete custom properties
+/// (hotplug, and updateDevice, which replaces them), so an absent property means untrusted.
+fn trust_of(point: Point, doc: &Document) -> Result<impl Fn(&domain::Interface) -> bool + '_> {
+    let env = trusted_in_env()?;
+    Ok(move |iface: &domain::Interface| match point {
+        Point::BeforeVmStart | Point::AfterVmStart | Point::AfterVmMigrateDestination => doc.is_trusted(iface),
+        _ => env,
+    })
+}
+
+fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
+    let state = Store::new(&settings.state_dir).read()?;
+    let doc = domain::parse(&payload.bytes)?;
+    let trust = trust_of(point, &doc)?;
+    refuse_bypasses(settings, &doc, &state)?;
+    let bridge = |iface: &domain::Interface| placement::place(iface, &doc, &state).bridge().map(str::to_string);
+    let wish = |iface: &domain::Interface| match (bridge(iface), trust(iface)) {
+        (None, _) => PortWish::Keep,
+        (Some(_), true) => PortWish::Open,
+        (Some(bridge), _) if state.is_isolated(&bridge) => PortWish::Isolated,
+        _ => PortWish::Keep,
+    };
+    // Fail closed: a vNIC on an isolated bridge is not started (plugged, updated) when no
+    // backend can enforce isolation on this host.
+    if let Some(iface) = doc.interfaces.iter().find(|i| wish(i) == PortWish::Isolated) {
+        reconcile::check_enforceable(settings, &state).map_err(|e| {
+            Error::Config(format!(
+                "{}vNIC {} on isolated bridge {}: refusing to run it unprotected: {e}",
+                vm_label(&doc),
+                iface.mac.map(|m| m.to_string()).unwrap_or_default(),
+                bridge(iface).unwrap_or_default()
+            ))
+        })?;
+    }
+    let Some(new) = domain::rewrite(&payload.bytes, &doc, wish) else {
+        return Ok(());
+    };
+    for iface in &doc.interfaces {
+        let w = wish(iface);
+        if w != PortWish::Keep && (w == PortWish::Isolated) != (iface.port_isolated == Some(true)) {
+            let mac = iface.mac.map(|m| m.to_string()).unwrap_or_default();
+            let bridge = bridge(iface).unwrap_or_default();
+            let what = if w == PortWish::Isolated {
+                "isolated port"
+            } else {
+                "trusted vNIC, open port"
+            };
+            log::info!("{}vNIC {mac} on {bridge}: {what}", vm_label(&doc));
+        }
+    }
+    payload.replace(&new)
+}
+
+/// A vNIC on an isolated network that does not pass through its bridge (a macvtap, an
+/// SR-IOV VF) cannot be isolated by it: refused under `on_failure = block`, one warning
+/// under `warn`. Trust does not matter: a trusted vNIC around the bridge is still outside
+/// what this host enforces.
+fn refuse_bypasses(settings: &Settings, doc: &Document, state: &State) -> Result<()> {
+    for iface in &doc.interfaces {
+        let placement::Placement::Bypass { network, bridge, how } = placement::place(iface, doc, state) else {
+            continue;
+        };
+        let reason = format!(
+            "{}vNIC {} is {how}, which bypasses bridge {bridge} and cannot be isolated",
+            vm_label(doc),
+            iface
+                .mac
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "without a MAC".into()),
+        );
+        if OnFailure::of(&settings.config_file) != OnFailure::Warn {
+            let reason = format!("{reason}: refused (on_failure = block)");
+            return Err(Error::Policy { network, reason });
+        }
+        log::warn!("network {network}: {reason}: not isolated (on_failure = warn)");
+    }
+    Ok(())
+}
+
+fn vm_label(doc: &Document) -> String {
+    match vm_id(doc) {
+        Some(id) if valid_vm_id(&id) => format!("VM {id} "),
+        Some(id) => format!("VM {} ", crate::model::ifname::quoted(&id)),
+        None => String::new(),
+    }
+}
+
+fn valid_vm_id(id: &str) -> bool {
+    Report {
+        vm: id.to_string(),
+        event: Event::Gone,
+        vnics: Vec::new(),
+        whole: true,
+    }
+    .validate()
+    .is_ok()
+}
+
+fn vm_id(doc: &Document) -> Option<String> {
+    std::env::var("vmId")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| doc.vm_id.clone())
+}
+
+fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
+    let doc = domain::parse(bytes)?;
+    let trust = trust_of(point, &doc)?;
+    let mut bridges = BTreeSet::new();
+    let mut vnics = Vec::new();
+    for (iface, bridge) in doc.interfaces.iter().zip(bridges_of(settings, &doc)?) {
+        if let (Some(bridge), Some(mac)) = (bridge, iface.mac) {
+            bridges.insert(bridge);
+            vnics.push(VnicFact {
+                mac,
+                trusted: Some(trust(iface)),
+                tap: iface.tap.clone(),
+            });
+        }
+    }
+    let vm = required_vm_id(&doc)?;
+    enforce(
+        settings,
+        &Report {
+            vm,
+            event: Event::Up,
+            vnics,
+            whole: doc.vm_id.is_some(),
+        },
+        &bridges,
+    )
+}
+
+/// The bridge of each vNIC of `doc` that is on one. The state is read only for a
+/// `type='network'` vNIC whose payload names no bridge (hotplug): live XML names it.
+fn bridges_of(settings: &Settings, doc: &Document) -> Result<Vec<Option<String>>> {
+    let unnamed = |i: &domain::Interface| matches!(i.attachment, domain::Attachment::Network { bridge: None, .. });
+    let state = if doc.interfaces.iter().any(unnamed) {
+        Store::new(&settings.state_dir).read()?
+    } else {
+        State::default()
+    };
+    Ok(doc
+        .interfaces
+        .iter()
+        .map(|i| placement::place(i, doc, &state).bridge().map(str::to_string))
+        .collect())
+}
+
+fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
+    // The last XML is a courtesy: the VM id is what matters, and taps are already gone. An
+    // unreadable payload still forgets the VM (by `vmId`), then is reported.
+    let (doc, broken) = match domain::parse(bytes) {
+        Ok(doc) => (doc, None),
+        Err(e) => (Document::default(), Some(e)),
+    };
+    let vnics = doc
+        .interfaces
+        .iter()
+        .filter_map(|i| {
+            Some(VnicFact {
+                mac: i.mac?,
+                trusted: None,
+                tap: None,
+            })
+        })
+        .collect();
+    let vm = match required_vm_id(&doc) {
+        Ok(vm) => vm,
+        Err(e) => return Err(broken.unwrap_or(e)),
+    };
+    enforce(
+        settings,
+        &Report {
+            vm,
+            event: Event::Gone,
+            vnics,
+            whole: true,
+        },
+        &BTreeSet::new(),
+    )?;
+    broken.map_or(Ok(()), Err)
+}
+
+fn required_vm_id(doc: &Document) -> Result<String> {
+    vm_id(doc).ok_or_else(|| Error::Payload("no vmId in the environment or the XML".into()))
+}
+
+/// Records `report` and makes the kernel match. Root does it here; an unprivileged hook
+/// checks the recorded state and the kernel (an rtnetlink dump) and asks the root helper
+/// only when something must change, so the steady path spawns nothing.
+fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> Result<()> {
+    report.validate()?;
+    let store = Store::new(&settings.state_dir);
+    if settings.privileged {
+        return reconcile::record_and_reconcile(store.lock()?, report, settings);
+    }
+    let state = store.read()?;
+    // Only root can read the cross-host filter: a trusted vNIC (a router, rare) on a network
+    // with peer ranges or uplink MACs always asks the helper, so it joins the filter's open
+    // ports at once.
+    let trusted_router = report.vnics.iter().any(|v| v.trusted == Some(true))
+        && bridges.iter().any(|b| {
+            state
+                .network_of_bridge(b)
+                .is_some_and(|(_, p)| !p.peer_macs.is_empty() || !p.uplink_macs.is_empty())
+        });
+    // Blocked ports (fail-closed) wait for a root reconcile to re-enable them; format-1
+    // trust records wait for root to bind them.
+    if state.blocked.is_empty() && state.legacy_trusted.is_empty() && !trusted_router {
+        let live = bridge::snapshot()?;
+        if report.recorded_in(&state, &live) {
+            let plan = reconcile::plan_with(&state, &live, |b| bridges.contains(b));
+            if plan.bridges.is_empty() {
+                return Ok(());
+            }
+            let mut backend = reconcile::select_backend(settings)?;
+            // A backend whose rules only root can read is checked by the root helper.
+            if !backend.needs_root_to_observe() && reconcile::drift(&plan, &backend.observe(&plan)?).is_empty() {
+                return Ok(());
+            }
+        }
+    }
+    helper::request(report)
+}

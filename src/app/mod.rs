@@ -1,0 +1,11 @@
+//! One module per binary or subcommand, as thin as the layers below allow: the hook
+//! ([`hook`]), the root helper ([`helper`]), the admin CLI ([`cli`]) and its subcommands.
+
+pub mod cli;
+pub mod demo;
+pub mod firewall_watch;
+pub mod helper;
+pub mod hook;
+pub mod manpage;
+pub mod recover;
+pub mod release;

@@ -1,0 +1,94 @@
+//! Enforcement backends behind one trait: each makes the kernel keep a [`Plan`]'s VM ports apart.
+//!
+//! A backend that programs a firewall ([`nftables`], [`iptables`], [`firewalld`]) keeps the
+//! shape of [`nftables`]: the rules a plan wants built as plain data, the kernel's
+//! rules read back in one listing (in-process for nftables), the difference rendered and applied as **one**
+//! transaction per run (one `nft -f`, one `iptables-restore --noflush`, one D-Bus session),
+//! nothing done when there is no difference, and everything but the process or bus call
+//! unit-tested without root. It owns its objects outright (a table, a chain, a direct-rule
+//! set of its own) so that [`Backend::remove`] deletes exactly what it created.
+
+pub mod cross_host;
+pub mod firewalld;
+pub mod iptables;
+pub mod nftables;
+mod port_isolation;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use firewalld::Firewalld;
+pub use iptables::Iptables;
+pub use nftables::Nftables;
+pub use port_isolation::PortIsolation;
+
+use crate::error::Result;
+use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
+use crate::model::plan::{BridgePlan, Plan};
+
+/// An enforcement mechanism.
+pub trait Backend {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Whether this host's kernel and tools can run it (as far as the caller may tell:
+    /// without root, a firewall backend can only check that its tool is installed).
+    fn available(&self) -> Result<()>;
+
+    /// A check for the `before_*` points after a failed run (ports blocked): runs the tool
+    /// that writes the rules once, without changing anything (nftables: `nft -c` of a probe
+    /// table), where [`Backend::available`] may only read the kernel. Without root, or for a
+    /// backend whose [`Backend::available`] already runs its tools, nothing more to check.
+    fn check_writer(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// What the backend enforces now on the ports of the planned bridges. A backend that
+    /// cannot read the kernel without root says so ([`Backend::needs_root_to_observe`]);
+    /// an unprivileged caller then asks the root helper instead of calling this.
+    fn observe(&mut self, plan: &Plan) -> Result<Vec<Observed>>;
+
+    /// True when [`Backend::observe`] needs root to see anything.
+    fn needs_root_to_observe(&self) -> bool {
+        false
+    }
+
+    /// Frames dropped between VM ports, per planned bridge, for backends that count them.
+    fn drop_counters(&mut self, _plan: &Plan) -> Result<BTreeMap<String, DropCounter>> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Makes the kernel enforce `plan`: VM ports isolated, uplinks and trusted vNICs open.
+    fn apply(&mut self, plan: &Plan) -> Result<Vec<Change>>;
+
+    /// Removes everything this backend enforces on `bridges` (isolation lifted or handed over).
+    fn remove(&mut self, bridges: &[BridgePlan]) -> Result<Vec<Change>>;
+}
+
+/// One [`Observed`] per port of the plan's bridges: isolated when its name is in what
+/// `enforced` says the backend enforces on that bridge.
+pub(crate) fn observed(plan: &Plan, mut enforced: impl FnMut(&str) -> BTreeSet<String>) -> Vec<Observed> {
+    plan.bridges
+        .iter()
+        .flat_map(|b| {
+            let enforced = enforced(&b.bridge);
+            b.ports
+                .iter()
+                .map(|p| Observed {
+                    bridge: b.bridge.clone(),
+                    port: p.port.name.clone(),
+                    isolated: enforced.contains(&p.port.name),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Opens the backend of that kind (without checking the host: see [`Backend::available`]).
+pub fn open(kind: BackendKind) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::PortIsolation => Ok(Box::new(PortIsolation::new())),
+        BackendKind::Nftables => Ok(Box::new(Nftables::new())),
+        BackendKind::Iptables => Ok(Box::new(Iptables::new())),
+        BackendKind::Firewalld => Ok(Box::new(Firewalld::new())),
+    }
+}

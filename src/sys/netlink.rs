@@ -1,0 +1,231 @@
+//! In-process rtnetlink: set a bridge port's `isolated` flag or a link's group
+//! (RTM_NEWLINK), or a port's state (RTM_SETLINK, AF_BRIDGE: fail-closed blocking), one
+//! message each; dump the bridges and bridge ports of the namespace (RTM_GETLINK, AF_BRIDGE)
+//! for [`crate::model::port::Snapshot`].
+
+use netlink_packet_core::{
+    DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage,
+    LinkProtoInfoBridge,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::error::{Error, Result};
+
+/// A NETLINK_ROUTE socket of the caller's network namespace.
+pub struct RouteSocket {
+    socket: Socket,
+    /// Our port id: the kernel's answers carry it, notifications do not.
+    port: u32,
+    sequence: u32,
+    buf: Vec<u8>,
+}
+
+impl RouteSocket {
+    /// Opens and binds the socket.
+    pub fn open() -> Result<RouteSocket> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| Error::Kernel(format!("netlink socket: {e}")))?;
+        let port = socket
+            .bind_auto()
+            .map_err(|e| Error::Kernel(format!("netlink bind: {e}")))?
+            .port_number();
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::Kernel(format!("netlink connect: {e}")))?;
+        Ok(RouteSocket {
+            socket,
+            port,
+            sequence: 0,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// The socket in `slot`, opened there on first use: a backend with nothing to change
+    /// never opens one.
+    pub fn lazy(slot: &mut Option<RouteSocket>) -> Result<&mut RouteSocket> {
+        if slot.is_none() {
+            *slot = Some(RouteSocket::open()?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
+    /// Sets or clears the `isolated` flag of bridge port `ifindex` and waits for the kernel's ack.
+    pub fn set_isolated(&mut self, ifindex: u32, isolated: bool) -> Result<()> {
+        let mut link = LinkMessage::default();
+        link.header.index = ifindex;
+        link.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(isolated)])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(link))
+            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+    }
+
+    /// Puts link `ifindex` in interface group `group` (`ip link set dev X group G`: one
+    /// RTM_NEWLINK carrying IFLA_GROUP) and waits for the kernel's ack.
+    pub fn set_group(&mut self, ifindex: u32, group: u32) -> Result<()> {
+        let mut link = LinkMessage::default();
+        link.header.index = ifindex;
+        link.attributes.push(LinkAttribute::Group(group));
+        self.request(RouteNetlinkMessage::NewLink(link))
+            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+    }
+
+    /// Sets the bridge port state of `ifindex` and waits for the ack: `false` is
+    /// `BR_STATE_DISABLED` (the port forwards nothing), `true` is forwarding. As `bridge link
+    /// set dev PORT state N` does it: RTM_SETLINK of family AF_BRIDGE with a nested
+    /// IFLA_PROTINFO { IFLA_BRPORT_STATE } (the kernel ignores the state in IFLA_LINKINFO).
+    pub fn set_forwarding(&mut self, ifindex: u32, forwarding: bool) -> Result<()> {
+        let state = if forwarding {
+            BR_STATE_FORWARDING
+        } else {
+            BR_STATE_DISABLED
+        };
+        let mut link = LinkMessage::default();
+        link.header.interface_family = AddressFamily::Bridge;
+        link.header.index = ifindex;
+        link.attributes
+            .push(LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(
+                DefaultNla::new(IFLA_BRPORT_STATE, vec![state]),
+            )]));
+        self.request(RouteNetlinkMessage::SetLink(link))
+            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+    }
+
+    /// Every bridge and bridge port of the namespace, in one RTM_GETLINK dump of family
+    /// AF_BRIDGE: calls `each` with the payload (`ifinfomsg` and attributes) of every link
+    /// answered. The VLAN filter flags in the request make the kernel answer for each bridge
+    /// too, not only for its ports. Returns false when a link was deleted or left its bridge
+    /// while the dump ran: the kernel resumes this dump by position, so a port may be missing.
+    pub fn dump_bridge_links(&mut self, mut each: impl FnMut(&[u8])) -> Result<bool> {
+        // A deletion is announced to the link group under the RTNL lock, which every part of
+        // the dump holds too: one made while the dump runs arrives before the dump's end.
+        self.socket
+            .add_membership(RTNLGRP_LINK)
+            .map_err(|e| Error::Kernel(format!("netlink link notifications: {e}")))?;
+        let dumped = self.dump_watched(&mut each);
+        // The socket may be used for requests again; their replies are told apart by sequence.
+        let _ = self.socket.drop_membership(RTNLGRP_LINK);
+        dumped.map_err(|e| Error::Kernel(format!("dumping the bridge ports: {e}")))
+    }
+
+    fn dump_watched(&mut self, each: &mut dyn FnMut(&[u8])) -> std::result::Result<bool, String> {
+        let mut link = LinkMessage::default();
+        link.header.interface_family = AddressFamily::Bridge;
+        link.attributes.push(LinkAttribute::ExtMask(vec![
+            LinkExtentMask::Brvlan,
+            LinkExtentMask::BrvlanCompressed,
+        ]));
+        self.send(RouteNetlinkMessage::GetLink(link), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut consistent = true;
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                // Notifications overflowed the socket: a deletion may be among them.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    consistent = false;
+                    continue;
+                }
+                Err(e) => return Err(format!("recv: {e}")),
+            };
+            let mut rest = &self.buf[..n];
+            while !rest.is_empty() {
+                let message = NetlinkBuffer::new_checked(rest).map_err(|e| format!("decode: {e}"))?;
+                let ours = message.sequence_number() == self.sequence && message.port_number() == self.port;
+                if ours && message.flags() & NLM_F_DUMP_INTR != 0 {
+                    consistent = false;
+                }
+                match message.message_type() {
+                    NLMSG_DONE | NLMSG_ERROR if ours => {
+                        // Both carry an errno: 0 when the dump ended well.
+                        let code = message
+                            .payload()
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return match code {
+                            Some(code) if code >= 0 => Ok(consistent),
+                            Some(code) => Err(std::io::Error::from_raw_os_error(code.saturating_neg()).to_string()),
+                            None => Err("truncated end of dump".to_string()),
+                        };
+                    }
+                    RTM_NEWLINK if ours => each(message.payload()),
+                    RTM_DELLINK => consistent = false,
+                    _ => {}
+                }
+                let len = (message.length() as usize + 3) & !3;
+                rest = &rest[len.min(rest.len())..];
+            }
+        }
+    }
+
+    /// Sends `message` with `flags` under a new sequence number.
+    fn send(&mut self, message: RouteNetlinkMessage, flags: u16) -> std::result::Result<(), String> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.socket.send(&out, 0).map_err(|e| format!("send: {e}"))?;
+        Ok(())
+    }
+
+    fn request(&mut self, message: RouteNetlinkMessage) -> std::result::Result<(), String> {
+        self.send(message, NLM_F_REQUEST | NLM_F_ACK)?;
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|e| format!("recv: {e}"))?;
+            let mut offset = 0;
+            while offset < n {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
+                    .map_err(|e| format!("decode: {e}"))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.sequence {
+                    if let NetlinkPayload::Error(err) = reply.payload {
+                        return match err.code {
+                            None => Ok(()),
+                            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get()).to_string()),
+                        };
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+}
+
+/// `RTNLGRP_LINK`: notifications of links created, changed, enslaved, released or deleted.
+const RTNLGRP_LINK: u32 = 1;
+/// `RTM_NEWLINK`: a link, in a dump's answer.
+const RTM_NEWLINK: u16 = 16;
+/// `RTM_DELLINK`: a link deleted, or a port released from its bridge (family AF_BRIDGE).
+const RTM_DELLINK: u16 = 17;
+
+/// `IFLA_BRPORT_STATE` in `linux/if_link.h`.
+const IFLA_BRPORT_STATE: u16 = 1;
+/// `BR_STATE_DISABLED`: the port neither learns nor forwards.
+pub const BR_STATE_DISABLED: u8 = 0;
+/// `BR_STATE_FORWARDING`.
+pub const BR_STATE_FORWARDING: u8 = 3;
+
+/// A bridge port's state from `/sys/class/net/PORT/brport/state` (no root needed).
+pub fn port_state(port: &str) -> std::io::Result<u8> {
+    let path = std::path::Path::new(crate::sys::SYS_CLASS_NET)
+        .join(port)
+        .join("brport/state");
+    let text = std::fs::read_to_string(path)?;
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("brport/state: {e}")))
+}

@@ -1,0 +1,11 @@
+//! What VDSM hands us (docs/design.md §2): the hook protocol ([`protocol`]) and logging to
+//! VDSM's log ([`logging`]), setupNetworks payloads ([`setup`]), libvirt domain XML
+//! ([`domain`]), where each vNIC attaches ([`placement`]), and the vNIC reports the VM hook
+//! points make ([`vnic`]).
+
+pub mod domain;
+pub mod logging;
+pub mod placement;
+pub mod protocol;
+pub mod setup;
+pub mod vnic;
