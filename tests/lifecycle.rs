@@ -3,6 +3,7 @@
 //! and checks the kernel's port flags and the reachability matrix. They need root; as
 //! another user they skip (or fail under `BRIDGE_ISOLATION_REQUIRE_ROOT_TESTS=1`).
 
+#[allow(dead_code)] // each test binary uses some of the shared helpers
 mod common;
 
 use bridge_isolation_lab::{self as lab, domain_xml, format_mac, interface_xml, LabSpec, NetSpec, NicSpec, Payload};

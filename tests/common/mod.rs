@@ -1,6 +1,10 @@
 //! Shared fixtures of the integration tests: a VDSM hook tree installed by
 //! `packaging/install.sh`, and a [`Fixture`] that drives the hooks against a netns lab the
-//! way VDSM and libvirt would (docs/design.md §2 and §7).
+//! way VDSM and libvirt would (docs/design.md §2 and §7), with the backend as a parameter
+//! ([`backend`]); [`cluster`] is the same on the two-host fabric.
+
+pub mod backend;
+pub mod cluster;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,9 +14,11 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use backend::{Backend, Firewalld};
 use bridge_isolation_lab::{
     self as lab, domain_xml, interface_xml, is_vm, HookRun, Lab, LabSpec, NetSpec, NicSpec, Payload, VmSpec,
 };
+use serde_json::Value;
 use tempfile::TempDir;
 
 /// The file name of our hook in every hook-point directory.
@@ -109,6 +115,12 @@ pub fn tagged(value: &str) -> String {
     lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK).with_isolation(value))])
 }
 
+/// The restore-nets payload (VDSM at boot) of the network `NET` on `UPLINK` with
+/// `custom: {"bridge_isolation": value}`.
+pub fn restored(value: &str) -> String {
+    lab::restore_nets_json(&[(NET, NetSpec::on_nic(UPLINK).with_isolation(value))])
+}
+
 /// The payload of the network `NET` on `UPLINK` without custom properties.
 pub fn untagged() -> String {
     lab::setup_networks_json(&[(NET, NetSpec::on_nic(UPLINK))])
@@ -143,35 +155,97 @@ pub fn has_port_element(xml: &str) -> bool {
     xml.contains("<port ")
 }
 
-/// One test's world: a lab, its own state directory, and the environment every hook gets.
+/// The environment every hook of a fixture gets: its state directory, no config file, the
+/// backend, and the iptables backend's drop-in directories under `dropins` (away from the
+/// machine's `/etc`).
+fn base_env(state: &Path, dropins: &Path, backend: Backend) -> Vec<(String, String)> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    vec![
+        ("BRIDGE_ISOLATION_STATE_DIR".to_string(), path(state)),
+        ("BRIDGE_ISOLATION_CONFIG".to_string(), "/nonexistent".to_string()),
+        ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.name().to_string()),
+        (
+            "BRIDGE_ISOLATION_MODULES_LOAD_DIR".to_string(),
+            path(&dropins.join("modules-load.d")),
+        ),
+        (
+            "BRIDGE_ISOLATION_SYSCTL_DIR".to_string(),
+            path(&dropins.join("sysctl.d")),
+        ),
+    ]
+}
+
+/// One test's world: a lab, its own state and drop-in directories, the backend its hooks
+/// use, perhaps a private firewalld in the lab's host, and the environment every hook gets.
 pub struct Fixture {
+    // Declared first: firewalld stops before its namespace goes.
+    firewalld: Option<Firewalld>,
     /// The namespaces: host with bridge `NET`, gateway on `UPLINK`, VMs.
     pub lab: Lab,
     state: TempDir,
+    dropins: TempDir,
+    backend: Backend,
     env: Vec<(String, String)>,
 }
 
 impl Fixture {
-    /// A lab with VMs `vm1..=vms` already running (plugged, no flags), nothing tagged.
+    /// A lab with VMs `vm1..=vms` already running (plugged, no flags), nothing tagged, with
+    /// the port-isolation backend (the kernel-state checks read port flags).
     pub fn new(tag: &str, vms: u8) -> Fixture {
-        Fixture::from_spec(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms))
+        Fixture::with_backend(tag, vms, Backend::PortIsolation)
     }
 
-    /// A lab of `spec` (its bridge must be `NET`), nothing tagged.
+    /// Like [`Fixture::new`] with `backend`. The iptables and firewalld backends start with
+    /// both `bridge-nf-call-*` sysctls at 0 in the lab host (a host without br_netfilter);
+    /// the firewalld backend gets a private firewalld there (its own nftables backend).
+    pub fn with_backend(tag: &str, vms: u8, backend: Backend) -> Fixture {
+        Fixture::from_spec_with(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms), backend)
+    }
+
+    /// Like [`Fixture::with_backend`], with a private firewalld in the lab host running its
+    /// `FirewallBackend=fw_backend` (`nftables` or `iptables`), whatever `backend` is.
+    pub fn beside_firewalld(tag: &str, vms: u8, backend: Backend, fw_backend: &str) -> Fixture {
+        let spec = LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms);
+        Fixture::create(&spec, backend, Some(fw_backend))
+    }
+
+    /// A lab of `spec` (its bridge must be `NET`), nothing tagged, port-isolation backend.
     pub fn from_spec(spec: &LabSpec) -> Fixture {
+        Fixture::from_spec_with(spec, Backend::PortIsolation)
+    }
+
+    /// A lab of `spec` (its bridge must be `NET`), nothing tagged, with `backend` (see
+    /// [`Fixture::with_backend`]).
+    pub fn from_spec_with(spec: &LabSpec, backend: Backend) -> Fixture {
+        let firewalld = (backend == Backend::Firewalld).then_some("nftables");
+        Fixture::create(spec, backend, firewalld)
+    }
+
+    fn create(spec: &LabSpec, backend: Backend, firewalld: Option<&str>) -> Fixture {
         assert_eq!(spec.bridge, NET);
         let lab = Lab::create(spec).expect("creating the lab");
         let state = tempfile::tempdir().expect("creating the state directory");
-        let env = vec![
-            (
-                "BRIDGE_ISOLATION_STATE_DIR".to_string(),
-                state.path().to_string_lossy().into_owned(),
-            ),
-            ("BRIDGE_ISOLATION_CONFIG".to_string(), "/nonexistent".to_string()),
-            // The kernel-state checks read port flags: pin the backend that sets them.
-            ("BRIDGE_ISOLATION_BACKEND".to_string(), "port-isolation".to_string()),
-        ];
-        Fixture { lab, state, env }
+        let dropins = tempfile::tempdir().expect("creating the drop-in directory");
+        let env = base_env(state.path(), dropins.path(), backend);
+        let mut fx = Fixture {
+            firewalld: None,
+            lab,
+            state,
+            dropins,
+            backend,
+            env,
+        };
+        if firewalld.is_some() || backend == Backend::Iptables {
+            // Otherwise firewalld would reject all bridged IPv4 from the start.
+            fx.set_br_netfilter(false);
+            assert_eq!(fx.br_netfilter(), [false, false]);
+        }
+        if let Some(fw_backend) = firewalld {
+            let fw = Firewalld::start(fx.lab.host_ns(), fw_backend);
+            fx.env.push(fw.env());
+            fx.firewalld = Some(fw);
+        }
+        fx
     }
 
     /// Runs hook point `point` in the host namespace with `payload` and `extra` env vars.
@@ -339,12 +413,16 @@ impl Fixture {
         assert_eq!(self.isolated_ports(), want, "ports with the isolated flag");
     }
 
-    /// Probes every pair and asserts the isolation promise with `trusted` VMs exempt.
+    /// Probes every pair and asserts the isolation promise of the fixture's backend with
+    /// `trusted` VMs exempt: every protocol blocked between VMs, or with the iptables
+    /// backend IPv4 and IPv6 only (see [`backend::assert_ip_blocked_between_vms`]).
     pub fn assert_isolation(&self, trusted: &[&str]) {
-        self.lab
-            .matrix()
-            .expect("probing")
-            .assert_expected(&isolated_except(trusted));
+        let matrix = self.lab.matrix().expect("probing");
+        if self.backend == Backend::Iptables {
+            backend::assert_ip_blocked_between_vms(&matrix, trusted);
+        } else {
+            matrix.assert_expected(&isolated_except(trusted));
+        }
     }
 
     /// Probes every pair and asserts that everything passes.
@@ -365,17 +443,21 @@ impl Fixture {
 
     /// Runs the admin CLI `bridge-isolation ARGS` in the host namespace with the hooks' env.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(lab::IP)
-            .args([
-                "netns",
-                "exec",
-                self.lab.host_ns(),
-                env!("CARGO_BIN_EXE_bridge-isolation"),
-            ])
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("running bridge-isolation")
+        self.cli_command(args).output().expect("running bridge-isolation")
+    }
+
+    /// The command [`Fixture::cli`] runs, to add to or to spawn.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(lab::IP);
+        cmd.args([
+            "netns",
+            "exec",
+            self.lab.host_ns(),
+            env!("CARGO_BIN_EXE_bridge-isolation"),
+        ])
+        .args(args)
+        .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 }
 
@@ -485,7 +567,8 @@ fn process_dir() -> TempDir {
 
 #[allow(dead_code)] // not every test binary uses every helper
 impl Fixture {
-    /// The environment every hook of this fixture gets (state dir, config, backend).
+    /// The environment every hook of this fixture gets (state dir, config, backend, drop-in
+    /// directories, and the private firewalld's bus when it has one).
     pub fn env(&self) -> &[(String, String)] {
         &self.env
     }
@@ -579,6 +662,145 @@ impl Fixture {
             payload: None,
             point: "cli".to_string(),
         }
+    }
+
+    /// The backend the hooks and the CLI are told to use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Tells every later hook and CLI run to use `backend` (as a config change would).
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
+        for (key, value) in &mut self.env {
+            if key == "BRIDGE_ISOLATION_BACKEND" {
+                *value = backend.name().to_string();
+            }
+        }
+    }
+
+    /// The directory holding the iptables backend's drop-in directories (`modules-load.d`,
+    /// `sysctl.d`); nothing else writes there.
+    pub fn dropin_dir(&self) -> &Path {
+        self.dropins.path()
+    }
+
+    /// The private firewalld of the lab host (panics when the fixture has none).
+    pub fn firewalld(&self) -> &Firewalld {
+        self.firewalld.as_ref().expect("this fixture runs no firewalld")
+    }
+
+    /// The private firewalld, to restart it.
+    pub fn firewalld_mut(&mut self) -> &mut Firewalld {
+        self.firewalld.as_mut().expect("this fixture runs no firewalld")
+    }
+
+    /// Starts VM `n` as [`Fixture::start_vm`] does, then clears the port flag libvirt set
+    /// from the rewritten XML behind our back: the backend's rules alone must keep the VMs
+    /// apart. Returns the rewritten XML.
+    pub fn start_vm_unflagged(&mut self, n: u8, profile: Profile) -> String {
+        let rewritten = self.start_vm(n, profile);
+        self.lab
+            .set_port_isolated(&self.vm(n).tap, false)
+            .expect("clearing the flag");
+        rewritten
+    }
+
+    /// The ports this fixture's backend enforces isolation on, read from the kernel (or
+    /// firewalld): the flagged ports (port-isolation), the members of the bridge's set
+    /// (nftables), the ports with a `--physdev-out` DROP rule in both families (iptables),
+    /// the ports with an `-o` DROP direct rule (firewalld).
+    pub fn enforced_ports(&self) -> BTreeSet<String> {
+        match self.backend {
+            Backend::PortIsolation => self.isolated_ports(),
+            Backend::Nftables => self.nft_table().map(|t| backend::nft_members(&t)).unwrap_or_default(),
+            Backend::Iptables => {
+                let [v4, v6] = self.xtables_ours().map(|lines| {
+                    let prefix = format!("-A BRIDGE-ISO-{NET} -m physdev --physdev-out ");
+                    lines
+                        .iter()
+                        .filter_map(|l| l.strip_prefix(&prefix)?.strip_suffix(" -j DROP").map(str::to_string))
+                        .collect::<BTreeSet<String>>()
+                });
+                assert_eq!(v4, v6, "iptables and ip6tables enforce different ports");
+                v4
+            }
+            Backend::Firewalld => {
+                let prefix = format!("eb filter BRIDGE_ISO_{NET} 0 -o ");
+                self.firewalld().direct()[0]
+                    .iter()
+                    .filter_map(|l| l.strip_prefix(&prefix)?.strip_suffix(" -j DROP").map(str::to_string))
+                    .collect()
+            }
+        }
+    }
+
+    /// Our nftables table in the lab host (`nft -j list table`, metainfo left out), or `None`.
+    pub fn nft_table(&self) -> Option<Value> {
+        use bridge_isolation::enforce::nftables::TABLE;
+        let exec = |args: &[&str]| self.lab.exec_in_host(args).expect("running nft");
+        backend::nft_table_with(exec, TABLE)
+    }
+
+    /// The bridge ports in the nftables gate's interface group.
+    pub fn grouped_ports(&self) -> BTreeSet<String> {
+        use bridge_isolation::enforce::nftables::GROUP;
+        let ports = self.lab.bridge_ports().expect("listing the ports");
+        ports
+            .into_iter()
+            .filter(|p| self.lab.port_group(p).expect("reading a port group") == GROUP)
+            .collect()
+    }
+
+    /// The filter table of IPv4 and IPv6 in the lab host (`*tables-save -t filter`),
+    /// comment lines left out.
+    pub fn xtables(&self) -> [Vec<String>; 2] {
+        backend::XTABLES_SAVE.map(|save| {
+            let out = self
+                .lab
+                .exec_in_host(&[save, "-t", "filter"])
+                .expect("running *tables-save");
+            backend::ok(out)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        })
+    }
+
+    /// The lines of [`Fixture::xtables`] naming our chains, per family.
+    pub fn xtables_ours(&self) -> [Vec<String>; 2] {
+        self.xtables()
+            .map(|t| t.into_iter().filter(|l| l.contains("BRIDGE-ISO")).collect())
+    }
+
+    /// Both `bridge-nf-call-*` sysctls of the lab host (br_netfilter on for IPv4, IPv6).
+    pub fn br_netfilter(&self) -> [bool; 2] {
+        use bridge_isolation::enforce::iptables::SYSCTLS;
+        SYSCTLS.map(|s| {
+            let path = format!("/proc/sys/net/bridge/{s}");
+            let out = self.lab.exec_in_host(&[lab::CAT, &path]).expect("reading a sysctl");
+            backend::ok(out).trim() == "1"
+        })
+    }
+
+    /// Sets both `bridge-nf-call-*` sysctls of the lab host.
+    pub fn set_br_netfilter(&self, on: bool) {
+        use bridge_isolation::enforce::iptables::SYSCTLS;
+        let v = u8::from(on);
+        let args: Vec<String> = SYSCTLS.iter().map(|s| format!("net.bridge.{s}={v}")).collect();
+        let mut argv = vec![backend::SYSCTL, "-qw"];
+        argv.extend(args.iter().map(String::as_str));
+        backend::ok(self.lab.exec_in_host(&argv).expect("running sysctl"));
+    }
+
+    /// Whether the iptables backend's drop-ins exist: modules-load.d, sysctl.d.
+    pub fn iptables_dropins(&self) -> [bool; 2] {
+        use bridge_isolation::enforce::iptables::{MODULES_DROPIN, SYSCTL_DROPIN};
+        [
+            self.dropins.path().join("modules-load.d").join(MODULES_DROPIN).exists(),
+            self.dropins.path().join("sysctl.d").join(SYSCTL_DROPIN).exists(),
+        ]
     }
 
     /// Every port of the bridge and its isolation flag, read in one `ip -d -j link show`.
