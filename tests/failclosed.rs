@@ -15,15 +15,12 @@ use std::time::Duration;
 
 use bridge_isolation::enforce::nftables::{NFT, TABLE};
 use bridge_isolation_lab::{self as lab, domain_xml, is_vm, NicSpec};
+use common::backend::Backend;
 use common::{tagged, vm_uuid, Finished, Fixture, NET, PLAIN, UPLINK};
 use serde_json::{json, Value};
 
 fn env(key: &str, value: &str) -> (String, String) {
     (key.to_string(), value.to_string())
-}
-
-fn nftables() -> (String, String) {
-    env("BRIDGE_ISOLATION_BACKEND", "nftables")
 }
 
 /// Runs hook `point` as [`Fixture::spawn`] does, but with `nft` replaced by `/usr/bin/false`
@@ -35,23 +32,12 @@ fn run_without_nft(fx: &Fixture, point: &str, payload: &[u8], extra: &[(String, 
 
 /// Deletes the backend's table in the lab host, so that the next run has to write.
 fn drop_table(fx: &Fixture) {
-    let out = Command::new(lab::IP)
-        .args([
-            "netns",
-            "exec",
-            fx.lab.host_ns(),
-            NFT,
-            "delete",
-            "table",
-            "bridge",
-            TABLE,
-        ])
-        .output()
-        .unwrap();
+    let out = fx.lab.exec_in_host(&[NFT, "delete", "table", "bridge", TABLE]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// `bridge-isolation ARGS` in the host namespace with the nftables backend.
+/// `bridge-isolation ARGS` in the host namespace with the hooks' environment (the
+/// nftables backend) and nothing else.
 fn cli(fx: &Fixture, args: &[&str]) -> Output {
     Command::new(lab::IP)
         .args([
@@ -64,7 +50,6 @@ fn cli(fx: &Fixture, args: &[&str]) -> Output {
         .env_clear()
         .env("PATH", lab::HOOK_PATH)
         .envs(fx.env().iter().map(|(k, v)| (k, v)))
-        .envs([nftables()])
         .output()
         .unwrap()
 }
@@ -101,17 +86,15 @@ fn enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds() {
     if !lab::root_tests_enabled("enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds") {
         return;
     }
-    let fx = Fixture::new("bifail", 2);
+    let fx = Fixture::with_backend("bifail", 2, Backend::Nftables);
     let limit = Duration::from_secs(60);
     for point in ["before_network_setup", "after_network_setup"] {
-        let run = fx
-            .spawn(point, tagged("true").as_bytes(), &[nftables()])
-            .wait_at_most(limit);
+        let run = fx.spawn(point, tagged("true").as_bytes(), &[]).wait_at_most(limit);
         assert_eq!(run.code(), Some(0), "{point}: {}", run.stderr);
     }
     let forwarding = states(&[(UPLINK, "forwarding"), ("vnet1", "forwarding"), ("vnet2", "forwarding")]);
     assert_eq!(port_states(&fx), forwarding);
-    let vm1 = [nftables(), env("vmId", &vm_uuid(1))];
+    let vm1 = [env("vmId", &vm_uuid(1))];
     // A converged table is read in-process and needs no `nft`: take it away.
     drop_table(&fx);
 
@@ -119,7 +102,6 @@ fn enforcement_failure_blocks_vm_ports_until_a_reconcile_succeeds() {
     let conf = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     std::fs::write(conf.path(), "on_failure = warn\n").unwrap();
     let warn_env = [
-        nftables(),
         env("vmId", &vm_uuid(1)),
         env("BRIDGE_ISOLATION_CONFIG", conf.path().to_str().unwrap()),
     ];
@@ -208,16 +190,16 @@ fn a_port_whose_flag_is_set_is_confirmed_not_blocked() {
     if !lab::root_tests_enabled("a_port_whose_flag_is_set_is_confirmed_not_blocked") {
         return;
     }
-    let fx = Fixture::new("biconf", 2);
+    let fx = Fixture::with_backend("biconf", 2, Backend::Nftables);
     for point in ["before_network_setup", "after_network_setup"] {
         let run = fx
-            .spawn(point, tagged("true").as_bytes(), &[nftables()])
+            .spawn(point, tagged("true").as_bytes(), &[])
             .wait_at_most(Duration::from_secs(60));
         assert_eq!(run.code(), Some(0), "{point}: {}", run.stderr);
     }
     fx.lab.set_port_isolated("vnet1", true).unwrap();
     drop_table(&fx);
-    let vm2 = [nftables(), env("vmId", &vm_uuid(2))];
+    let vm2 = [env("vmId", &vm_uuid(2))];
     let run = run_without_nft(&fx, "after_vm_start", live_domain(&fx, 2).as_bytes(), &vm2);
     assert_eq!(run.code(), Some(1), "{}", run.stderr);
     assert!(
