@@ -267,20 +267,9 @@ fn forty_eight_concurrent_hooks_reach_the_serial_outcome() {
     let initial = fx.state_bytes();
     // Not running, they have no tap to bind a trust record to: nothing is recorded.
     assert!(assert_canonical(&initial).trusted_vnics.is_empty());
-    let etc = tempfile::tempdir().unwrap();
     for backend in BackendKind::ALL {
-        let env = vec![
-            ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.to_string()),
-            // The iptables backend's drop-ins, away from the machine's /etc.
-            (
-                "BRIDGE_ISOLATION_MODULES_LOAD_DIR".to_string(),
-                etc.path().join("modules-load.d").display().to_string(),
-            ),
-            (
-                "BRIDGE_ISOLATION_SYSCTL_DIR".to_string(),
-                etc.path().join("sysctl.d").display().to_string(),
-            ),
-        ];
+        // The iptables backend's drop-ins go to the fixture's own directory.
+        let env = vec![("BRIDGE_ISOLATION_BACKEND".to_string(), backend.to_string())];
         let rounds = if backend == BackendKind::PortIsolation { 3 } else { 1 };
         serial_then_concurrent(&fx, &initial, backend, &env, rounds);
     }

@@ -641,21 +641,12 @@ fn backends_run_nothing_from_path() {
     }
     let traps = tempfile::tempdir().unwrap();
     let marker = trap_dir(traps.path());
-    let etc = tempfile::tempdir().unwrap();
     let fx = common::Fixture::new("bipath", 2);
     for backend in bridge_isolation::model::backend::BackendKind::ALL {
+        // The iptables backend's drop-ins go to the fixture's own directory.
         let env = [
             ("PATH".to_string(), traps.path().display().to_string()),
             ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.to_string()),
-            // The iptables backend's drop-ins, away from the machine's /etc.
-            (
-                "BRIDGE_ISOLATION_MODULES_LOAD_DIR".to_string(),
-                etc.path().join("modules-load.d").display().to_string(),
-            ),
-            (
-                "BRIDGE_ISOLATION_SYSCTL_DIR".to_string(),
-                etc.path().join("sysctl.d").display().to_string(),
-            ),
         ];
         let mut ran = true;
         for value in ["true", "false"] {

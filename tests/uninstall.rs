@@ -3,110 +3,57 @@
 //! bridge-isolation-firewalld.service runs), each in a netns lab (docs/design.md §7)
 //! with its own state directory, driven through the hooks exactly as VDSM runs them.
 
+#[allow(dead_code)] // each test binary uses some of the shared helpers
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bridge_isolation::enforce::nftables::GROUP;
-use bridge_isolation_lab::{self as lab, is_vm, Lab, LabSpec, NetSpec, NicSpec, Payload};
+use bridge_isolation_lab::{self as lab, domain_xml, is_vm, NicSpec};
+use common::backend::{firewalld_tests_enabled, Backend, Firewalld};
+use common::{tagged, vm_uuid, Fixture, NET};
 
 const CLI: &str = env!("CARGO_BIN_EXE_bridge-isolation");
 
-/// The hook tree `packaging/install.sh` makes, in `dir`.
-fn hook_tree(dir: &Path) -> PathBuf {
-    let bindir = Path::new(CLI).parent().unwrap();
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh"))
-        .arg("--destdir")
-        .arg(dir)
-        .arg("--bindir")
-        .arg(bindir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "install.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("usr/libexec/vdsm/hooks")
+/// A lab of three VMs whose network is isolated through the hooks with `backend`, VM 3's
+/// vNIC trusted.
+fn isolated(tag: &str, backend: Backend) -> Fixture {
+    let fx = Fixture::with_backend(tag, 3, backend);
+    fx.network_setup(&tagged("true"));
+    // VM 3 starts with a trusted vNIC: its port must stay open.
+    let nic = NicSpec {
+        trusted: true,
+        ..NicSpec::of_vm(&fx.vm(3), NET)
+    };
+    fx.run_vm_point("after_vm_start", 3, domain_xml("vm3", &vm_uuid(3), &[nic]), &[]);
+    if backend == Backend::PortIsolation {
+        assert_eq!(
+            flags(&fx),
+            [("eth1", false), ("vnet1", true), ("vnet2", true), ("vnet3", false)]
+        );
+    }
+    fx
 }
 
-/// A lab whose network is isolated through the hooks, VM 3's vNIC trusted.
-struct Isolated {
-    lab: Lab,
-    state: PathBuf,
-    backend: &'static str,
-    _scratch: tempfile::TempDir,
+/// The isolation flag of every port of the bridge.
+fn flags(fx: &Fixture) -> Vec<(&'static str, bool)> {
+    ["eth1", "vnet1", "vnet2", "vnet3"]
+        .into_iter()
+        .map(|p| (p, fx.lab.port_isolated(p).unwrap()))
+        .collect()
 }
 
-impl Isolated {
-    fn new(tag: &str, backend: &'static str) -> Isolated {
-        let scratch = tempfile::tempdir().unwrap();
-        let hooks = hook_tree(&scratch.path().join("root"));
-        let state = scratch.path().join("state");
-        let lab = Lab::create(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(3)).unwrap();
-        let env = vec![
-            ("BRIDGE_ISOLATION_STATE_DIR".to_string(), state.display().to_string()),
-            ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.to_string()),
-        ];
-        let net = lab.spec().bridge.clone();
-        let json = lab::setup_networks_json(&[(&net, NetSpec::on_nic(&lab.spec().uplink).with_isolation("true"))]);
-        for point in ["before_network_setup", "after_network_setup"] {
-            let run = lab::run_hook_point(lab.host_ns(), &hooks, point, Payload::Json(json.clone()), &env).unwrap();
-            assert!(!run.failed, "{point}: {}", run.stderr);
-        }
-        // VM 3 starts with a trusted vNIC: its port must stay open.
-        let vm3 = lab.vm("vm3").unwrap().clone();
-        let nic = NicSpec {
-            trusted: true,
-            ..NicSpec::of_vm(&vm3, &net)
-        };
-        let xml = lab::domain_xml("vm3", "4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c0e33", &[nic]);
-        let run = lab::run_hook_point(lab.host_ns(), &hooks, "after_vm_start", Payload::DomXml(xml), &env).unwrap();
-        assert!(!run.failed, "after_vm_start: {}", run.stderr);
-        let lab_ = Isolated {
-            lab,
-            state,
-            backend,
-            _scratch: scratch,
-        };
-        if backend == "port-isolation" {
-            assert_eq!(
-                lab_.flags(),
-                [("eth1", false), ("vnet1", true), ("vnet2", true), ("vnet3", false)]
-            );
-        }
-        lab_
-    }
-
-    /// The isolation flag of every port of the bridge.
-    fn flags(&self) -> Vec<(&'static str, bool)> {
-        ["eth1", "vnet1", "vnet2", "vnet3"]
-            .into_iter()
-            .map(|p| (p, self.lab.port_isolated(p).unwrap()))
-            .collect()
-    }
-
-    /// The CLI inside the lab's host namespace, with this lab's state directory.
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(lab::IP);
-        cmd.args(["netns", "exec", self.lab.host_ns(), CLI])
-            .args(args)
-            .env("BRIDGE_ISOLATION_STATE_DIR", &self.state)
-            .env("BRIDGE_ISOLATION_BACKEND", self.backend)
-            .env_remove("BRIDGE_ISOLATION_CONFIG");
-        cmd
-    }
-
-    fn state_files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.state)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+/// The files of the state directory, sorted.
+fn state_files(fx: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fx.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn output(cmd: &mut Command) -> (i32, String, String) {
@@ -123,10 +70,10 @@ fn release_all_lifts_every_flag_and_forgets_the_state() {
     if !lab::root_tests_enabled("release_all_lifts_every_flag_and_forgets_the_state") {
         return;
     }
-    let iso = Isolated::new("rel", "port-isolation");
+    let iso = isolated("rel", Backend::PortIsolation);
     let vms_apart = |a: &str, b: &str| !(is_vm(a) && is_vm(b)) || a == "vm3" || b == "vm3";
     iso.lab.matrix().unwrap().assert_expected(&vms_apart);
-    assert_eq!(iso.state_files(), ["state.json", "state.lock"]);
+    assert_eq!(state_files(&iso), ["state.json", "state.lock"]);
 
     // Not root: refused, nothing changed.
     let (code, _, err) = output(
@@ -147,10 +94,10 @@ fn release_all_lifts_every_flag_and_forgets_the_state() {
         err.contains("bridge_isolation[cli] error: ") && err.contains("root"),
         "{err}"
     );
-    assert_eq!(iso.flags()[1], ("vnet1", true));
+    assert_eq!(flags(&iso)[1], ("vnet1", true));
 
     // Root: every flag cleared, the state forgotten, the host as it was.
-    let (code, out, err) = output(&mut iso.cli(&["release-all"]));
+    let (code, out, err) = output(&mut iso.cli_command(&["release-all"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("released 1 bridge(s) (port-isolation): 2 port(s) opened"),
@@ -161,31 +108,31 @@ fn release_all_lifts_every_flag_and_forgets_the_state() {
         "{err}"
     );
     assert_eq!(
-        iso.flags(),
+        flags(&iso),
         [("eth1", false), ("vnet1", false), ("vnet2", false), ("vnet3", false)]
     );
-    assert!(iso.state_files().is_empty(), "{:?}", iso.state_files());
+    assert!(state_files(&iso).is_empty(), "{:?}", state_files(&iso));
     iso.lab.matrix().unwrap().assert_expected(&|_, _| true);
 
     // Idempotent, and the CLI agrees nothing is managed any more.
-    let (code, out, err) = output(&mut iso.cli(&["release-all"]));
+    let (code, out, err) = output(&mut iso.cli_command(&["release-all"]));
     assert_eq!(
         (code, out.trim()),
         (0, "nothing recorded: no isolation to lift"),
         "{err}"
     );
-    let (code, out, err) = output(&mut iso.cli(&["verify"]));
+    let (code, out, err) = output(&mut iso.cli_command(&["verify"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok: 0 isolated bridge(s)"), "{out}");
     // A flag set by someone else afterwards (native port_isolation, an admin) is not ours.
     iso.lab.set_port_isolated("vnet2", true).unwrap();
-    let (code, _, err) = output(&mut iso.cli(&["release-all"]));
+    let (code, _, err) = output(&mut iso.cli_command(&["release-all"]));
     assert_eq!(code, 0, "{err}");
     assert!(iso.lab.port_isolated("vnet2").unwrap());
 }
 
 /// The nftables tables of the lab's host namespace.
-fn nft_tables(iso: &Isolated) -> String {
+fn nft_tables(iso: &Fixture) -> String {
     let out = iso.lab.exec_in_host(&[lab::NFT, "list", "tables"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -196,7 +143,7 @@ fn release_all_removes_the_nftables_table() {
     if !lab::root_tests_enabled("release_all_removes_the_nftables_table") {
         return;
     }
-    let iso = Isolated::new("reln", "nftables");
+    let iso = isolated("reln", Backend::Nftables);
     let vms_apart = |a: &str, b: &str| !(is_vm(a) && is_vm(b)) || a == "vm3" || b == "vm3";
     iso.lab.matrix().unwrap().assert_expected(&vms_apart);
     assert!(
@@ -204,7 +151,7 @@ fn release_all_removes_the_nftables_table() {
         "{}",
         nft_tables(&iso)
     );
-    assert!(iso.flags().iter().all(|(_, on)| !on), "nftables sets no port flag");
+    assert!(flags(&iso).iter().all(|(_, on)| !on), "nftables sets no port flag");
     let groups = || -> Vec<(String, u32)> {
         let ports = iso.lab.bridge_ports().unwrap();
         ports
@@ -223,140 +170,13 @@ fn release_all_removes_the_nftables_table() {
         "the VM ports but the trusted one are in the gate's group"
     );
 
-    let (code, out, err) = output(&mut iso.cli(&["release-all"]));
+    let (code, out, err) = output(&mut iso.cli_command(&["release-all"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("released 1 bridge(s) (nftables"), "{out}");
     assert!(!nft_tables(&iso).contains("bridge_isolation"), "{}", nft_tables(&iso));
     assert!(groups().iter().all(|(_, g)| *g == 0), "{:?}", groups());
-    assert!(iso.state_files().is_empty(), "{:?}", iso.state_files());
+    assert!(state_files(&iso).is_empty(), "{:?}", state_files(&iso));
     iso.lab.matrix().unwrap().assert_expected(&|_, _| true);
-}
-
-/// A private system bus and a firewalld on it, in a namespace of their own.
-struct Firewalld {
-    dir: tempfile::TempDir,
-    ns: String,
-    bus: Child,
-    daemon: Option<Child>,
-}
-
-impl Firewalld {
-    fn address(dir: &Path) -> String {
-        format!("unix:path={}", dir.join("bus").display())
-    }
-
-    fn start() -> Firewalld {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("bus.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>{}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_type="*"/>
-  </policy>
-</busconfig>
-"#,
-                Firewalld::address(dir.path())
-            ),
-        )
-        .unwrap();
-        let bus = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--nopidfile"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon (apt-get install dbus)");
-        let ns = format!("{}-fw", lab::unique_prefix("fwd"));
-        let ok = Command::new(lab::IP).args(["netns", "add", &ns]).status().unwrap();
-        assert!(ok.success());
-        let mut fw = Firewalld {
-            dir,
-            ns,
-            bus,
-            daemon: None,
-        };
-        wait_for("the private bus socket", Duration::from_secs(10), || {
-            fw.dir.path().join("bus").exists()
-        });
-        fw.start_daemon();
-        fw
-    }
-
-    fn env(&self) -> (&'static str, String) {
-        ("DBUS_SYSTEM_BUS_ADDRESS", Firewalld::address(self.dir.path()))
-    }
-
-    fn start_daemon(&mut self) {
-        std::fs::create_dir_all(self.dir.path().join("etc")).unwrap();
-        let (k, v) = self.env();
-        let child = Command::new(lab::IP)
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "firewalld",
-                "--nofork",
-                "--nopid",
-                "--log-target",
-                "console",
-            ])
-            .arg("--system-config")
-            .arg(self.dir.path().join("etc"))
-            .env(k, v)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("firewalld (apt-get install firewalld)");
-        self.daemon = Some(child);
-        wait_for("firewalld to run", Duration::from_secs(60), || {
-            self.firewall_cmd(&["--state"]).0 == 0
-        });
-    }
-
-    fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            // ip netns exec execs firewalld: the child is firewalld itself.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
-    }
-
-    fn firewall_cmd(&self, args: &[&str]) -> (i32, String, String) {
-        let (k, v) = self.env();
-        output(
-            Command::new(lab::IP)
-                .args(["netns", "exec", &self.ns, "firewall-cmd"])
-                .args(args)
-                .env(k, v),
-        )
-    }
-}
-
-impl Drop for Firewalld {
-    fn drop(&mut self) {
-        self.stop_daemon();
-        let _ = self.bus.kill();
-        let _ = self.bus.wait();
-        let _ = Command::new(lab::IP).args(["netns", "del", &self.ns]).status();
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The watcher, its stderr lines forwarded to a channel.
@@ -393,28 +213,15 @@ impl Drop for Watcher {
 
 #[test]
 fn watch_firewalld_reapplies_after_reload_and_restart() {
-    if !lab::root_tests_enabled("watch_firewalld_reapplies_after_reload_and_restart") {
+    if !firewalld_tests_enabled("watch_firewalld_reapplies_after_reload_and_restart") {
         return;
     }
-    for tool in ["dbus-daemon", "firewalld", "firewall-cmd"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-            .unwrap_or(false);
-        if !found {
-            assert!(
-                std::env::var_os(lab::REQUIRE_ROOT_TESTS).is_none(),
-                "{tool} is missing (apt-get install dbus firewalld)"
-            );
-            eprintln!("skipping watch_firewalld_reapplies_after_reload_and_restart: {tool} is missing");
-            return;
-        }
-    }
-    let iso = Isolated::new("fwd", "port-isolation");
-    let mut fw = Firewalld::start();
+    let iso = isolated("fwd", Backend::PortIsolation);
+    let mut fw = Firewalld::start_alone("fwd", "nftables");
 
     let (k, v) = fw.env();
     let mut child = iso
-        .cli(&["watch-firewalld"])
+        .cli_command(&["watch-firewalld"])
         .env(k, v)
         .env("BRIDGE_ISOLATION_LOG", "info")
         .stdout(Stdio::null())
@@ -443,21 +250,19 @@ fn watch_firewalld_reapplies_after_reload_and_restart() {
 
     // Someone clears a flag behind our back; firewall-cmd --reload makes us look again.
     iso.lab.set_port_isolated("vnet1", false).unwrap();
-    let (code, _, err) = fw.firewall_cmd(&["--reload"]);
-    assert_eq!(code, 0, "{err}");
+    common::backend::ok(fw.cmd(&["--reload"]));
     let line = watcher.wait_line("firewalld reloaded: reconciled", Duration::from_secs(30));
     assert!(line.contains("1 port(s) changed"), "{line}");
     assert!(iso.lab.port_isolated("vnet1").unwrap());
 
     // A reload with nothing to repair changes nothing.
-    let (code, _, err) = fw.firewall_cmd(&["--reload"]);
-    assert_eq!(code, 0, "{err}");
+    common::backend::ok(fw.cmd(&["--reload"]));
     let line = watcher.wait_line("firewalld reloaded: reconciled", Duration::from_secs(30));
     assert!(line.contains("0 port(s) changed"), "{line}");
 
     // firewalld stops and starts again: both are noticed, the second once it runs.
     iso.lab.set_port_isolated("vnet2", false).unwrap();
-    fw.stop_daemon();
+    fw.stop();
     watcher.wait_line("firewalld stopped: reconciled", Duration::from_secs(30));
     assert!(iso.lab.port_isolated("vnet2").unwrap());
     iso.lab.set_port_isolated("vnet2", false).unwrap();
@@ -466,7 +271,7 @@ fn watch_firewalld_reapplies_after_reload_and_restart() {
     assert!(line.contains("1 port(s) changed"), "{line}");
     assert!(iso.lab.port_isolated("vnet2").unwrap());
     assert_eq!(
-        iso.flags(),
+        flags(&iso),
         [("eth1", false), ("vnet1", true), ("vnet2", true), ("vnet3", false)]
     );
     assert!(
