@@ -562,6 +562,15 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_keeps_quick_xml_s_error() {
+        let e = parse(b"<domain><devices></domain>").unwrap_err();
+        assert_eq!(e.kind(), Kind::Payload);
+        assert!(e.to_string().starts_with("payload: invalid XML: at byte "), "{e}");
+        let source = std::error::Error::source(&e);
+        assert!(source.is_some_and(|s| s.is::<quick_xml::Error>()), "{e:?}");
+    }
+
+    #[test]
     fn parses_a_domain() {
         let doc = parse(START.as_bytes()).unwrap();
         assert_eq!(doc.vm_id.as_deref(), Some("4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c0e11"));
