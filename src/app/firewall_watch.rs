@@ -90,9 +90,9 @@ pub fn run(settings: &Settings) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     for rule in match_rules() {
         let rule =
-            zbus::MatchRule::try_from(rule.as_str()).map_err(|e| Error::Kernel(format!("match rule {rule}: {e}")))?;
+            zbus::MatchRule::try_from(rule.as_str()).map_err(|e| Error::kernel(format!("match rule {rule}"), e))?;
         let messages = MessageIterator::for_match_rule(rule, conn, Some(QUEUED))
-            .map_err(|e| Error::Kernel(format!("subscribing on the system bus: {e}")))?;
+            .map_err(|e| Error::kernel("subscribing on the system bus", e))?;
         let tx = tx.clone();
         std::thread::spawn(move || {
             for m in messages {

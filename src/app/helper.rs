@@ -27,12 +27,12 @@ pub fn request(report: &Report) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| Error::Helper(format!("running {} -n {}: {e}", paths::SUDO, paths::HELPER)))?;
+        .map_err(|e| Error::helper(format!("running {} -n {}", paths::SUDO, paths::HELPER), e))?;
     let written = child.stdin.take().expect("piped").write_all(&json);
     let status = child
         .wait()
-        .map_err(|e| Error::Helper(format!("waiting for {}: {e}", paths::HELPER)))?;
-    written.map_err(|e| Error::Helper(format!("writing to {}: {e}", paths::HELPER)))?;
+        .map_err(|e| Error::helper(format!("waiting for {}", paths::HELPER), e))?;
+    written.map_err(|e| Error::helper(format!("writing to {}", paths::HELPER), e))?;
     if status.success() {
         Ok(())
     } else {
@@ -70,7 +70,7 @@ fn serve() -> Result<()> {
     if input.len() as u64 > MAX_REPORT {
         return Err(Error::Payload("report too large".into()));
     }
-    let report: Report = serde_json::from_slice(&input).map_err(|e| Error::Payload(format!("invalid report: {e}")))?;
+    let report: Report = serde_json::from_slice(&input).map_err(|e| Error::payload("invalid report", e))?;
     report.validate()?;
     // The installed paths and config only: nothing from the caller's environment.
     let settings = Settings::system(true)?;

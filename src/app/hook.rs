@@ -250,12 +250,13 @@ fn rewrite(point: Point, settings: &Settings, payload: &Payload) -> Result<()> {
     // backend can enforce isolation on this host.
     if let Some(iface) = doc.interfaces.iter().find(|i| wish(i) == PortWish::Isolated) {
         reconcile::check_enforceable(settings, &state).map_err(|e| {
-            Error::Config(format!(
-                "{}vNIC {} on isolated bridge {}: refusing to run it unprotected: {e}",
+            let context = format!(
+                "{}vNIC {} on isolated bridge {}: refusing to run it unprotected",
                 vm_label(&doc),
                 iface.mac.map(|m| m.to_string()).unwrap_or_default(),
                 bridge(iface).unwrap_or_default()
-            ))
+            );
+            Error::config(context, e)
         })?;
     }
     let Some(new) = domain::rewrite(&payload.bytes, &doc, wish) else {

@@ -221,12 +221,7 @@ impl Store {
                 reason,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => {
-                return Err(Error::State {
-                    path: self.dir.clone(),
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return Err(Error::state(&self.dir, "checking", e)),
         }
         // O_NONBLOCK: a planted FIFO must not hang a hook that VDSM runs without a timeout.
         let file = match OpenOptions::new()
@@ -239,11 +234,11 @@ impl Store {
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(err("is a symbolic link: refused".into()));
             }
-            Err(e) => return Err(err(e.to_string())),
+            Err(e) => return Err(Error::state(&path, "opening", e)),
         };
-        check_file(&file.metadata().map_err(|e| err(e.to_string()))?).map_err(err)?;
+        check_file(&file.metadata().map_err(|e| Error::state(&path, "checking", e))?).map_err(err)?;
         let state: State =
-            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| err(format!("malformed: {e}")))?;
+            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| Error::state(&path, "malformed", e))?;
         if state.version > VERSION {
             return Err(err(format!("written by a newer version ({})", state.version)));
         }
@@ -272,10 +267,11 @@ impl Store {
             Ok(()) => Some(aside),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
-                return Err(Error::State {
-                    path: self.path(),
-                    reason: format!("moving it to {}: {e}", aside.display()),
-                })
+                return Err(Error::state(
+                    self.path(),
+                    format!("moving it to {}", aside.display()),
+                    e,
+                ))
             }
         };
         let locked = Locked {
@@ -289,10 +285,7 @@ impl Store {
 
     /// Creates the state directory if needed, checks it, and takes the exclusive lock.
     fn take_lock(&self) -> Result<File> {
-        let err = |what: &str, e: std::io::Error| Error::State {
-            path: self.dir.clone(),
-            reason: format!("{what}: {e}"),
-        };
+        let err = |what: &str, e: std::io::Error| Error::state(&self.dir, what, e);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -343,10 +336,7 @@ fn temp_prefix() -> String {
 /// Removes `.state.json.*` files: what writers killed between creating their temporary
 /// file and renaming it left. Only called by a writer, under the lock: no other writer runs.
 fn remove_stale_temp_files(dir: &Path) -> Result<()> {
-    let err = |e: std::io::Error| Error::State {
-        path: dir.to_path_buf(),
-        reason: format!("removing stale temporary files: {e}"),
-    };
+    let err = |e: std::io::Error| Error::state(dir, "removing stale temporary files", e);
     let prefix = temp_prefix();
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
@@ -424,10 +414,7 @@ fn write_atomically(dir: &Path, name: &str, state: &State) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     let tmp = dir.join(format!("{}{}", temp_prefix(), std::process::id()));
-    let err = |what: &str, e: std::io::Error| Error::State {
-        path: path.clone(),
-        reason: format!("{what}: {e}"),
-    };
+    let err = |what: &str, e: std::io::Error| Error::state(&path, what, e);
     let mut text = serde_json::to_vec_pretty(state).expect("state serializes");
     text.push(b'\n');
     // Every writer holds the lock: what is there was left by a writer that was killed.

@@ -120,7 +120,7 @@ pub fn choose_backend(settings: &Settings) -> Result<(Box<dyn Backend>, String)>
             let backend = enforce::open(kind)?;
             backend
                 .available()
-                .map_err(|e| Error::Config(format!("backend {kind} (configured) cannot run here: {e}")))?;
+                .map_err(|e| Error::config(format!("backend {kind} (configured) cannot run here"), e))?;
             Ok((backend, "configured".to_string()))
         }
         BackendChoice::Auto => first_usable(BackendKind::ALL, |kind| {
@@ -556,7 +556,7 @@ fn enforceable(
     if state.blocked.is_empty() && recorded.is_some_and(allows) {
         return Ok(());
     }
-    select().map_err(|e| Error::Config(format!("isolation cannot be enforced on this host: {e}")))
+    select().map_err(|e| Error::config("isolation cannot be enforced on this host", e))
 }
 
 /// Root, under the lock: records `report` (trusted vNICs bound to their taps, see

@@ -14,7 +14,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 
 /// A NETLINK_ROUTE socket of the caller's network namespace.
 pub struct RouteSocket {
@@ -28,14 +28,14 @@ pub struct RouteSocket {
 impl RouteSocket {
     /// Opens and binds the socket.
     pub fn open() -> Result<RouteSocket> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| Error::Kernel(format!("netlink socket: {e}")))?;
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| Error::kernel("netlink socket", e))?;
         let port = socket
             .bind_auto()
-            .map_err(|e| Error::Kernel(format!("netlink bind: {e}")))?
+            .map_err(|e| Error::kernel("netlink bind", e))?
             .port_number();
         socket
             .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| Error::Kernel(format!("netlink connect: {e}")))?;
+            .map_err(|e| Error::kernel("netlink connect", e))?;
         Ok(RouteSocket {
             socket,
             port,
@@ -62,7 +62,7 @@ impl RouteSocket {
             LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(isolated)])),
         ]));
         self.request(RouteNetlinkMessage::NewLink(link))
-            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+            .map_err(|e| e.into_error(format!("ifindex {ifindex}")))
     }
 
     /// Puts link `ifindex` in interface group `group` (`ip link set dev X group G`: one
@@ -72,7 +72,7 @@ impl RouteSocket {
         link.header.index = ifindex;
         link.attributes.push(LinkAttribute::Group(group));
         self.request(RouteNetlinkMessage::NewLink(link))
-            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+            .map_err(|e| e.into_error(format!("ifindex {ifindex}")))
     }
 
     /// Sets the bridge port state of `ifindex` and waits for the ack: `false` is
@@ -93,7 +93,7 @@ impl RouteSocket {
                 DefaultNla::new(IFLA_BRPORT_STATE, vec![state]),
             )]));
         self.request(RouteNetlinkMessage::SetLink(link))
-            .map_err(|e| Error::Kernel(format!("ifindex {ifindex}: {e}")))
+            .map_err(|e| e.into_error(format!("ifindex {ifindex}")))
     }
 
     /// Every bridge and bridge port of the namespace, in one RTM_GETLINK dump of family
@@ -106,14 +106,14 @@ impl RouteSocket {
         // the dump holds too: one made while the dump runs arrives before the dump's end.
         self.socket
             .add_membership(RTNLGRP_LINK)
-            .map_err(|e| Error::Kernel(format!("netlink link notifications: {e}")))?;
+            .map_err(|e| Error::kernel("netlink link notifications", e))?;
         let dumped = self.dump_watched(&mut each);
         // The socket may be used for requests again; their replies are told apart by sequence.
         let _ = self.socket.drop_membership(RTNLGRP_LINK);
-        dumped.map_err(|e| Error::Kernel(format!("dumping the bridge ports: {e}")))
+        dumped.map_err(|e| e.into_error("dumping the bridge ports"))
     }
 
-    fn dump_watched(&mut self, each: &mut dyn FnMut(&[u8])) -> std::result::Result<bool, String> {
+    fn dump_watched(&mut self, each: &mut dyn FnMut(&[u8])) -> std::result::Result<bool, Failure> {
         let mut link = LinkMessage::default();
         link.header.interface_family = AddressFamily::Bridge;
         link.attributes.push(LinkAttribute::ExtMask(vec![
@@ -130,11 +130,11 @@ impl RouteSocket {
                     consistent = false;
                     continue;
                 }
-                Err(e) => return Err(format!("recv: {e}")),
+                Err(e) => return Err(Failure::at("recv")(e)),
             };
             let mut rest = &self.buf[..n];
             while !rest.is_empty() {
-                let message = NetlinkBuffer::new_checked(rest).map_err(|e| format!("decode: {e}"))?;
+                let message = NetlinkBuffer::new_checked(rest).map_err(Failure::at("decode"))?;
                 let ours = message.sequence_number() == self.sequence && message.port_number() == self.port;
                 if ours && message.flags() & NLM_F_DUMP_INTR != 0 {
                     consistent = false;
@@ -148,8 +148,8 @@ impl RouteSocket {
                             .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                         return match code {
                             Some(code) if code >= 0 => Ok(consistent),
-                            Some(code) => Err(std::io::Error::from_raw_os_error(code.saturating_neg()).to_string()),
-                            None => Err("truncated end of dump".to_string()),
+                            Some(code) => Err(Failure::errno(code.saturating_neg())),
+                            None => Err(Failure::at("")("truncated end of dump")),
                         };
                     }
                     RTM_NEWLINK if ours => each(message.payload()),
@@ -163,7 +163,7 @@ impl RouteSocket {
     }
 
     /// Sends `message` with `flags` under a new sequence number.
-    fn send(&mut self, message: RouteNetlinkMessage, flags: u16) -> std::result::Result<(), String> {
+    fn send(&mut self, message: RouteNetlinkMessage, flags: u16) -> std::result::Result<(), Failure> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -172,27 +172,27 @@ impl RouteSocket {
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(|e| format!("send: {e}"))?;
+        self.socket.send(&out, 0).map_err(Failure::at("send"))?;
         Ok(())
     }
 
-    fn request(&mut self, message: RouteNetlinkMessage) -> std::result::Result<(), String> {
+    fn request(&mut self, message: RouteNetlinkMessage) -> std::result::Result<(), Failure> {
         self.send(message, NLM_F_REQUEST | NLM_F_ACK)?;
         loop {
             let n = self
                 .socket
                 .recv(&mut &mut self.buf[..], 0)
-                .map_err(|e| format!("recv: {e}"))?;
+                .map_err(Failure::at("recv"))?;
             let mut offset = 0;
             while offset < n {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
-                    .map_err(|e| format!("decode: {e}"))?;
+                    .map_err(Failure::at("decode"))?;
                 let len = reply.header.length as usize;
                 if reply.header.sequence_number == self.sequence {
                     if let NetlinkPayload::Error(err) = reply.payload {
                         return match err.code {
                             None => Ok(()),
-                            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get()).to_string()),
+                            Some(code) => Err(Failure::errno(-code.get())),
                         };
                     }
                 }
@@ -201,6 +201,35 @@ impl RouteSocket {
                 }
                 offset += len;
             }
+        }
+    }
+}
+
+/// Why a request or a dump failed: the step that failed (`send`, `recv`, `decode`; none for
+/// the kernel's own answer) and the error underneath, kept as the [`Error`]'s source.
+#[derive(Debug)]
+struct Failure {
+    step: &'static str,
+    source: Source,
+}
+
+impl Failure {
+    /// Wraps the error of `step` ("" for none).
+    fn at<E: Into<Source>>(step: &'static str) -> impl FnOnce(E) -> Failure {
+        move |e| Failure { step, source: e.into() }
+    }
+
+    /// The kernel's answer: this errno.
+    fn errno(code: i32) -> Failure {
+        Failure::at("")(std::io::Error::from_raw_os_error(code))
+    }
+
+    /// A [`crate::error::Kind::Kernel`] error: `context` and the step, then the error.
+    fn into_error(self, context: impl Into<String>) -> Error {
+        let context = context.into();
+        match self.step {
+            "" => Error::kernel(context, self.source),
+            step => Error::kernel(format!("{context}: {step}"), self.source),
         }
     }
 }

@@ -874,6 +874,8 @@ enum Failed {
     Errno(i32),
     /// A dump saw the ruleset change while it ran: read again.
     Interrupted,
+    /// The socket failed at this step (`send`, `recv`).
+    Io(&'static str, std::io::Error),
     /// Anything else.
     Other(String),
 }
@@ -893,8 +895,9 @@ impl Failed {
             Failed::Errno(libc::EPERM) => Error::Kernel(format!(
                 "{what}: operation not permitted (nf_tables needs CAP_NET_ADMIN)"
             )),
-            Failed::Errno(code) => Error::Kernel(format!("{what}: {}", std::io::Error::from_raw_os_error(code))),
+            Failed::Errno(code) => Error::kernel(what, std::io::Error::from_raw_os_error(code)),
             Failed::Interrupted => Error::Kernel(format!("{what}: the ruleset kept changing while it was read")),
+            Failed::Io(step, e) => Error::kernel(format!("{what}: netlink {step}"), e),
             Failed::Other(e) => Error::Kernel(format!("{what}: {e}")),
         }
     }
@@ -911,9 +914,8 @@ struct Nfnl {
 
 impl Nfnl {
     fn open() -> Result<Nfnl> {
-        let unavailable = |what: &str, e: std::io::Error| {
-            Error::Kernel(format!("netfilter netlink {what}: {e} (no nfnetlink in this kernel?)"))
-        };
+        let unavailable =
+            |what: &str, e| Error::kernel(format!("netfilter netlink {what} (no nfnetlink in this kernel?)"), e);
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| unavailable("socket", e))?;
         socket.bind_auto().map_err(|e| unavailable("bind", e))?;
         socket
@@ -932,10 +934,7 @@ impl Nfnl {
     }
 
     fn send(&self, bytes: &[u8]) -> Wire<()> {
-        self.socket
-            .send(bytes, 0)
-            .map(drop)
-            .map_err(|e| Failed::Other(format!("netlink send: {e}")))
+        self.socket.send(bytes, 0).map(drop).map_err(|e| Failed::Io("send", e))
     }
 
     /// Receives one datagram into the buffer; its length.
@@ -943,7 +942,7 @@ impl Nfnl {
         let n = self
             .socket
             .recv(&mut &mut self.buf[..], libc::MSG_TRUNC)
-            .map_err(|e| Failed::Other(format!("netlink recv: {e}")))?;
+            .map_err(|e| Failed::Io("recv", e))?;
         if n > self.buf.len() {
             return Err(Failed::Other(format!("netlink reply of {n} bytes truncated")));
         }

@@ -42,14 +42,14 @@ pub fn attempt(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<std
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Kernel(format!("running {shown}: {e}")))?;
+        .map_err(|e| Error::kernel(format!("running {shown}"), e))?;
     let written = match (input, child.stdin.take()) {
         (Some(bytes), Some(mut stdin)) => stdin.write_all(bytes),
         _ => Ok(()),
     };
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::Kernel(format!("waiting for {shown}: {e}")))?;
+        .map_err(|e| Error::kernel(format!("waiting for {shown}"), e))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr)
             .split_whitespace()
@@ -61,6 +61,6 @@ pub fn attempt(program: &str, args: &[&str], input: Option<&[u8]>) -> Result<std
             stderr,
         }));
     }
-    written.map_err(|e| Error::Kernel(format!("writing to {shown}: {e}")))?;
+    written.map_err(|e| Error::kernel(format!("writing to {shown}"), e))?;
     Ok(Ok(out))
 }

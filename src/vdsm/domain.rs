@@ -181,7 +181,7 @@ pub fn parse(bytes: &[u8]) -> Result<Document> {
             bytes.len()
         )));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| Error::Payload(format!("XML is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::payload("XML is not UTF-8", e))?;
     if text.trim().is_empty() {
         return Err(Error::Payload("empty XML payload".into()));
     }
@@ -189,9 +189,11 @@ pub fn parse(bytes: &[u8]) -> Result<Document> {
         // Not a character XML allows; typically UTF-16 without a byte-order mark.
         return Err(Error::Payload("XML contains NUL bytes (UTF-16?)".into()));
     }
-    Parser::default()
-        .run(text)
-        .map_err(|e| Error::Payload(format!("invalid XML: {e}")))
+    Parser::default().run(text).map_err(|e| match e {
+        Invalid::Rule(rule) => Error::Payload(format!("invalid XML: {rule}")),
+        Invalid::Syntax { at: Some(at), source } => Error::payload(format!("invalid XML: at byte {at}"), source),
+        Invalid::Syntax { at: None, source } => Error::payload("invalid XML", source),
+    })
 }
 
 /// Deepest element nesting accepted (libxml2's default limit, which libvirt parses with).
@@ -213,7 +215,37 @@ struct Parser {
     last_space: Option<Range<usize>>,
 }
 
-type ParseResult<T> = std::result::Result<T, String>;
+/// Why the parser refused the XML.
+#[derive(Debug)]
+enum Invalid {
+    /// A rule of ours, in words.
+    Rule(String),
+    /// quick-xml's error, at this byte when known.
+    Syntax {
+        at: Option<usize>,
+        source: quick_xml::Error,
+    },
+}
+
+impl From<String> for Invalid {
+    fn from(rule: String) -> Invalid {
+        Invalid::Rule(rule)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(rule: &str) -> Invalid {
+        Invalid::Rule(rule.into())
+    }
+}
+
+impl From<quick_xml::Error> for Invalid {
+    fn from(source: quick_xml::Error) -> Invalid {
+        Invalid::Syntax { at: None, source }
+    }
+}
+
+type ParseResult<T> = std::result::Result<T, Invalid>;
 
 impl Parser {
     fn run(mut self, text: &str) -> ParseResult<Document> {
@@ -222,7 +254,10 @@ impl Parser {
         let mut text_acc = String::new();
         loop {
             let start = reader.buffer_position() as usize;
-            let event = reader.read_event().map_err(|e| format!("at byte {start}: {e}"))?;
+            let event = reader.read_event().map_err(|source| Invalid::Syntax {
+                at: Some(start),
+                source,
+            })?;
             let end = reader.buffer_position() as usize;
             match event {
                 Event::DocType(_) => return Err("DOCTYPE is not allowed".into()),
@@ -244,7 +279,10 @@ impl Parser {
                     self.last_space = None;
                 }
                 Event::Text(t) => {
-                    let s = t.unescape().map_err(|e| format!("at byte {start}: {e}"))?;
+                    let s = t.unescape().map_err(|source| Invalid::Syntax {
+                        at: Some(start),
+                        source,
+                    })?;
                     if s.trim().is_empty() {
                         self.last_space = Some(start..end);
                     } else if self.stack.is_empty() {
@@ -266,7 +304,7 @@ impl Parser {
             }
         }
         if let Some(open) = self.stack.last() {
-            return Err(format!("element <{open}> is not closed"));
+            return Err(format!("element <{open}> is not closed").into());
         }
         if !self.seen_root {
             return Err("no root element".into());
@@ -289,7 +327,7 @@ impl Parser {
         let name = local(e);
         let depth = self.stack.len();
         if depth >= MAX_DEPTH {
-            return Err(format!("elements nested deeper than {MAX_DEPTH}"));
+            return Err(format!("elements nested deeper than {MAX_DEPTH}").into());
         }
         if depth == 0 {
             if self.seen_root {
@@ -340,7 +378,7 @@ impl Parser {
                     // libvirt reads the first and ignores the rest: one of each, or we might
                     // judge a vNIC by an element libvirt never looks at.
                     if self.seen_children.contains(&name) {
-                        return Err(format!("more than one <{name}> in an <interface>"));
+                        return Err(format!("more than one <{name}> in an <interface>").into());
                     }
                     self.seen_children.push(name.clone());
                 }
@@ -355,7 +393,7 @@ impl Parser {
                             Some("yes") => Some(true),
                             Some("no") => Some(false),
                             None => None,
-                            Some(other) => return Err(format!("<port isolated={}>", ifname::quoted(other))),
+                            Some(other) => return Err(format!("<port isolated={}>", ifname::quoted(other)).into()),
                         };
                     }
                     _ => {}
@@ -441,7 +479,7 @@ fn pci_address(e: &BytesStart) -> ParseResult<String> {
         u32::from_str_radix(digits, 16)
             .ok()
             .filter(|v| *v <= max)
-            .ok_or_else(|| format!("<address {key}={}>", ifname::quoted(&text)))
+            .ok_or_else(|| format!("<address {key}={}>", ifname::quoted(&text)).into())
     };
     Ok(format!(
         "{:04x}:{:02x}:{:02x}.{:x}",
@@ -454,7 +492,7 @@ fn pci_address(e: &BytesStart) -> ParseResult<String> {
 
 fn mac(text: &str) -> ParseResult<Mac> {
     text.parse()
-        .map_err(|_| format!("invalid MAC address {}", ifname::quoted(text)))
+        .map_err(|_| format!("invalid MAC address {}", ifname::quoted(text)).into())
 }
 
 fn local(e: &BytesStart) -> String {
@@ -462,8 +500,8 @@ fn local(e: &BytesStart) -> String {
 }
 
 fn attr(e: &BytesStart, key: &str) -> ParseResult<Option<String>> {
-    match e.try_get_attribute(key).map_err(|e| e.to_string())? {
-        Some(a) => Ok(Some(a.unescape_value().map_err(|e| e.to_string())?.into_owned())),
+    match e.try_get_attribute(key).map_err(quick_xml::Error::from)? {
+        Some(a) => Ok(Some(a.unescape_value()?.into_owned())),
         None => Ok(None),
     }
 }
@@ -513,6 +551,7 @@ fn text<'a>(original: &'a [u8], range: &Range<usize>) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
 
     const START: &str = include_str!("../../tests/fixtures/before_vm_start.xml");
     const HOTPLUG: &str = include_str!("../../tests/fixtures/nic_hotplug.xml");
@@ -520,6 +559,15 @@ mod tests {
 
     fn mac(s: &str) -> Mac {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_syntax_error_keeps_quick_xml_s_error() {
+        let e = parse(b"<domain><devices></domain>").unwrap_err();
+        assert_eq!(e.kind(), Kind::Payload);
+        assert!(e.to_string().starts_with("payload: invalid XML: at byte "), "{e}");
+        let source = std::error::Error::source(&e);
+        assert!(source.is_some_and(|s| s.is::<quick_xml::Error>()), "{e:?}");
     }
 
     #[test]
@@ -614,7 +662,7 @@ mod tests {
             "<interface type='bridge'><source bridge=''/></interface>",
         ];
         for c in cases {
-            assert!(matches!(parse(c.as_bytes()), Err(Error::Payload(_))), "{c:?}");
+            assert_eq!(parse(c.as_bytes()).unwrap_err().kind(), Kind::Payload, "{c:?}");
         }
         assert!(parse(b"<interface>\xff</interface>").is_err());
         let deep = format!("{}{}", "<a>".repeat(MAX_DEPTH + 1), "</a>".repeat(MAX_DEPTH + 1));
@@ -686,7 +734,7 @@ mod tests {
             "<interface type='hostdev'><source><address type='pci' function='0x8'/></source></interface>",
             "<interface type='hostdev'><vlan><tag id='4095'/></vlan></interface>",
         ] {
-            assert!(matches!(parse(bad.as_bytes()), Err(Error::Payload(_))), "{bad}");
+            assert_eq!(parse(bad.as_bytes()).unwrap_err().kind(), Kind::Payload, "{bad}");
         }
     }
 
