@@ -55,6 +55,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::enforce::chain_name::{self, PerBridge};
 use crate::enforce::nftables::{FAMILY, NFT, PRIORITY};
 use crate::error::{Error, Result};
 use crate::host::state::State;
@@ -84,12 +85,12 @@ pub enum SetKind {
 }
 
 impl SetKind {
-    fn prefix(self) -> &'static str {
+    fn names(self) -> PerBridge {
         match self {
-            SetKind::Peers => "peers_",
-            SetKind::Trusted => "trusted_",
-            SetKind::Open => "open_",
-            SetKind::Uplink => "uplink_",
+            SetKind::Peers => chain_name::PEERS_SET,
+            SetKind::Trusted => chain_name::TRUSTED_SET,
+            SetKind::Open => chain_name::OPEN_SET,
+            SetKind::Uplink => chain_name::UPLINK_SET,
         }
     }
 
@@ -101,18 +102,9 @@ impl SetKind {
     }
 }
 
-/// Set `kind` of `bridge`: the prefix and the name with every byte but ASCII letters and
-/// digits escaped (`_` as `__`, others `_xx`), as the nftables backend names its sets.
+/// Set `kind` of `bridge`: its prefix and the name escaped ([`PerBridge::escaped`]).
 pub fn set_name(kind: SetKind, bridge: &str) -> String {
-    let mut name = String::from(kind.prefix());
-    for b in bridge.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => name.push(char::from(b)),
-            b'_' => name.push_str("__"),
-            _ => name.push_str(&format!("_{b:02x}")),
-        }
-    }
-    name
+    kind.names().name(bridge)
 }
 
 /// The drop rules a bridge may have, one per property.
@@ -635,35 +627,24 @@ fn apply(cmds: &[Cmd]) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // 5. With the firewalld backend: `eb` direct rules instead of the table.
 
-/// Prefix of the per-bridge direct chains of the peer rule (`BRIDGE_PEERS_<bridge>`, at
-/// most 28 bytes, under ebtables' 31); never taken for the firewalld backend's own
-/// `BRIDGE_ISO_*` chains.
-pub const EB_CHAIN_PREFIX: &str = "BRIDGE_PEERS_";
-/// Prefix of the per-bridge direct chains of the uplink allow-list (`BRIDGE_UPLINK_<bridge>`,
-/// at most 29 bytes).
-pub const EB_UPLINK_CHAIN_PREFIX: &str = "BRIDGE_UPLINK_";
 /// Priority of the RETURN rules (trusted or allowed sources, trusted vNICs).
 pub const EB_PRIORITY_RETURN: i32 = 0;
 /// Priority of the DROP rules (after every RETURN).
 pub const EB_PRIORITY_DROP: i32 = 1;
 
-/// The direct chain of `bridge`'s peer rule.
-pub fn eb_chain(bridge: &str) -> String {
-    format!("{EB_CHAIN_PREFIX}{bridge}")
-}
-
-/// The direct chain of rule `kind` of `bridge`.
+/// The direct chain of rule `kind` of `bridge` (`BRIDGE_PEERS_<bridge>`,
+/// `BRIDGE_UPLINK_<bridge>`).
 pub fn eb_chain_of(bridge: &str, kind: RuleKind) -> String {
     match kind {
-        RuleKind::Peers => eb_chain(bridge),
-        RuleKind::Uplink => format!("{EB_UPLINK_CHAIN_PREFIX}{bridge}"),
+        RuleKind::Peers => chain_name::EB_PEERS.name(bridge),
+        RuleKind::Uplink => chain_name::EB_UPLINK.name(bridge),
     }
 }
 
+/// Whether direct chain `chain` is one of the filter's (never one of the firewalld
+/// backend's own).
 fn owns_eb_chain(chain: &str) -> bool {
-    [EB_CHAIN_PREFIX, EB_UPLINK_CHAIN_PREFIX]
-        .iter()
-        .any(|p| chain.strip_prefix(p).is_some_and(|b| !b.is_empty()))
+    chain_name::EB_PEERS.owns(chain) || chain_name::EB_UPLINK.owns(chain)
 }
 
 /// The interval `first..=last` of 48-bit MACs as the fewest prefixes `(base, length)`,

@@ -40,7 +40,7 @@ use zbus::blocking::Connection;
 use zbus::zvariant::{DynamicType, OwnedValue};
 
 use super::iptables::{changes, exact_port_name};
-use super::Backend;
+use super::{chain_name, Backend};
 use crate::error::{Error, Result};
 use crate::host::config::is_root;
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
@@ -75,10 +75,9 @@ pub const TABLE: &str = "filter";
 /// Built-in chain we hook into.
 pub const FORWARD: &str = "FORWARD";
 /// Our chain, jumped to from FORWARD.
-pub const CHAIN: &str = "BRIDGE_ISOLATION";
-/// Prefix of the per-bridge chains: `BRIDGE_ISO_<bridge>` (at most 26 bytes, under
-/// ebtables' 31).
-pub const BRIDGE_CHAIN_PREFIX: &str = "BRIDGE_ISO_";
+pub const CHAIN: &str = NAMES.main;
+/// Our chains: [`CHAIN`] and one per bridge, `BRIDGE_ISO_<bridge>`.
+const NAMES: chain_name::Chains = chain_name::FIREWALLD;
 /// Priority of our direct rules.
 pub const PRIORITY: i32 = 0;
 /// Longest wait for one D-Bus call (VDSM runs hooks without a timeout: never hang).
@@ -94,17 +93,13 @@ pub type Passthrough = (String, Vec<String>);
 pub type DirectSettings = (Vec<DirectChain>, Vec<DirectRule>, Vec<Passthrough>);
 
 /// The per-bridge chain of `bridge`.
-pub fn bridge_chain(bridge: &str) -> String {
-    format!("{BRIDGE_CHAIN_PREFIX}{bridge}")
+fn bridge_chain(bridge: &str) -> String {
+    NAMES.bridge.name(bridge)
 }
 
 /// The bridge whose chain is `chain`.
-pub fn bridge_of_chain(chain: &str) -> Option<&str> {
-    chain.strip_prefix(BRIDGE_CHAIN_PREFIX).filter(|b| !b.is_empty())
-}
-
-fn is_our_chain(chain: &str) -> bool {
-    chain == CHAIN || bridge_of_chain(chain).is_some()
+fn bridge_of_chain(chain: &str) -> Option<String> {
+    NAMES.bridge.bridge_of(chain)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -179,13 +174,13 @@ impl Ours {
         Ours {
             chains: chains
                 .iter()
-                .filter(|(ipv, table, chain)| here(ipv, table) && is_our_chain(chain))
+                .filter(|(ipv, table, chain)| here(ipv, table) && NAMES.is_ours(chain))
                 .map(|(_, _, chain)| chain.clone())
                 .collect(),
             rules: rules
                 .iter()
                 .filter(|(ipv, table, chain, _, args)| {
-                    here(ipv, table) && (is_our_chain(chain) || (chain == FORWARD && target(args) == Some(CHAIN)))
+                    here(ipv, table) && (NAMES.is_ours(chain) || (chain == FORWARD && target(args) == Some(CHAIN)))
                 })
                 .map(|(_, _, chain, priority, args)| (chain.clone(), *priority, args.clone()))
                 .collect(),
@@ -221,7 +216,7 @@ impl Ours {
                 Some(_) => out_port(args).is_some(),
                 None => target(args)
                     .and_then(bridge_of_chain)
-                    .is_some_and(|b| in_port(args, b).is_some()),
+                    .is_some_and(|b| in_port(args, &b).is_some()),
             })
     }
 
@@ -243,11 +238,7 @@ impl Ours {
 
     /// Bridges with a chain.
     pub fn bridges(&self) -> BTreeSet<String> {
-        self.chains
-            .iter()
-            .filter_map(|c| bridge_of_chain(c))
-            .map(str::to_string)
-            .collect()
+        self.chains.iter().filter_map(|c| bridge_of_chain(c)).collect()
     }
 
     /// These chains and rules without `bridges` (without anything, once no bridge is left).

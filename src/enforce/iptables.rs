@@ -39,17 +39,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::Backend;
+use super::{chain_name, Backend};
 use crate::error::{Error, Result};
 use crate::host::config::{self, is_root};
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 
 /// Our chain, jumped to from rule 1 of FORWARD.
-pub const CHAIN: &str = "BRIDGE-ISOLATION";
-/// Prefix of the per-bridge chains: `BRIDGE-ISO-<bridge>` (at most 26 bytes, under
-/// iptables' 28).
-pub const BRIDGE_CHAIN_PREFIX: &str = "BRIDGE-ISO-";
+pub const CHAIN: &str = NAMES.main;
+/// Our chains: [`CHAIN`] and one per bridge, `BRIDGE-ISO-<bridge>`.
+const NAMES: chain_name::Chains = chain_name::IPTABLES;
 /// The built-in chain we hook into.
 pub const FORWARD: &str = "FORWARD";
 /// `modprobe`, by absolute path.
@@ -70,17 +69,13 @@ pub const MODULES_DROPIN: &str = "vdsm-hook-bridge-isolation.conf";
 pub const SYSCTL_DROPIN: &str = "99-vdsm-hook-bridge-isolation.conf";
 
 /// The per-bridge chain of `bridge`.
-pub fn bridge_chain(bridge: &str) -> String {
-    format!("{BRIDGE_CHAIN_PREFIX}{bridge}")
+fn bridge_chain(bridge: &str) -> String {
+    NAMES.bridge.name(bridge)
 }
 
 /// The bridge whose chain is `chain`, or `None` when it is not a bridge chain of ours.
-pub fn bridge_of_chain(chain: &str) -> Option<&str> {
-    chain.strip_prefix(BRIDGE_CHAIN_PREFIX).filter(|b| !b.is_empty())
-}
-
-fn is_our_chain(chain: &str) -> bool {
-    chain == CHAIN || bridge_of_chain(chain).is_some()
+fn bridge_of_chain(chain: &str) -> Option<String> {
+    NAMES.bridge.bridge_of(chain)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -133,7 +128,7 @@ fn out_port(args: &[String]) -> Option<&str> {
 /// Whether `args` is a rule of ours in `chain` (anything else there is foreign).
 fn is_our_rule(chain: &str, args: &[String]) -> bool {
     if chain == CHAIN {
-        matches!(args, [_, _, _, _, _, target] if bridge_of_chain(target).is_some_and(|b| in_port(args, b).is_some()))
+        matches!(args, [_, _, _, _, _, target] if bridge_of_chain(target).is_some_and(|b| in_port(args, &b).is_some()))
     } else {
         bridge_of_chain(chain).is_some() && out_port(args).is_some()
     }
@@ -262,7 +257,7 @@ impl Live {
             }
             if let Some(decl) = line.strip_prefix(':') {
                 let chain = decl.split_whitespace().next().unwrap_or("");
-                if is_our_chain(chain) {
+                if NAMES.is_ours(chain) {
                     live.chains.entry(chain.to_string()).or_default();
                 }
                 continue;
@@ -292,7 +287,7 @@ impl Live {
             args.drain(..2);
             if chain == FORWARD {
                 live.forward.push(args);
-            } else if is_our_chain(&chain) {
+            } else if NAMES.is_ours(&chain) {
                 live.chains.entry(chain).or_default().push(LiveRule { args, counter });
             }
         }
@@ -341,11 +336,7 @@ impl Live {
 
     /// Bridges that have a chain here.
     pub fn bridges(&self) -> BTreeSet<String> {
-        self.chains
-            .keys()
-            .filter_map(|c| bridge_of_chain(c))
-            .map(str::to_string)
-            .collect()
+        self.chains.keys().filter_map(|c| bridge_of_chain(c)).collect()
     }
 
     /// Packets and bytes dropped by the rules of `bridge`'s chain.

@@ -70,7 +70,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::Backend;
+use super::{chain_name, Backend};
 use crate::error::{Error, Result};
 use crate::host::config::is_root;
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
@@ -100,69 +100,27 @@ pub const MAP: &str = "ports";
 pub const GROUP: u32 = 0xb150;
 /// The kernel's default interface group, given back to a port leaving isolation.
 pub const DEFAULT_GROUP: u32 = 0;
-const SET_PREFIX: &str = "vm_";
-const CHAIN_PREFIX: &str = "br_";
 
-/// `prefix` and `bridge` with every byte but ASCII letters and digits escaped (`_` as `__`,
-/// others as `_` and two lowercase hex digits).
-fn escaped(prefix: &str, bridge: &str) -> String {
-    let mut name = String::from(prefix);
-    for b in bridge.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => name.push(char::from(b)),
-            b'_' => name.push_str("__"),
-            _ => name.push_str(&format!("_{b:02x}")),
-        }
-    }
-    name
-}
-
-/// The bridge name `escaped(prefix, ..)` made `name` from, or `None`.
-fn unescaped(prefix: &str, name: &str) -> Option<String> {
-    let mut rest = name.strip_prefix(prefix)?.bytes();
-    let mut bytes = Vec::new();
-    while let Some(b) = rest.next() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => bytes.push(b),
-            b'_' => match rest.next()? {
-                b'_' => bytes.push(b'_'),
-                hi => {
-                    let hex = [hi, rest.next()?];
-                    let hex = std::str::from_utf8(&hex).ok()?;
-                    if hex.bytes().any(|c| c.is_ascii_uppercase()) {
-                        return None;
-                    }
-                    bytes.push(u8::from_str_radix(hex, 16).ok()?);
-                }
-            },
-            _ => return None,
-        }
-    }
-    String::from_utf8(bytes).ok().filter(|b| !b.is_empty())
-}
-
-/// The set holding the VM ports of `bridge`: `vm_` and the name with every byte but ASCII
-/// letters and digits escaped (`_` as `__`, others as `_` and two lowercase hex digits), so
-/// any Linux interface name gives a distinct, valid nft identifier (`my-net.10` ->
-/// `vm_my_2dnet_2e10`).
+/// The set holding the VM ports of `bridge`: `vm_` and the name escaped
+/// ([`chain_name::PerBridge::escaped`]: `my-net.10` -> `vm_my_2dnet_2e10`).
 pub fn set_name(bridge: &str) -> String {
-    escaped(SET_PREFIX, bridge)
+    chain_name::NFT_SET.name(bridge)
 }
 
 /// The bridge whose set is `set`, or `None` when `set` is not one of ours.
-pub fn bridge_of_set(set: &str) -> Option<String> {
-    unescaped(SET_PREFIX, set)
+fn bridge_of_set(set: &str) -> Option<String> {
+    chain_name::NFT_SET.bridge_of(set)
 }
 
 /// The regular chain of `bridge`, where frames to its VM ports go: `br_` and the name
 /// escaped as in [`set_name`] (`my-net.10` -> `br_my_2dnet_2e10`).
 pub fn chain_name(bridge: &str) -> String {
-    escaped(CHAIN_PREFIX, bridge)
+    chain_name::NFT_CHAIN.name(bridge)
 }
 
 /// The bridge whose chain is `chain`, or `None` when `chain` is not one of ours.
-pub fn bridge_of_chain(chain: &str) -> Option<String> {
-    unescaped(CHAIN_PREFIX, chain)
+fn bridge_of_chain(chain: &str) -> Option<String> {
+    chain_name::NFT_CHAIN.bridge_of(chain)
 }
 
 /// The rule comment naming the bridge, for the administrator reading `nft list`.
