@@ -12,6 +12,7 @@ mod chain_name;
 pub mod cross_host;
 pub mod firewalld;
 pub mod iptables;
+mod nft;
 pub mod nftables;
 mod port_isolation;
 
