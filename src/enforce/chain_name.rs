@@ -234,19 +234,7 @@ mod tests {
             ),
         ];
         for (bridge, names) in pinned {
-            let got = [
-                IPTABLES.bridge,
-                FIREWALLD.bridge,
-                EB_PEERS,
-                EB_UPLINK,
-                NFT_SET,
-                NFT_CHAIN,
-                PEERS_SET,
-                TRUSTED_SET,
-                OPEN_SET,
-                UPLINK_SET,
-            ]
-            .map(|kind| kind.name(bridge));
+            let got = ALL.map(|kind| kind.name(bridge));
             assert_eq!(got, names, "{bridge}");
             // Each name leads back to its bridge, and to no other kind's.
             for (kind, name) in ALL.iter().zip(names) {

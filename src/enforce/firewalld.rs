@@ -40,9 +40,8 @@ use zbus::blocking::Connection;
 use zbus::zvariant::{DynamicType, OwnedValue};
 
 use super::iptables::{changes, exact_port_name};
-use super::{chain_name, Backend};
+use super::{chain_name, Backend, DriverSettings};
 use crate::error::{Error, Result};
-use crate::host::config::is_root;
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 
@@ -441,14 +440,10 @@ fn dbus_error(what: &str, e: zbus::Error) -> Error {
 }
 
 impl Bus {
-    /// Connects to the system bus: `DBUS_SYSTEM_BUS_ADDRESS` when root sets it (tests run a
-    /// private bus), else [`SYSTEM_BUS`]. Every call gives up after [`CALL_TIMEOUT`].
-    pub fn system() -> Result<Bus> {
-        let address = std::env::var(ENV_SYSTEM_BUS)
-            .ok()
-            .filter(|a| !a.is_empty() && is_root())
-            .unwrap_or_else(|| SYSTEM_BUS.to_string());
-        let conn = zbus::blocking::connection::Builder::address(address.as_str())
+    /// Connects to the system bus at `address` ([`DriverSettings::system_bus`]). Every call
+    /// gives up after [`CALL_TIMEOUT`].
+    pub fn system(address: &str) -> Result<Bus> {
+        let conn = zbus::blocking::connection::Builder::address(address)
             .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
             .map_err(|e| dbus_error(&format!("connecting to {address}"), e))?;
         Ok(Bus { conn })
@@ -507,8 +502,8 @@ impl Bus {
 /// firewalld's `FirewallBackend` when it is running, `None` when it is not (no system bus,
 /// or nobody owns its name). Asked over D-Bus; when the property cannot be read, taken from
 /// [`FIREWALLD_CONF`] (firewalld's default, nftables, when the file does not say).
-pub fn running_backend() -> Result<Option<String>> {
-    let bus = match Bus::system() {
+pub fn running_backend(system_bus: &str) -> Result<Option<String>> {
+    let bus = match Bus::system(system_bus) {
         Ok(bus) => bus,
         Err(e) => {
             log::debug!("no system bus, so no firewalld: {e}");
@@ -542,21 +537,28 @@ pub fn backend_in_conf(text: &str) -> String {
 
 /// The firewalld backend: one bus connection per run, opened on first use; the runtime
 /// listing is reused until the backend changes it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Firewalld {
+    privileged: bool,
+    system_bus: String,
     bus: OnceCell<Bus>,
     cache: RefCell<Option<Ours>>,
 }
 
 impl Firewalld {
     /// The backend, nothing connected yet.
-    pub fn new() -> Firewalld {
-        Firewalld::default()
+    pub fn new(driver: &DriverSettings) -> Firewalld {
+        Firewalld {
+            privileged: driver.privileged,
+            system_bus: driver.system_bus.clone(),
+            bus: OnceCell::new(),
+            cache: RefCell::new(None),
+        }
     }
 
     fn bus(&self) -> Result<&Bus> {
         if self.bus.get().is_none() {
-            let bus = Bus::system()?;
+            let bus = Bus::system(&self.system_bus)?;
             let _ = self.bus.set(bus);
         }
         Ok(self.bus.get().expect("set above"))
@@ -734,7 +736,7 @@ impl Backend for Firewalld {
                 "firewalld is not running ({BUS_NAME} has no owner on the system bus)"
             )));
         }
-        if !is_root() {
+        if !self.privileged {
             return Ok(());
         }
         if !bus.property::<bool>(PATH, IFACE, "BRIDGE")? {

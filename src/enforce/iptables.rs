@@ -39,9 +39,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{chain_name, Backend};
+use super::{chain_name, Backend, DriverSettings};
 use crate::error::{Error, Result};
-use crate::host::config::{self, is_root};
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 
@@ -59,9 +58,9 @@ pub const PROC_BRIDGE: &str = "/proc/sys/net/bridge";
 pub const SYS_MODULE: &str = "/sys/module/br_netfilter";
 /// The sysctls we need on, under [`PROC_BRIDGE`].
 pub const SYSCTLS: [&str; 2] = ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"];
-/// Where the module is persisted (override: [`config::ENV_MODULES_LOAD_DIR`]).
+/// Where the module is persisted (unless [`DriverSettings::modules_load_dir`] says otherwise).
 pub const MODULES_LOAD_DIR: &str = "/etc/modules-load.d";
-/// Where the sysctls are persisted (override: [`config::ENV_SYSCTL_DIR`]).
+/// Where the sysctls are persisted (unless [`DriverSettings::sysctl_dir`] says otherwise).
 pub const SYSCTL_DIR: &str = "/etc/sysctl.d";
 /// File name of the modules-load.d drop-in.
 pub const MODULES_DROPIN: &str = "vdsm-hook-bridge-isolation.conf";
@@ -546,16 +545,14 @@ pub struct BrNetfilter {
 }
 
 impl BrNetfilter {
-    /// The host's paths; root's [`config::ENV_MODULES_LOAD_DIR`] and
-    /// [`config::ENV_SYSCTL_DIR`] move the drop-ins (tests).
-    pub fn system() -> BrNetfilter {
+    /// The host's paths, the drop-ins where `driver` puts them.
+    pub fn system(driver: &DriverSettings) -> BrNetfilter {
         BrNetfilter {
             proc_dir: PROC_BRIDGE.into(),
             module_dir: SYS_MODULE.into(),
             modprobe: MODPROBE.into(),
-            modules_load_dir: config::dir_override(config::ENV_MODULES_LOAD_DIR)
-                .unwrap_or_else(|| MODULES_LOAD_DIR.into()),
-            sysctl_dir: config::dir_override(config::ENV_SYSCTL_DIR).unwrap_or_else(|| SYSCTL_DIR.into()),
+            modules_load_dir: driver.modules_load_dir.clone(),
+            sysctl_dir: driver.sysctl_dir.clone(),
         }
     }
 
@@ -831,25 +828,18 @@ impl Tables {
 #[derive(Debug)]
 pub struct Iptables {
     netfilter: BrNetfilter,
+    privileged: bool,
+    system_bus: String,
     cache: RefCell<Option<Tables>>,
 }
 
-impl Default for Iptables {
-    fn default() -> Iptables {
-        Iptables::new()
-    }
-}
-
 impl Iptables {
-    /// The backend on this host's paths.
-    pub fn new() -> Iptables {
-        Iptables::with_netfilter(BrNetfilter::system())
-    }
-
-    /// The backend with br_netfilter's paths elsewhere.
-    pub fn with_netfilter(netfilter: BrNetfilter) -> Iptables {
+    /// The backend on this host's paths, with `driver`'s settings.
+    pub fn new(driver: &DriverSettings) -> Iptables {
         Iptables {
-            netfilter,
+            netfilter: BrNetfilter::system(driver),
+            privileged: driver.privileged,
+            system_bus: driver.system_bus.clone(),
             cache: RefCell::new(None),
         }
     }
@@ -935,11 +925,11 @@ impl Backend for Iptables {
                 self.netfilter.modprobe.display()
             )));
         }
-        if !is_root() {
+        if !self.privileged {
             // Reading rules and asking firewalld need root; the root helper checks for real.
             return Ok(());
         }
-        let firewalld = super::firewalld::running_backend()?;
+        let firewalld = super::firewalld::running_backend(&self.system_bus)?;
         match refusal(firewalld.as_deref(), self.netfilter.enabled()) {
             Some(why) => Err(Error::Config(why)),
             None => Ok(()),
@@ -998,7 +988,7 @@ impl Backend for Iptables {
     }
 
     fn drop_counters(&mut self, plan: &Plan) -> Result<BTreeMap<String, DropCounter>> {
-        if !is_root() {
+        if !self.privileged {
             return Ok(BTreeMap::new());
         }
         let tables = self.tables()?;

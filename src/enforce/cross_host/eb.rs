@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use super::ruleset::{PeerRules, RuleKind, Ruleset};
 use super::wanted_rules;
 use crate::enforce::chain_name;
+use crate::enforce::firewalld::Firewalld;
+use crate::enforce::DriverSettings;
 use crate::error::{Error, Result};
 use crate::host::state::State;
 use crate::model::backend::DropCounter;
@@ -136,15 +138,15 @@ impl PeerRules {
 }
 
 /// Makes the firewalld variant `want` (runtime and permanent). Returns the calls made.
-pub(super) fn eb_sync(fw: &crate::enforce::firewalld::Firewalld, want: &Ruleset) -> Result<usize> {
+pub(super) fn eb_sync(fw: &Firewalld, want: &Ruleset) -> Result<usize> {
     let ours = want.eb()?;
     fw.sync_part(owns_eb_chain, &ours)
         .map_err(|e| Error::Kernel(format!("cross-host firewalld direct rules: {e}")))
 }
 
 /// Removes the firewalld variant when firewalld runs. Returns the calls made.
-pub(super) fn eb_clear() -> Result<usize> {
-    let fw = crate::enforce::firewalld::Firewalld::new();
+pub(super) fn eb_clear(driver: &DriverSettings) -> Result<usize> {
+    let fw = Firewalld::new(driver);
     if !fw.running() {
         return Ok(0);
     }
@@ -152,8 +154,8 @@ pub(super) fn eb_clear() -> Result<usize> {
 }
 
 /// Frames dropped per bridge and rule by the firewalld variant's direct chains.
-pub(super) fn eb_counters(state: &State) -> BTreeMap<(String, RuleKind), DropCounter> {
-    let fw = crate::enforce::firewalld::Firewalld::new();
+pub(super) fn eb_counters(state: &State, driver: &DriverSettings) -> BTreeMap<(String, RuleKind), DropCounter> {
+    let fw = Firewalld::new(driver);
     let mut out = BTreeMap::new();
     for (bridge, kind) in wanted_rules(state) {
         match fw.eb_drops(&eb_chain_of(&bridge, kind)) {

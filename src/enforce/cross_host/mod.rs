@@ -67,7 +67,9 @@ pub use live::Live;
 use ruleset::filters;
 pub use ruleset::{set_name, PeerRules, RuleKind, Ruleset, SetKind};
 
+use crate::enforce::firewalld::Firewalld;
 use crate::enforce::nft::{self, FAMILY, NFT};
+use crate::enforce::DriverSettings;
 use crate::error::{Error, Result};
 use crate::host::state::State;
 use crate::model::backend::{BackendKind, DropCounter};
@@ -118,20 +120,20 @@ fn apply(cmds: &[Cmd]) -> Result<()> {
 ///
 /// `plan` is a plan of the bridges of `state` (the one the backend just enforced): the
 /// filter's open ports (trusted vNICs) come from it, without another port dump.
-pub fn reconcile(state: &mut State, plan: &Plan) -> Result<usize> {
+pub fn reconcile(state: &mut State, plan: &Plan, driver: &DriverSettings) -> Result<usize> {
     let want = Ruleset::from_state(state, plan);
     if want.bridges.is_empty() && !state.cross_host {
         return Ok(0);
     }
-    let changed = sync(state, &want)?;
+    let changed = sync(state, &want, driver)?;
     state.cross_host = !want.bridges.is_empty();
     Ok(changed)
 }
 
 /// Makes the filter of the active backend equal to `want` and removes the other one.
-fn sync(state: &State, want: &Ruleset) -> Result<usize> {
+fn sync(state: &State, want: &Ruleset, driver: &DriverSettings) -> Result<usize> {
     if state.backend == Some(BackendKind::Firewalld) {
-        let fw = crate::enforce::firewalld::Firewalld::new();
+        let fw = Firewalld::new(driver);
         let mut n = eb_sync(&fw, want)?;
         if list()?.exists {
             apply(&Cmd::delete_table())?;
@@ -142,7 +144,7 @@ fn sync(state: &State, want: &Ruleset) -> Result<usize> {
         }
         return Ok(n);
     }
-    match eb_clear() {
+    match eb_clear(driver) {
         Ok(0) => {}
         Ok(n) => log::info!("cross-host: firewalld direct rules removed ({n} change(s))"),
         Err(e) => log::warn!("cross-host: removing firewalld direct rules: {e}"),
@@ -181,8 +183,8 @@ fn sync(state: &State, want: &Ruleset) -> Result<usize> {
 }
 
 /// Deletes our table if it exists (release-all). Returns whether it existed.
-pub fn remove_all() -> Result<bool> {
-    let direct = eb_clear()? > 0;
+pub fn remove_all(driver: &DriverSettings) -> Result<bool> {
+    let direct = eb_clear(driver)? > 0;
     let live = list()?;
     if !live.exists {
         return Ok(direct);
@@ -198,13 +200,13 @@ pub fn remove_all() -> Result<bool> {
 /// would repair, none when the kernel (or firewalld, with its backend) holds exactly what
 /// `state` asks for. Nothing is read when no network has peer ranges or uplink MACs and none
 /// had. `plan` covers (at least) the [`wanted_bridges`].
-pub fn drift(state: &State, plan: &Plan) -> Result<Vec<String>> {
+pub fn drift(state: &State, plan: &Plan, driver: &DriverSettings) -> Result<Vec<String>> {
     let want = Ruleset::from_state(state, plan);
     if want.bridges.is_empty() && !state.cross_host {
         return Ok(Vec::new());
     }
     if state.backend == Some(BackendKind::Firewalld) {
-        let fw = crate::enforce::firewalld::Firewalld::new();
+        let fw = Firewalld::new(driver);
         let mut out: Vec<String> = fw
             .drift_part(owns_eb_chain, &want.eb()?)?
             .into_iter()
@@ -253,13 +255,18 @@ pub struct PeerStatus {
 }
 
 /// Per network with cross-host properties: its ranges, trusted MACs, allowed uplink MACs and
-/// drop counters. Reading the counters needs root; without it they are `None`. The kernel
+/// drop counters. Reading the counters needs root ([`DriverSettings::privileged`]); without it
+/// they are `None`. The kernel
 /// is read only when some network has a rule; `plan` is asked then for a plan covering (at
 /// least) the [`wanted_bridges`].
-pub fn status(state: &State, plan: impl FnOnce() -> Result<Plan>) -> BTreeMap<String, PeerStatus> {
-    let readable = crate::host::config::is_root() && !wanted_bridges(state).is_empty();
+pub fn status(
+    state: &State,
+    driver: &DriverSettings,
+    plan: impl FnOnce() -> Result<Plan>,
+) -> BTreeMap<String, PeerStatus> {
+    let readable = driver.privileged && !wanted_bridges(state).is_empty();
     let counters = if readable && state.backend == Some(BackendKind::Firewalld) {
-        eb_counters(state)
+        eb_counters(state, driver)
     } else if readable {
         match (plan().map(|plan| Ruleset::from_state(state, &plan)), list()) {
             (Ok(want), Ok(live)) => live.counters(&want),

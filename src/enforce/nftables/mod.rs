@@ -83,9 +83,8 @@ pub use ruleset::{BridgeRules, Member, Rule, Ruleset};
 
 use super::nft;
 pub use super::nft::NFT;
-use super::{chain_name, Backend};
+use super::{chain_name, Backend, DriverSettings};
 use crate::error::{Error, Result};
-use crate::host::config::is_root;
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 use crate::sys::bridge;
@@ -204,15 +203,19 @@ fn ifname_of(ifindex: u32) -> Option<String> {
 /// The nftables backend. It reads the table once, in-process, and reuses what it read until
 /// it changes the table: a run that finds nothing to do runs no `nft`, one that changes
 /// something runs one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Nftables {
+    privileged: bool,
     cache: RefCell<Option<Live>>,
 }
 
 impl Nftables {
     /// The backend, nothing run yet.
-    pub fn new() -> Nftables {
-        Nftables::default()
+    pub fn new(driver: &DriverSettings) -> Nftables {
+        Nftables {
+            privileged: driver.privileged,
+            cache: RefCell::new(None),
+        }
     }
 
     fn live(&self) -> Result<Live> {
@@ -244,7 +247,7 @@ impl Backend for Nftables {
         if !Path::new(NFT).exists() {
             return Err(Error::Kernel(format!("{NFT} is missing: install the nftables package")));
         }
-        if !is_root() {
+        if !self.privileged {
             // Reading or checking rules needs CAP_NET_ADMIN; the root helper checks for real.
             return Ok(());
         }
@@ -262,7 +265,7 @@ impl Backend for Nftables {
     }
 
     fn check_writer(&self) -> Result<()> {
-        if !is_root() {
+        if !self.privileged {
             return Ok(());
         }
         let probe = Ruleset {
@@ -346,7 +349,7 @@ impl Backend for Nftables {
     }
 
     fn drop_counters(&mut self, plan: &Plan) -> Result<BTreeMap<String, DropCounter>> {
-        if !is_root() {
+        if !self.privileged {
             return Ok(BTreeMap::new());
         }
         let live = self.live()?;

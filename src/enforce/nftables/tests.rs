@@ -198,42 +198,16 @@ fn verdicts(entries: &[(u32, &str)]) -> Cmd {
     )
 }
 
+/// The names themselves are tested with [`chain_name`](crate::enforce::chain_name); here,
+/// that the map and the base chain are no bridge's.
 #[test]
-fn set_and_chain_names_are_distinct_identifiers_for_any_bridge_name() {
-    let names = [
-        "red",
-        "ovirtmgmt",
-        "my-net",
-        "my_2dnet",
-        "br.100",
-        "a_b",
-        "a__b",
-        "ünï",
-        "x@y:z%",
-        "a-b.c_d-e.f_g",
-        "ports",
-    ];
-    let mut seen = BTreeSet::new();
-    for n in names {
-        let s = set_name(n);
-        assert!(s.starts_with("vm_") && s.len() <= 3 + 3 * 15, "{s}");
-        assert!(s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'), "{s}");
-        assert_eq!(bridge_of_set(&s).as_deref(), Some(n), "{s}");
-        assert!(seen.insert(s));
-        let c = chain_name(n);
-        assert_eq!(c[3..], set_name(n)[3..]);
-        assert_eq!(bridge_of_chain(&c).as_deref(), Some(n), "{c}");
-        assert_eq!(bridge_of_set(&c), None);
-    }
+fn the_map_and_the_base_chain_are_no_bridges() {
     assert_ne!(set_name("ports"), MAP, "the map is no bridge's set");
     assert_eq!(bridge_of_set(MAP), None);
     assert_eq!(bridge_of_chain(CHAIN), None);
+    assert_eq!(bridge_of_set(&chain_name("red")), None);
     assert_eq!(set_name("my-net.10"), "vm_my_2dnet_2e10");
     assert_eq!(chain_name("my-net.10"), "br_my_2dnet_2e10");
-    assert_eq!(set_name("a_b"), "vm_a__b");
-    for foreign in ["vm_", "other", "vm_a_", "vm_a_2", "vm_a_2D", "vm_a-b", "vm_a_zz"] {
-        assert_eq!(bridge_of_set(foreign), None, "{foreign}");
-    }
 }
 
 #[test]
