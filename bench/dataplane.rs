@@ -439,9 +439,12 @@ fn inner(args: &[String]) -> Result<()> {
     let config = Config::from_name(config).context("unknown configuration")?;
     let plan = reconcile::plan(&lab_state())?;
     // Back to nothing first.
-    enforce::open(BackendKind::PortIsolation)?.remove(&plan.bridges)?;
-    if enforce::open(BackendKind::Nftables).and_then(|b| b.available()).is_ok() {
-        enforce::open(BackendKind::Nftables)?.remove(&plan.bridges)?;
+    enforce::open(BackendKind::PortIsolation, &driver())?.remove(&plan.bridges)?;
+    if enforce::open(BackendKind::Nftables, &driver())
+        .and_then(|b| b.available())
+        .is_ok()
+    {
+        enforce::open(BackendKind::Nftables, &driver())?.remove(&plan.bridges)?;
     }
     let _ = nft_script(&format!("delete table bridge {PROBE_TABLE}\n"));
     set_devgroup(0)?;
@@ -459,10 +462,10 @@ fn inner(args: &[String]) -> Result<()> {
     match config {
         Config::None => {}
         Config::PortIsolation => {
-            enforce::open(BackendKind::PortIsolation)?.apply(&plan)?;
+            enforce::open(BackendKind::PortIsolation, &driver())?.apply(&plan)?;
         }
         Config::Nftables => {
-            enforce::open(BackendKind::Nftables)?.apply(&plan)?;
+            enforce::open(BackendKind::Nftables, &driver())?.apply(&plan)?;
         }
         Config::Probe(i) => {
             nft_script(&(PROBES[i].script)())?;
@@ -941,7 +944,7 @@ fn outer() -> Result<()> {
     );
     let mut brnf = BrNetfilter::probe();
     let result = (|| -> Result<()> {
-        let nft_ok = match enforce::open(BackendKind::Nftables).and_then(|b| b.available()) {
+        let nft_ok = match enforce::open(BackendKind::Nftables, &driver()).and_then(|b| b.available()) {
             Ok(()) => true,
             Err(e) => {
                 println!("nftables backend not usable here ({e}): skipped");

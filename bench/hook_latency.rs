@@ -335,7 +335,7 @@ fn inner(args: &[String]) -> Result<()> {
         ("BRIDGE_ISOLATION_BACKEND".into(), "nftables".into()),
         ("BRIDGE_ISOLATION_CONFIG".into(), "/nonexistent".into()),
     ];
-    let nft_ok = match enforce::open(BackendKind::Nftables).and_then(|b| b.available()) {
+    let nft_ok = match enforce::open(BackendKind::Nftables, &driver()).and_then(|b| b.available()) {
         Ok(()) => true,
         Err(e) => {
             println!("nftables backend not usable here ({e}): its rows are skipped");

@@ -175,7 +175,7 @@ fn settings(kind: BackendKind, dir: &Path) -> Settings {
 /// Removes every enforcement `kind` has on the bridges of `state` (untimed reset).
 fn reset(kind: BackendKind, state: &State) -> Result<()> {
     let plan = reconcile::plan(state)?;
-    enforce::open(kind)?.remove(&plan.bridges)?;
+    enforce::open(kind, &driver())?.remove(&plan.bridges)?;
     Ok(())
 }
 
@@ -265,7 +265,7 @@ fn inner(args: &[String]) -> Result<()> {
     let steady_reps = env_usize("BENCH_STEADY_REPS", 30);
     let cold_reps = env_usize("BENCH_COLD_REPS", 7);
     let mut kinds = vec![BackendKind::PortIsolation];
-    match enforce::open(BackendKind::Nftables).and_then(|b| b.available()) {
+    match enforce::open(BackendKind::Nftables, &driver()).and_then(|b| b.available()) {
         Ok(()) => kinds.push(BackendKind::Nftables),
         Err(e) => println!("nftables backend not usable here ({e}): its rows are skipped"),
     }

@@ -466,3 +466,15 @@ pub fn bin_dir() -> PathBuf {
         .expect("binaries live in a directory")
         .to_path_buf()
 }
+
+/// The drivers' settings of a bench run (`enforce::open`): the installed paths, privileged
+/// when run as root.
+pub fn driver() -> bridge_isolation::enforce::DriverSettings {
+    use bridge_isolation::host::config::{is_root, BackendChoice, Settings};
+    bridge_isolation::enforce::DriverSettings::of(&Settings {
+        state_dir: PathBuf::from("/nonexistent"),
+        config_file: PathBuf::from("/nonexistent"),
+        backend: BackendChoice::Auto,
+        privileged: is_root(),
+    })
+}

@@ -124,7 +124,11 @@ fn run(command: Command) -> Result<ExitCode> {
                     ps.iter()
                         .map(move |p| format!("blocked: bridge {b} port {p} (enforcement failed; run reconcile)"))
                 }))
-                .chain(cross_host_drift(&state)?.into_iter().map(|d| format!("drift: {d}")))
+                .chain(
+                    cross_host_drift(&state, &settings)?
+                        .into_iter()
+                        .map(|d| format!("drift: {d}")),
+                )
                 .collect();
             for d in &drifts {
                 println!("{d}");
@@ -211,9 +215,13 @@ pub struct StatusReport {
 
 /// What differs in the cross-host filter; only root can read it, so for anyone else a note
 /// on stderr says it was not checked.
-fn cross_host_drift(state: &crate::host::state::State) -> Result<Vec<String>> {
+fn cross_host_drift(state: &crate::host::state::State, settings: &Settings) -> Result<Vec<String>> {
     if config::is_root() {
-        return crate::enforce::cross_host::drift(state, &cross_host_plan(state)?);
+        return crate::enforce::cross_host::drift(
+            state,
+            &cross_host_plan(state)?,
+            &crate::enforce::DriverSettings::of(settings),
+        );
     }
     if !crate::enforce::cross_host::wanted_bridges(state).is_empty() {
         eprintln!("note: the cross-host filter was not checked (only root can read it)");
@@ -367,7 +375,11 @@ impl StatusReport {
                 }))
                 .collect(),
             blocked: state.blocked.clone(),
-            cross_host: crate::enforce::cross_host::status(state, || cross_host_plan(state)),
+            cross_host: crate::enforce::cross_host::status(
+                state,
+                &crate::enforce::DriverSettings::of(settings),
+                || cross_host_plan(state),
+            ),
         })
     }
 }

@@ -81,7 +81,7 @@ pub fn event(m: &Message) -> Option<Event> {
 
 /// Runs the watcher until the bus connection fails (systemd restarts it).
 pub fn run(settings: &Settings) -> Result<()> {
-    let bus = Bus::system()?;
+    let bus = Bus::system(&crate::enforce::DriverSettings::of(settings).system_bus)?;
     let conn = bus.connection();
     // Nobody should call us, but a method call must not go unanswered until it times out:
     // an object server serving nothing answers every call with an error.

@@ -71,8 +71,9 @@ pub fn release_all(settings: &Settings) -> Result<Released> {
             Err(e) => log::debug!("release-all: no current backend besides the recorded one: {e}"),
         }
     }
+    let driver = enforce::DriverSettings::of(settings);
     for &kind in &released.backends {
-        let mut backend = enforce::open(kind)?;
+        let mut backend = enforce::open(kind, &driver)?;
         // Remove the enforcement on every bridge we managed, then enforce the empty policy,
         // which drops whatever a backend keeps besides per-bridge state (a table, a chain).
         let mut changes = backend.remove(&all)?;
@@ -84,7 +85,7 @@ pub fn release_all(settings: &Settings) -> Result<Released> {
     }
 
     // Cross-host isolation: its table goes whatever the backends were.
-    if state.cross_host && crate::enforce::cross_host::remove_all()? {
+    if state.cross_host && crate::enforce::cross_host::remove_all(&driver)? {
         log::info!(
             "cross-host table {} removed (release-all)",
             crate::enforce::cross_host::TABLE
@@ -99,7 +100,7 @@ pub fn release_all(settings: &Settings) -> Result<Released> {
     };
     let mut left = Vec::new();
     for &kind in &released.backends {
-        for o in enforce::open(kind)?.observe(&everything)? {
+        for o in enforce::open(kind, &driver)?.observe(&everything)? {
             if o.isolated {
                 left.push(format!("{kind}: bridge {} port {}", o.bridge, o.port));
             }

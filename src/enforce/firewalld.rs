@@ -40,9 +40,8 @@ use zbus::blocking::Connection;
 use zbus::zvariant::{DynamicType, OwnedValue};
 
 use super::iptables::{changes, exact_port_name};
-use super::Backend;
+use super::{chain_name, Backend, DriverSettings};
 use crate::error::{Error, Result};
-use crate::host::config::is_root;
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 
@@ -75,10 +74,9 @@ pub const TABLE: &str = "filter";
 /// Built-in chain we hook into.
 pub const FORWARD: &str = "FORWARD";
 /// Our chain, jumped to from FORWARD.
-pub const CHAIN: &str = "BRIDGE_ISOLATION";
-/// Prefix of the per-bridge chains: `BRIDGE_ISO_<bridge>` (at most 26 bytes, under
-/// ebtables' 31).
-pub const BRIDGE_CHAIN_PREFIX: &str = "BRIDGE_ISO_";
+pub const CHAIN: &str = NAMES.main;
+/// Our chains: [`CHAIN`] and one per bridge, `BRIDGE_ISO_<bridge>`.
+const NAMES: chain_name::Chains = chain_name::FIREWALLD;
 /// Priority of our direct rules.
 pub const PRIORITY: i32 = 0;
 /// Longest wait for one D-Bus call (VDSM runs hooks without a timeout: never hang).
@@ -94,17 +92,13 @@ pub type Passthrough = (String, Vec<String>);
 pub type DirectSettings = (Vec<DirectChain>, Vec<DirectRule>, Vec<Passthrough>);
 
 /// The per-bridge chain of `bridge`.
-pub fn bridge_chain(bridge: &str) -> String {
-    format!("{BRIDGE_CHAIN_PREFIX}{bridge}")
+fn bridge_chain(bridge: &str) -> String {
+    NAMES.bridge.name(bridge)
 }
 
 /// The bridge whose chain is `chain`.
-pub fn bridge_of_chain(chain: &str) -> Option<&str> {
-    chain.strip_prefix(BRIDGE_CHAIN_PREFIX).filter(|b| !b.is_empty())
-}
-
-fn is_our_chain(chain: &str) -> bool {
-    chain == CHAIN || bridge_of_chain(chain).is_some()
+fn bridge_of_chain(chain: &str) -> Option<String> {
+    NAMES.bridge.bridge_of(chain)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -179,13 +173,13 @@ impl Ours {
         Ours {
             chains: chains
                 .iter()
-                .filter(|(ipv, table, chain)| here(ipv, table) && is_our_chain(chain))
+                .filter(|(ipv, table, chain)| here(ipv, table) && NAMES.is_ours(chain))
                 .map(|(_, _, chain)| chain.clone())
                 .collect(),
             rules: rules
                 .iter()
                 .filter(|(ipv, table, chain, _, args)| {
-                    here(ipv, table) && (is_our_chain(chain) || (chain == FORWARD && target(args) == Some(CHAIN)))
+                    here(ipv, table) && (NAMES.is_ours(chain) || (chain == FORWARD && target(args) == Some(CHAIN)))
                 })
                 .map(|(_, _, chain, priority, args)| (chain.clone(), *priority, args.clone()))
                 .collect(),
@@ -221,7 +215,7 @@ impl Ours {
                 Some(_) => out_port(args).is_some(),
                 None => target(args)
                     .and_then(bridge_of_chain)
-                    .is_some_and(|b| in_port(args, b).is_some()),
+                    .is_some_and(|b| in_port(args, &b).is_some()),
             })
     }
 
@@ -243,11 +237,7 @@ impl Ours {
 
     /// Bridges with a chain.
     pub fn bridges(&self) -> BTreeSet<String> {
-        self.chains
-            .iter()
-            .filter_map(|c| bridge_of_chain(c))
-            .map(str::to_string)
-            .collect()
+        self.chains.iter().filter_map(|c| bridge_of_chain(c)).collect()
     }
 
     /// These chains and rules without `bridges` (without anything, once no bridge is left).
@@ -450,14 +440,10 @@ fn dbus_error(what: &str, e: zbus::Error) -> Error {
 }
 
 impl Bus {
-    /// Connects to the system bus: `DBUS_SYSTEM_BUS_ADDRESS` when root sets it (tests run a
-    /// private bus), else [`SYSTEM_BUS`]. Every call gives up after [`CALL_TIMEOUT`].
-    pub fn system() -> Result<Bus> {
-        let address = std::env::var(ENV_SYSTEM_BUS)
-            .ok()
-            .filter(|a| !a.is_empty() && is_root())
-            .unwrap_or_else(|| SYSTEM_BUS.to_string());
-        let conn = zbus::blocking::connection::Builder::address(address.as_str())
+    /// Connects to the system bus at `address` ([`DriverSettings::system_bus`]). Every call
+    /// gives up after [`CALL_TIMEOUT`].
+    pub fn system(address: &str) -> Result<Bus> {
+        let conn = zbus::blocking::connection::Builder::address(address)
             .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
             .map_err(|e| dbus_error(&format!("connecting to {address}"), e))?;
         Ok(Bus { conn })
@@ -516,8 +502,8 @@ impl Bus {
 /// firewalld's `FirewallBackend` when it is running, `None` when it is not (no system bus,
 /// or nobody owns its name). Asked over D-Bus; when the property cannot be read, taken from
 /// [`FIREWALLD_CONF`] (firewalld's default, nftables, when the file does not say).
-pub fn running_backend() -> Result<Option<String>> {
-    let bus = match Bus::system() {
+pub fn running_backend(system_bus: &str) -> Result<Option<String>> {
+    let bus = match Bus::system(system_bus) {
         Ok(bus) => bus,
         Err(e) => {
             log::debug!("no system bus, so no firewalld: {e}");
@@ -551,21 +537,28 @@ pub fn backend_in_conf(text: &str) -> String {
 
 /// The firewalld backend: one bus connection per run, opened on first use; the runtime
 /// listing is reused until the backend changes it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Firewalld {
+    privileged: bool,
+    system_bus: String,
     bus: OnceCell<Bus>,
     cache: RefCell<Option<Ours>>,
 }
 
 impl Firewalld {
     /// The backend, nothing connected yet.
-    pub fn new() -> Firewalld {
-        Firewalld::default()
+    pub fn new(driver: &DriverSettings) -> Firewalld {
+        Firewalld {
+            privileged: driver.privileged,
+            system_bus: driver.system_bus.clone(),
+            bus: OnceCell::new(),
+            cache: RefCell::new(None),
+        }
     }
 
     fn bus(&self) -> Result<&Bus> {
         if self.bus.get().is_none() {
-            let bus = Bus::system()?;
+            let bus = Bus::system(&self.system_bus)?;
             let _ = self.bus.set(bus);
         }
         Ok(self.bus.get().expect("set above"))
@@ -743,7 +736,7 @@ impl Backend for Firewalld {
                 "firewalld is not running ({BUS_NAME} has no owner on the system bus)"
             )));
         }
-        if !is_root() {
+        if !self.privileged {
             return Ok(());
         }
         if !bus.property::<bool>(PATH, IFACE, "BRIDGE")? {

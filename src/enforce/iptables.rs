@@ -39,17 +39,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::Backend;
+use super::{chain_name, Backend, DriverSettings};
 use crate::error::{Error, Result};
-use crate::host::config::{self, is_root};
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 
 /// Our chain, jumped to from rule 1 of FORWARD.
-pub const CHAIN: &str = "BRIDGE-ISOLATION";
-/// Prefix of the per-bridge chains: `BRIDGE-ISO-<bridge>` (at most 26 bytes, under
-/// iptables' 28).
-pub const BRIDGE_CHAIN_PREFIX: &str = "BRIDGE-ISO-";
+pub const CHAIN: &str = NAMES.main;
+/// Our chains: [`CHAIN`] and one per bridge, `BRIDGE-ISO-<bridge>`.
+const NAMES: chain_name::Chains = chain_name::IPTABLES;
 /// The built-in chain we hook into.
 pub const FORWARD: &str = "FORWARD";
 /// `modprobe`, by absolute path.
@@ -60,9 +58,9 @@ pub const PROC_BRIDGE: &str = "/proc/sys/net/bridge";
 pub const SYS_MODULE: &str = "/sys/module/br_netfilter";
 /// The sysctls we need on, under [`PROC_BRIDGE`].
 pub const SYSCTLS: [&str; 2] = ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"];
-/// Where the module is persisted (override: [`config::ENV_MODULES_LOAD_DIR`]).
+/// Where the module is persisted (unless [`DriverSettings::modules_load_dir`] says otherwise).
 pub const MODULES_LOAD_DIR: &str = "/etc/modules-load.d";
-/// Where the sysctls are persisted (override: [`config::ENV_SYSCTL_DIR`]).
+/// Where the sysctls are persisted (unless [`DriverSettings::sysctl_dir`] says otherwise).
 pub const SYSCTL_DIR: &str = "/etc/sysctl.d";
 /// File name of the modules-load.d drop-in.
 pub const MODULES_DROPIN: &str = "vdsm-hook-bridge-isolation.conf";
@@ -70,17 +68,13 @@ pub const MODULES_DROPIN: &str = "vdsm-hook-bridge-isolation.conf";
 pub const SYSCTL_DROPIN: &str = "99-vdsm-hook-bridge-isolation.conf";
 
 /// The per-bridge chain of `bridge`.
-pub fn bridge_chain(bridge: &str) -> String {
-    format!("{BRIDGE_CHAIN_PREFIX}{bridge}")
+fn bridge_chain(bridge: &str) -> String {
+    NAMES.bridge.name(bridge)
 }
 
 /// The bridge whose chain is `chain`, or `None` when it is not a bridge chain of ours.
-pub fn bridge_of_chain(chain: &str) -> Option<&str> {
-    chain.strip_prefix(BRIDGE_CHAIN_PREFIX).filter(|b| !b.is_empty())
-}
-
-fn is_our_chain(chain: &str) -> bool {
-    chain == CHAIN || bridge_of_chain(chain).is_some()
+fn bridge_of_chain(chain: &str) -> Option<String> {
+    NAMES.bridge.bridge_of(chain)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -133,7 +127,7 @@ fn out_port(args: &[String]) -> Option<&str> {
 /// Whether `args` is a rule of ours in `chain` (anything else there is foreign).
 fn is_our_rule(chain: &str, args: &[String]) -> bool {
     if chain == CHAIN {
-        matches!(args, [_, _, _, _, _, target] if bridge_of_chain(target).is_some_and(|b| in_port(args, b).is_some()))
+        matches!(args, [_, _, _, _, _, target] if bridge_of_chain(target).is_some_and(|b| in_port(args, &b).is_some()))
     } else {
         bridge_of_chain(chain).is_some() && out_port(args).is_some()
     }
@@ -262,7 +256,7 @@ impl Live {
             }
             if let Some(decl) = line.strip_prefix(':') {
                 let chain = decl.split_whitespace().next().unwrap_or("");
-                if is_our_chain(chain) {
+                if NAMES.is_ours(chain) {
                     live.chains.entry(chain.to_string()).or_default();
                 }
                 continue;
@@ -292,7 +286,7 @@ impl Live {
             args.drain(..2);
             if chain == FORWARD {
                 live.forward.push(args);
-            } else if is_our_chain(&chain) {
+            } else if NAMES.is_ours(&chain) {
                 live.chains.entry(chain).or_default().push(LiveRule { args, counter });
             }
         }
@@ -341,11 +335,7 @@ impl Live {
 
     /// Bridges that have a chain here.
     pub fn bridges(&self) -> BTreeSet<String> {
-        self.chains
-            .keys()
-            .filter_map(|c| bridge_of_chain(c))
-            .map(str::to_string)
-            .collect()
+        self.chains.keys().filter_map(|c| bridge_of_chain(c)).collect()
     }
 
     /// Packets and bytes dropped by the rules of `bridge`'s chain.
@@ -555,16 +545,14 @@ pub struct BrNetfilter {
 }
 
 impl BrNetfilter {
-    /// The host's paths; root's [`config::ENV_MODULES_LOAD_DIR`] and
-    /// [`config::ENV_SYSCTL_DIR`] move the drop-ins (tests).
-    pub fn system() -> BrNetfilter {
+    /// The host's paths, the drop-ins where `driver` puts them.
+    pub fn system(driver: &DriverSettings) -> BrNetfilter {
         BrNetfilter {
             proc_dir: PROC_BRIDGE.into(),
             module_dir: SYS_MODULE.into(),
             modprobe: MODPROBE.into(),
-            modules_load_dir: config::dir_override(config::ENV_MODULES_LOAD_DIR)
-                .unwrap_or_else(|| MODULES_LOAD_DIR.into()),
-            sysctl_dir: config::dir_override(config::ENV_SYSCTL_DIR).unwrap_or_else(|| SYSCTL_DIR.into()),
+            modules_load_dir: driver.modules_load_dir.clone(),
+            sysctl_dir: driver.sysctl_dir.clone(),
         }
     }
 
@@ -840,25 +828,18 @@ impl Tables {
 #[derive(Debug)]
 pub struct Iptables {
     netfilter: BrNetfilter,
+    privileged: bool,
+    system_bus: String,
     cache: RefCell<Option<Tables>>,
 }
 
-impl Default for Iptables {
-    fn default() -> Iptables {
-        Iptables::new()
-    }
-}
-
 impl Iptables {
-    /// The backend on this host's paths.
-    pub fn new() -> Iptables {
-        Iptables::with_netfilter(BrNetfilter::system())
-    }
-
-    /// The backend with br_netfilter's paths elsewhere.
-    pub fn with_netfilter(netfilter: BrNetfilter) -> Iptables {
+    /// The backend on this host's paths, with `driver`'s settings.
+    pub fn new(driver: &DriverSettings) -> Iptables {
         Iptables {
-            netfilter,
+            netfilter: BrNetfilter::system(driver),
+            privileged: driver.privileged,
+            system_bus: driver.system_bus.clone(),
             cache: RefCell::new(None),
         }
     }
@@ -944,11 +925,11 @@ impl Backend for Iptables {
                 self.netfilter.modprobe.display()
             )));
         }
-        if !is_root() {
+        if !self.privileged {
             // Reading rules and asking firewalld need root; the root helper checks for real.
             return Ok(());
         }
-        let firewalld = super::firewalld::running_backend()?;
+        let firewalld = super::firewalld::running_backend(&self.system_bus)?;
         match refusal(firewalld.as_deref(), self.netfilter.enabled()) {
             Some(why) => Err(Error::Config(why)),
             None => Ok(()),
@@ -1007,7 +988,7 @@ impl Backend for Iptables {
     }
 
     fn drop_counters(&mut self, plan: &Plan) -> Result<BTreeMap<String, DropCounter>> {
-        if !is_root() {
+        if !self.privileged {
             return Ok(BTreeMap::new());
         }
         let tables = self.tables()?;

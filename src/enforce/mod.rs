@@ -8,13 +8,16 @@
 //! unit-tested without root. It owns its objects outright (a table, a chain, a direct-rule
 //! set of its own) so that [`Backend::remove`] deletes exactly what it created.
 
+mod chain_name;
 pub mod cross_host;
 pub mod firewalld;
 pub mod iptables;
+mod nft;
 pub mod nftables;
 mod port_isolation;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 pub use firewalld::Firewalld;
 pub use iptables::Iptables;
@@ -22,6 +25,7 @@ pub use nftables::Nftables;
 pub use port_isolation::PortIsolation;
 
 use crate::error::Result;
+use crate::host::config::{self, Settings};
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
 
@@ -83,12 +87,49 @@ pub(crate) fn observed(plan: &Plan, mut enforced: impl FnMut(&str) -> BTreeSet<S
         .collect()
 }
 
-/// Opens the backend of that kind (without checking the host: see [`Backend::available`]).
-pub fn open(kind: BackendKind) -> Result<Box<dyn Backend>> {
+/// What the drivers (the backends and the cross-host filter) are told by their caller, built
+/// once from the run's [`Settings`]: they read no configuration and no environment of their
+/// own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriverSettings {
+    /// True when this process may read and change the kernel's firewall (root): without it a
+    /// driver only checks that its tools are installed, and reads no counters.
+    pub privileged: bool,
+    /// Where the iptables backend persists br_netfilter ([`iptables::MODULES_LOAD_DIR`]).
+    pub modules_load_dir: PathBuf,
+    /// Where the iptables backend persists the `bridge-nf-call-*` sysctls
+    /// ([`iptables::SYSCTL_DIR`]).
+    pub sysctl_dir: PathBuf,
+    /// The address of the system bus firewalld is on ([`firewalld::SYSTEM_BUS`]).
+    pub system_bus: String,
+}
+
+impl DriverSettings {
+    /// The drivers' settings for a run with `settings`: its privilege, root's directory
+    /// overrides ([`config::ENV_MODULES_LOAD_DIR`], [`config::ENV_SYSCTL_DIR`], honoured
+    /// as [`config::dir_override`] says) and the bus root may name with
+    /// [`firewalld::ENV_SYSTEM_BUS`] (tests run a private bus).
+    pub fn of(settings: &Settings) -> DriverSettings {
+        let dir = |var, installed: &str| config::dir_override(var).unwrap_or_else(|| installed.into());
+        DriverSettings {
+            privileged: settings.privileged,
+            modules_load_dir: dir(config::ENV_MODULES_LOAD_DIR, iptables::MODULES_LOAD_DIR),
+            sysctl_dir: dir(config::ENV_SYSCTL_DIR, iptables::SYSCTL_DIR),
+            system_bus: std::env::var(firewalld::ENV_SYSTEM_BUS)
+                .ok()
+                .filter(|a| !a.is_empty() && config::is_root())
+                .unwrap_or_else(|| firewalld::SYSTEM_BUS.to_string()),
+        }
+    }
+}
+
+/// Opens the backend of that kind with `driver` (without checking the host: see
+/// [`Backend::available`]).
+pub fn open(kind: BackendKind, driver: &DriverSettings) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::PortIsolation => Ok(Box::new(PortIsolation::new())),
-        BackendKind::Nftables => Ok(Box::new(Nftables::new())),
-        BackendKind::Iptables => Ok(Box::new(Iptables::new())),
-        BackendKind::Firewalld => Ok(Box::new(Firewalld::new())),
+        BackendKind::Nftables => Ok(Box::new(Nftables::new(driver))),
+        BackendKind::Iptables => Ok(Box::new(Iptables::new(driver))),
+        BackendKind::Firewalld => Ok(Box::new(Firewalld::new(driver))),
     }
 }

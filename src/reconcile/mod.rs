@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::enforce::{self, Backend};
+use crate::enforce::{self, Backend, DriverSettings};
 use crate::error::{Error, Result};
 use crate::host::config::{BackendChoice, OnFailure, Settings};
 use crate::host::state::{Locked, State, Store};
@@ -115,16 +115,21 @@ pub fn select_backend(settings: &Settings) -> Result<Box<dyn Backend>> {
 /// wins; `auto` takes port-isolation when the kernel has the flag, else nftables, else
 /// firewalld (when running), else iptables ([`BackendKind::ALL`]), and says what it skipped.
 pub fn choose_backend(settings: &Settings) -> Result<(Box<dyn Backend>, String)> {
-    match settings.backend {
+    choose(settings.backend, &DriverSettings::of(settings))
+}
+
+/// [`choose_backend`] with the drivers' settings built already.
+fn choose(choice: BackendChoice, driver: &DriverSettings) -> Result<(Box<dyn Backend>, String)> {
+    match choice {
         BackendChoice::Fixed(kind) => {
-            let backend = enforce::open(kind)?;
+            let backend = enforce::open(kind, driver)?;
             backend
                 .available()
                 .map_err(|e| Error::config(format!("backend {kind} (configured) cannot run here"), e))?;
             Ok((backend, "configured".to_string()))
         }
         BackendChoice::Auto => first_usable(BackendKind::ALL, |kind| {
-            enforce::open(kind).and_then(|b| b.available().map(|_| b))
+            enforce::open(kind, driver).and_then(|b| b.available().map(|_| b))
         })
         .map(|(b, why)| {
             log::debug!("backend {} ({why})", b.kind());
@@ -227,18 +232,19 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
             changes: Vec::new(),
         });
     };
-    let (mut backend, why) = match choose_backend(settings) {
+    let driver = DriverSettings::of(settings);
+    let (mut backend, why) = match choose(settings.backend, &driver) {
         Ok(chosen) => chosen,
         Err(e) => return Err(fail(state, None, e)),
     };
-    let (outcome, plan) = match enforce(state, &mut *backend, &why, &live) {
+    let (outcome, plan) = match enforce(state, &mut *backend, &why, &live, &driver) {
         Ok(done) => done,
         Err(e) => return Err(fail(state, Some(&mut *backend), e)),
     };
     unblock(state)?;
     // Cross-host isolation (bridge_isolation_peer_macs, bridge_isolation_uplink_macs): a
     // table of its own, beside the backend.
-    crate::enforce::cross_host::reconcile(state, &plan)?;
+    crate::enforce::cross_host::reconcile(state, &plan, &driver)?;
     Ok(outcome)
 }
 
@@ -301,7 +307,13 @@ pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome
 
 /// The body of [`run`] with the chosen backend. Also returns the newest plan it made, for the
 /// cross-host filter (one port dump serves both).
-fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str, live: &Snapshot) -> Result<(Outcome, Plan)> {
+fn enforce(
+    state: &mut State,
+    backend: &mut dyn Backend,
+    why: &str,
+    live: &Snapshot,
+    driver: &DriverSettings,
+) -> Result<(Outcome, Plan)> {
     let kind = backend.kind();
     if state.backend == Some(kind) {
         log::debug!("backend {kind} ({why})");
@@ -316,10 +328,10 @@ fn enforce(state: &mut State, backend: &mut dyn Backend, why: &str, live: &Snaps
     if let Some(previous) = previous {
         log::info!("backend changes from {previous} to {kind}: removing {previous}'s enforcement");
         let everything: Vec<BridgePlan> = plan.bridges.iter().chain(&plan.lifted).cloned().collect();
-        changes.extend(enforce::open(previous)?.remove(&everything)?);
+        changes.extend(enforce::open(previous, driver)?.remove(&everything)?);
     }
     if kind != BackendKind::PortIsolation && previous != Some(BackendKind::PortIsolation) {
-        changes.extend(enforce::open(BackendKind::PortIsolation)?.remove(&contrary_flags(&plan))?);
+        changes.extend(enforce::open(BackendKind::PortIsolation, driver)?.remove(&contrary_flags(&plan))?);
     }
     state.released.clear();
     state.backend = Some(kind);
@@ -526,12 +538,13 @@ pub fn blocked_list(blocked: &BTreeMap<String, BTreeSet<String>>) -> String {
 /// backend only checks its tool is installed), and after a failed run (ports blocked) also
 /// [`Backend::check_writer`].
 pub fn check_enforceable(settings: &Settings, state: &State) -> Result<()> {
+    let driver = DriverSettings::of(settings);
     enforceable(
         settings.backend,
         state,
-        || enforce::open(BackendKind::PortIsolation)?.available(),
+        || enforce::open(BackendKind::PortIsolation, &driver)?.available(),
         || {
-            let backend = select_backend(settings)?;
+            let (backend, _) = choose(settings.backend, &driver)?;
             if state.blocked.is_empty() {
                 Ok(())
             } else {
@@ -600,7 +613,13 @@ mod tests {
         );
 
         // Nothing works: every reason is given, in order.
-        let none = |k: BackendKind| enforce::open(k).and_then(|_| Err::<(), _>(Error::Kernel("no".into())));
+        let driver = DriverSettings::of(&Settings {
+            state_dir: "/nonexistent".into(),
+            config_file: "/nonexistent".into(),
+            backend: BackendChoice::Auto,
+            privileged: false,
+        });
+        let none = |k: BackendKind| enforce::open(k, &driver).and_then(|_| Err::<(), _>(Error::Kernel("no".into())));
         let err = first_usable(BackendKind::ALL, none).unwrap_err().to_string();
         assert_eq!(
             err,
@@ -618,7 +637,12 @@ mod tests {
             privileged: false,
         };
         for kind in BackendKind::ALL {
-            assert_eq!(enforce::open(kind).unwrap().kind(), kind);
+            assert_eq!(
+                enforce::open(kind, &DriverSettings::of(&settings(BackendChoice::Auto)))
+                    .unwrap()
+                    .kind(),
+                kind
+            );
             // Whether it can run depends on the host; when it cannot, the error says why.
             if let Err(err) = choose_backend(&settings(BackendChoice::Fixed(kind))) {
                 assert!(
