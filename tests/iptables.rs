@@ -210,3 +210,31 @@ fn br_netfilter_sysctls_are_per_namespace_here() {
     assert_eq!(fx.br_netfilter(), [false, false]);
     assert_eq!(own_sysctls_of_machine(), machine);
 }
+
+/// The hook binary carries no daemon backend: it hands an iptables run to the installed
+/// CLI, the same process (exec), so the run fails, changing nothing, when that binary is
+/// missing, and works when it is there.
+#[test]
+fn the_hook_hands_iptables_runs_to_the_cli() {
+    if !lab::root_tests_enabled("the_hook_hands_iptables_runs_to_the_cli") {
+        return;
+    }
+    let _serial = serial();
+    let fx = Fixture::with_backend("bihand", 2, Backend::Iptables);
+    let missing = [(
+        "BRIDGE_ISOLATION_CLI".to_string(),
+        "/nonexistent/bridge-isolation".to_string(),
+    )];
+    let run = fx.run_bytes("before_network_setup", tagged("true").as_bytes(), &missing);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("running /nonexistent/bridge-isolation"),
+        "{}",
+        run.stderr
+    );
+    assert!(!fx.state_path().exists(), "nothing recorded");
+    assert_eq!(fx.xtables_ours(), [Vec::<String>::new(), Vec::new()], "no rule");
+    fx.network_setup(&tagged("true"));
+    assert_eq!(fx.state_json()["backend"], json!("iptables"));
+    fx.network_setup(&removed());
+}

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::app::demo;
 use crate::app::firewall_watch;
+use crate::app::hook;
 use crate::app::manpage;
 use crate::app::recover;
 use crate::app::release;
@@ -17,6 +18,7 @@ use crate::model::backend::DropCounter;
 use crate::model::plan::{Plan, Role};
 use crate::reconcile;
 use crate::vdsm::logging;
+use crate::vdsm::protocol::Point;
 
 /// Isolate the VM ports of oVirt bridge networks from each other (VDSM hooks).
 #[derive(Debug, Parser)]
@@ -64,6 +66,13 @@ pub enum Command {
     /// Re-apply isolation whenever firewalld reloads, starts or stops (root; runs in the
     /// foreground, started by bridge-isolation-firewalld.service).
     WatchFirewalld,
+    /// Run the hook at POINT as VDSM would (the hook binary hands over the runs that need the
+    /// firewalld or iptables backend).
+    #[command(hide = true)]
+    Hook {
+        /// The hook point.
+        point: String,
+    },
     /// Write the manual page or a shell completion script to stdout (for packaging).
     #[command(hide = true, subcommand)]
     Generate(manpage::Generate),
@@ -72,6 +81,16 @@ pub enum Command {
 /// Entry point of the CLI binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::enforce::link_daemon_backends();
+    if let Command::Hook { point } = &cli.command {
+        return match Point::from_name(point) {
+            Some(point) => hook::run_to_exit(point),
+            None => {
+                eprintln!("unknown hook point {point:?}");
+                ExitCode::from(2)
+            }
+        };
+    }
     logging::init("cli");
     match run(cli.command) {
         Ok(code) => code,
@@ -185,7 +204,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             firewall_watch::run(&settings).map(|_| ExitCode::SUCCESS)
         }
-        Command::Generate(_) => unreachable!("handled before the settings are read"),
+        Command::Generate(_) | Command::Hook { .. } => unreachable!("handled before"),
     }
 }
 

@@ -45,6 +45,7 @@ pub fn request(report: &Report) -> Result<()> {
 
 /// Entry point of the helper binary.
 pub fn main() -> ExitCode {
+    crate::enforce::link_daemon_backends();
     logging::init("helper");
     match serve() {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,12 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use crate::app::helper;
+use crate::enforce;
 use crate::error::{Error, Result};
-use crate::host::config::{OnFailure, Settings};
+use crate::host::config::{self, BackendChoice, OnFailure, Settings};
+use crate::host::paths;
 use crate::host::state::{PendingSetup, Runner, State, Store};
+use crate::model::backend::BackendKind;
 use crate::model::policy::{self, NetworkChange, NetworkPolicy, PROP_TRUSTED};
 use crate::reconcile;
 use crate::sys::bridge;
@@ -33,6 +37,12 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     };
+    run_to_exit(point)
+}
+
+/// Runs the hook at `point` and logs its error: the exit code VDSM expects. The hook binary
+/// and `bridge-isolation hook POINT` (see [`hand_over`]) end here.
+pub fn run_to_exit(point: Point) -> ExitCode {
     logging::init(point.name());
     match run(point) {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +63,9 @@ pub fn run(point: Point) -> Result<()> {
             point.name()
         )));
     }
+    if !enforce::daemon_backends_linked() && needs_daemon_backends(&settings) {
+        return hand_over(point);
+    }
     match point {
         Point::BeforeNetworkSetup | Point::AfterNetworkSetup | Point::AfterNetworkSetupFail => {
             network_setup(point, &settings, &payload.bytes)
@@ -65,6 +78,29 @@ pub fn run(point: Point) -> Result<()> {
         }
         Point::AfterVmDestroy => vm_gone(&settings, &payload.bytes),
     }
+}
+
+/// True when this run may need a daemon backend ([`BackendKind::needs_daemon`]), which the
+/// hook binary leaves out: the one asked for, the one the state file records (a move away
+/// from it removes its rules), or, with `auto`, any when neither port isolation nor nftables
+/// can run here.
+fn needs_daemon_backends(settings: &Settings) -> bool {
+    let recorded = Store::new(&settings.state_dir).read().ok().and_then(|s| s.backend);
+    match settings.backend {
+        _ if recorded.is_some_and(BackendKind::needs_daemon) => true,
+        BackendChoice::Fixed(kind) => kind.needs_daemon(),
+        BackendChoice::Auto => reconcile::choose_backend(settings).is_err(),
+    }
+}
+
+/// Hands the run to `bridge-isolation hook POINT`, which carries the daemon backends: it
+/// replaces this process (same user, environment, payload file and streams), so VDSM gets
+/// its exit code. Root may name another binary with [`config::ENV_CLI`] (tests do).
+fn hand_over(point: Point) -> Result<()> {
+    let cli = config::dir_override(config::ENV_CLI).unwrap_or_else(|| paths::CLI.into());
+    log::debug!("handing {} to {}", point.name(), cli.display());
+    let err = std::process::Command::new(&cli).args(["hook", point.name()]).exec();
+    Err(Error::helper(format!("running {}", cli.display()), err))
 }
 
 fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {

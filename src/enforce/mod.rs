@@ -18,13 +18,14 @@ mod port_isolation;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 pub use firewalld::Firewalld;
 pub use iptables::Iptables;
 pub use nftables::Nftables;
 pub use port_isolation::PortIsolation;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::host::config::{self, Settings};
 use crate::model::backend::{BackendKind, Change, DropCounter, Observed};
 use crate::model::plan::{BridgePlan, Plan};
@@ -124,12 +125,55 @@ impl DriverSettings {
 }
 
 /// Opens the backend of that kind with `driver` (without checking the host: see
-/// [`Backend::available`]).
+/// [`Backend::available`]). A daemon backend ([`BackendKind::needs_daemon`]) opens only in a
+/// binary that called [`link_daemon_backends`].
 pub fn open(kind: BackendKind, driver: &DriverSettings) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::PortIsolation => Ok(Box::new(PortIsolation::new())),
         BackendKind::Nftables => Ok(Box::new(Nftables::new(driver))),
-        BackendKind::Iptables => Ok(Box::new(Iptables::new(driver))),
-        BackendKind::Firewalld => Ok(Box::new(Firewalld::new(driver))),
+        BackendKind::Iptables | BackendKind::Firewalld => Ok((daemons(kind)?.open)(kind, driver)),
     }
+}
+
+/// The code that speaks to firewalld over D-Bus (the firewalld backend, the iptables backend,
+/// which asks firewalld which backend it runs, and the cross-host filter's firewalld variant),
+/// reached only through here: a binary whose `main` never calls [`link_daemon_backends`] (the
+/// hook's) carries none of it, nor the D-Bus crates (docs/design.md §6.1).
+struct DaemonBackends {
+    /// Opens the iptables or the firewalld backend.
+    open: fn(BackendKind, &DriverSettings) -> Box<dyn Backend>,
+    /// firewalld's direct rules, for the cross-host filter.
+    direct_rules: fn(&DriverSettings) -> Box<dyn cross_host::DirectRules>,
+}
+
+static DAEMON_BACKENDS: OnceLock<DaemonBackends> = OnceLock::new();
+
+/// Links the daemon backends into this binary: the CLI's and the root helper's `main` call it
+/// first.
+pub fn link_daemon_backends() {
+    DAEMON_BACKENDS.get_or_init(|| DaemonBackends {
+        open: |kind, driver| match kind {
+            BackendKind::Iptables => Box::new(Iptables::new(driver)),
+            _ => Box::new(Firewalld::new(driver)),
+        },
+        direct_rules: |driver| Box::new(Firewalld::new(driver)),
+    });
+}
+
+/// True when this binary carries the daemon backends ([`link_daemon_backends`]).
+pub fn daemon_backends_linked() -> bool {
+    DAEMON_BACKENDS.get().is_some()
+}
+
+fn daemons(kind: BackendKind) -> Result<&'static DaemonBackends> {
+    DAEMON_BACKENDS.get().ok_or_else(|| {
+        Error::Config(format!(
+            "the {kind} backend is not in this binary (it runs in bridge-isolation and the root helper)"
+        ))
+    })
+}
+
+/// firewalld's direct rules, for the cross-host filter (see [`open`]).
+fn direct_rules(driver: &DriverSettings) -> Result<Box<dyn cross_host::DirectRules>> {
+    Ok((daemons(BackendKind::Firewalld)?.direct_rules)(driver))
 }

@@ -20,6 +20,9 @@ pub const ENV_MODULES_LOAD_DIR: &str = "BRIDGE_ISOLATION_MODULES_LOAD_DIR";
 /// (root only; for tests).
 pub const ENV_SYSCTL_DIR: &str = "BRIDGE_ISOLATION_SYSCTL_DIR";
 
+/// Overrides [`paths::CLI`], the binary the hook hands runs to (root only; for tests).
+pub const ENV_CLI: &str = "BRIDGE_ISOLATION_CLI";
+
 /// Overrides VDSM's running network config directory, the one holding `nets/` (root only;
 /// for tests).
 pub const ENV_VDSM_NETCONF: &str = "BRIDGE_ISOLATION_VDSM_NETCONF";
@@ -28,7 +31,7 @@ pub const ENV_VDSM_NETCONF: &str = "BRIDGE_ISOLATION_VDSM_NETCONF";
 /// root); the root helper ([`Settings::system`]) never sets it.
 static OVERRIDES_HONOURED: AtomicBool = AtomicBool::new(false);
 
-/// The value of override `var` (one of the `ENV_*` directories above) when this process
+/// The value of override `var` (one of the `ENV_*` paths above) when this process
 /// honours overrides (root, through [`Settings::from_env`]) and it is set to an absolute
 /// path; `None` otherwise, and always in the root helper.
 pub fn dir_override(var: &str) -> Option<PathBuf> {

@@ -6,6 +6,8 @@ pub const STATE_DIR: &str = "/var/lib/vdsm-hook-bridge-isolation";
 pub const CONFIG_FILE: &str = "/etc/vdsm-hook-bridge-isolation/bridge-isolation.conf";
 /// The root helper an unprivileged VM hook runs through sudo.
 pub const HELPER: &str = "/usr/libexec/vdsm-hook-bridge-isolation/bridge-isolation-helper";
+/// The admin CLI; the hook binary hands it the runs that need a daemon backend.
+pub const CLI: &str = "/usr/sbin/bridge-isolation";
 /// sudo, by absolute path: a VM hook never looks anything up in PATH.
 pub const SUDO: &str = "/usr/bin/sudo";
 /// VDSM's hook tree.

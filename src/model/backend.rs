@@ -39,6 +39,13 @@ impl BackendKind {
     pub fn from_name(name: &str) -> Option<BackendKind> {
         BackendKind::ALL.into_iter().find(|k| k.name() == name)
     }
+
+    /// True for the backends that speak to firewalld over D-Bus (firewalld's direct rules;
+    /// iptables, which must know firewalld's backend): the hook binary leaves them to
+    /// `bridge-isolation` (docs/design.md §6.1).
+    pub fn needs_daemon(self) -> bool {
+        matches!(self, BackendKind::Iptables | BackendKind::Firewalld)
+    }
 }
 
 impl std::fmt::Display for BackendKind {

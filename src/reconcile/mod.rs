@@ -613,6 +613,7 @@ mod tests {
         );
 
         // Nothing works: every reason is given, in order.
+        enforce::link_daemon_backends();
         let driver = DriverSettings::of(&Settings {
             state_dir: "/nonexistent".into(),
             config_file: "/nonexistent".into(),
@@ -630,6 +631,7 @@ mod tests {
 
     #[test]
     fn configured_backend_wins() {
+        enforce::link_daemon_backends();
         let settings = |choice| Settings {
             state_dir: "/nonexistent".into(),
             config_file: "/nonexistent".into(),

@@ -156,11 +156,16 @@ pub fn has_port_element(xml: &str) -> bool {
 }
 
 /// The environment every hook of a fixture gets: its state directory, no config file, the
-/// backend, and the iptables backend's drop-in directories under `dropins` (away from the
-/// machine's `/etc`).
+/// backend, the iptables backend's drop-in directories under `dropins` (away from the
+/// machine's `/etc`), and the installed CLI the hook hands firewalld and iptables runs to.
 fn base_env(state: &Path, dropins: &Path, backend: Backend) -> Vec<(String, String)> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
+    let root = hooks_dir().ancestors().nth(4).expect("<root>/usr/libexec/vdsm/hooks");
     vec![
+        (
+            "BRIDGE_ISOLATION_CLI".to_string(),
+            path(&root.join("usr/sbin/bridge-isolation")),
+        ),
         ("BRIDGE_ISOLATION_STATE_DIR".to_string(), path(state)),
         ("BRIDGE_ISOLATION_CONFIG".to_string(), "/nonexistent".to_string()),
         ("BRIDGE_ISOLATION_BACKEND".to_string(), backend.name().to_string()),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::ruleset::{PeerRules, RuleKind, Ruleset};
 use super::wanted_rules;
 use crate::enforce::chain_name;
-use crate::enforce::firewalld::Firewalld;
+use crate::enforce::firewalld::{Firewalld, Ours};
 use crate::enforce::DriverSettings;
 use crate::error::{Error, Result};
 use crate::host::state::State;
@@ -137,25 +137,67 @@ impl PeerRules {
     }
 }
 
+/// What the cross-host filter asks of firewalld's direct rules: [`Firewalld`] answers, in a
+/// binary that links it ([`crate::enforce::link_daemon_backends`]).
+pub trait DirectRules {
+    /// Whether firewalld runs.
+    fn running(&self) -> bool;
+    /// Makes the direct chains `owns` accepts equal to `want` (runtime and permanent).
+    /// Returns the calls made.
+    fn sync_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<usize>;
+    /// What differs between those chains and `want`, one line each.
+    fn drift_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<Vec<String>>;
+    /// Frames dropped by direct chain `chain`; `None` when it has no drop rule.
+    fn eb_drops(&self, chain: &str) -> Result<Option<DropCounter>>;
+}
+
+impl DirectRules for Firewalld {
+    fn running(&self) -> bool {
+        Firewalld::running(self)
+    }
+    fn sync_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<usize> {
+        Firewalld::sync_part(self, owns, want)
+    }
+    fn drift_part(&self, owns: fn(&str) -> bool, want: &Ours) -> Result<Vec<String>> {
+        Firewalld::drift_part(self, owns, want)
+    }
+    fn eb_drops(&self, chain: &str) -> Result<Option<DropCounter>> {
+        Firewalld::eb_drops(self, chain)
+    }
+}
+
 /// Makes the firewalld variant `want` (runtime and permanent). Returns the calls made.
-pub(super) fn eb_sync(fw: &Firewalld, want: &Ruleset) -> Result<usize> {
+pub(super) fn eb_sync(fw: &dyn DirectRules, want: &Ruleset) -> Result<usize> {
     let ours = want.eb()?;
     fw.sync_part(owns_eb_chain, &ours)
         .map_err(|e| Error::Kernel(format!("cross-host firewalld direct rules: {e}")))
 }
 
-/// Removes the firewalld variant when firewalld runs. Returns the calls made.
+/// Removes the firewalld variant when firewalld runs. Returns the calls made. A binary
+/// without the daemon backends (the hook's) leaves that to `bridge-isolation`: our direct
+/// rules are only left behind by a move away from the firewalld backend, and that move runs
+/// there (see `app::hook`).
 pub(super) fn eb_clear(driver: &DriverSettings) -> Result<usize> {
-    let fw = Firewalld::new(driver);
+    if !crate::enforce::daemon_backends_linked() {
+        log::debug!("cross-host: firewalld direct rules not checked by this binary");
+        return Ok(0);
+    }
+    let fw = crate::enforce::direct_rules(driver)?;
     if !fw.running() {
         return Ok(0);
     }
-    eb_sync(&fw, &Ruleset::default())
+    eb_sync(fw.as_ref(), &Ruleset::default())
 }
 
 /// Frames dropped per bridge and rule by the firewalld variant's direct chains.
 pub(super) fn eb_counters(state: &State, driver: &DriverSettings) -> BTreeMap<(String, RuleKind), DropCounter> {
-    let fw = Firewalld::new(driver);
+    let fw = match crate::enforce::direct_rules(driver) {
+        Ok(fw) => fw,
+        Err(e) => {
+            log::debug!("cross-host counters unreadable: {e}");
+            return BTreeMap::new();
+        }
+    };
     let mut out = BTreeMap::new();
     for (bridge, kind) in wanted_rules(state) {
         match fw.eb_drops(&eb_chain_of(&bridge, kind)) {

@@ -61,13 +61,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub use eb::DirectRules;
 pub use eb::{eb_chain_of, eb_source, mac_prefixes, EB_PRIORITY_DROP, EB_PRIORITY_RETURN};
 use eb::{eb_clear, eb_counters, eb_sync, owns_eb_chain};
 pub use live::Live;
 use ruleset::filters;
 pub use ruleset::{set_name, PeerRules, RuleKind, Ruleset, SetKind};
 
-use crate::enforce::firewalld::Firewalld;
 use crate::enforce::nft::{self, FAMILY, NFT};
 use crate::enforce::DriverSettings;
 use crate::error::{Error, Result};
@@ -133,8 +133,8 @@ pub fn reconcile(state: &mut State, plan: &Plan, driver: &DriverSettings) -> Res
 /// Makes the filter of the active backend equal to `want` and removes the other one.
 fn sync(state: &State, want: &Ruleset, driver: &DriverSettings) -> Result<usize> {
     if state.backend == Some(BackendKind::Firewalld) {
-        let fw = Firewalld::new(driver);
-        let mut n = eb_sync(&fw, want)?;
+        let fw = super::direct_rules(driver)?;
+        let mut n = eb_sync(fw.as_ref(), want)?;
         if list()?.exists {
             apply(&Cmd::delete_table())?;
             n += 2;
@@ -206,7 +206,7 @@ pub fn drift(state: &State, plan: &Plan, driver: &DriverSettings) -> Result<Vec<
         return Ok(Vec::new());
     }
     if state.backend == Some(BackendKind::Firewalld) {
-        let fw = Firewalld::new(driver);
+        let fw = super::direct_rules(driver)?;
         let mut out: Vec<String> = fw
             .drift_part(owns_eb_chain, &want.eb()?)?
             .into_iter()
