@@ -1,183 +1,27 @@
 //! Reconcile: from the recorded policy and the live ports, decide each port's role and make
 //! the backend's kernel state equal to it. Idempotent: a second run changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod choice;
+mod fail_closed;
+mod plan;
 
 use crate::enforce::{self, Backend, DriverSettings};
 use crate::error::{Error, Result};
-use crate::host::config::{BackendChoice, OnFailure, Settings};
+use crate::host::config::Settings;
 use crate::host::state::{Locked, State, Store};
-use crate::host::trust::TrustedSet;
-use crate::model::backend::{BackendKind, Change, Observed};
-use crate::model::plan::{BridgePlan, Drift, Plan, PortPlan, Role};
-use crate::model::port::{Port, Snapshot};
+use crate::model::backend::{BackendKind, Change};
+use crate::model::plan::{BridgePlan, Plan};
+use crate::model::port::Snapshot;
 use crate::sys::bridge;
-use crate::sys::netlink::{self, RouteSocket};
 use crate::vdsm::vnic::Report;
 
-/// Reads the live ports of every bridge in `state` and classifies them.
-pub fn plan(state: &State) -> Result<Plan> {
-    plan_for(state, |_| true)
-}
+pub use choice::{check_enforceable, choose_backend, select_backend};
+pub use fail_closed::blocked_list;
+pub use plan::{drift, plan, plan_for, plan_with};
 
-/// Like [`plan`], for the bridges `keep` accepts. The ports of all of them come from one
-/// [`Snapshot`], read only when there is a bridge to plan.
-pub fn plan_for(state: &State, keep: impl Fn(&str) -> bool) -> Result<Plan> {
-    if !has_bridges(state, &keep) {
-        return Ok(Plan::default());
-    }
-    Ok(plan_with(state, &bridge::snapshot()?, keep))
-}
-
-/// True when `state` has an isolated or lifted bridge that `keep` accepts.
-fn has_bridges(state: &State, keep: &impl Fn(&str) -> bool) -> bool {
-    state.networks.values().any(|p| keep(&p.bridge)) || state.released.iter().any(|b| !state.is_isolated(b) && keep(b))
-}
-
-/// Like [`plan_for`], on ports already read. A port is the uplink when it is the recorded
-/// uplink or, while a setup moves the network to another one, the uplink it moves from
-/// ([`State::former_uplinks`]); trusted when the host proved it is a trusted vNIC's tap
-/// ([`TrustedSet`]); a VM port otherwise.
-pub fn plan_with(state: &State, live: &Snapshot, keep: impl Fn(&str) -> bool) -> Plan {
-    let trusted = TrustedSet::of(state, live);
-    let former = state.former_uplinks();
-    let classify = |port: &Port, bridge: &str, uplink: Option<&str>| {
-        if uplink == Some(port.name.as_str()) || former.get(bridge) == Some(&port.name.as_str()) {
-            Role::Uplink
-        } else if trusted.contains(port) {
-            Role::Trusted
-        } else {
-            Role::Vm
-        }
-    };
-    let bridge_plan = |network: &str, bridge: &str, uplink: Option<&str>| {
-        let ports = live.ports(bridge);
-        BridgePlan {
-            network: network.to_string(),
-            bridge: bridge.to_string(),
-            uplink: uplink.map(str::to_string),
-            present: ports.is_some(),
-            ports: ports
-                .unwrap_or_default()
-                .iter()
-                .map(|p| PortPlan {
-                    role: classify(p, bridge, uplink),
-                    port: p.clone(),
-                })
-                .collect(),
-        }
-    };
-    Plan {
-        bridges: state
-            .networks
-            .iter()
-            .filter(|(_, policy)| keep(&policy.bridge))
-            .map(|(network, policy)| bridge_plan(network, &policy.bridge, policy.uplink.as_deref()))
-            .collect(),
-        lifted: state
-            .released
-            .iter()
-            .filter(|b| !state.is_isolated(b) && keep(b))
-            .map(|bridge| bridge_plan("", bridge, None))
-            .collect(),
-    }
-}
-
-/// Ports where what the backend enforces differs from the plan.
-pub fn drift(plan: &Plan, observed: &[Observed]) -> Vec<Drift> {
-    let isolated: BTreeSet<(&str, &str)> = observed
-        .iter()
-        .filter(|o| o.isolated)
-        .map(|o| (o.bridge.as_str(), o.port.as_str()))
-        .collect();
-    plan.bridges
-        .iter()
-        .flat_map(|b| b.ports.iter().map(move |p| (b, p)))
-        .filter_map(|(b, p)| {
-            let actual = isolated.contains(&(b.bridge.as_str(), p.port.name.as_str()));
-            (actual != p.role.isolated()).then(|| Drift {
-                bridge: b.bridge.clone(),
-                port: p.port.name.clone(),
-                role: p.role,
-                expected: p.role.isolated(),
-                actual,
-            })
-        })
-        .collect()
-}
-
-/// Opens the backend the settings ask for; with `auto`, the first this host supports.
-pub fn select_backend(settings: &Settings) -> Result<Box<dyn Backend>> {
-    choose_backend(settings).map(|(backend, _)| backend)
-}
-
-/// Like [`select_backend`], also saying why: `BRIDGE_ISOLATION_BACKEND` or the config file
-/// wins; `auto` takes port-isolation when the kernel has the flag, else nftables, else
-/// firewalld (when running), else iptables ([`BackendKind::ALL`]), and says what it skipped.
-pub fn choose_backend(settings: &Settings) -> Result<(Box<dyn Backend>, String)> {
-    choose(settings.backend, &DriverSettings::of(settings))
-}
-
-/// [`choose_backend`] with the drivers' settings built already.
-fn choose(choice: BackendChoice, driver: &DriverSettings) -> Result<(Box<dyn Backend>, String)> {
-    match choice {
-        BackendChoice::Fixed(kind) => {
-            let backend = enforce::open(kind, driver)?;
-            backend
-                .available()
-                .map_err(|e| Error::config(format!("backend {kind} (configured) cannot run here"), e))?;
-            Ok((backend, "configured".to_string()))
-        }
-        BackendChoice::Auto => first_usable(BackendKind::ALL, |kind| {
-            enforce::open(kind, driver).and_then(|b| b.available().map(|_| b))
-        })
-        .map(|(b, why)| {
-            log::debug!("backend {} ({why})", b.kind());
-            (b, why)
-        }),
-    }
-}
-
-/// The first of `kinds` that `open` accepts, and why: `auto`, plus what it skipped.
-fn first_usable<T>(
-    kinds: impl IntoIterator<Item = BackendKind>,
-    mut open: impl FnMut(BackendKind) -> Result<T>,
-) -> Result<(T, String)> {
-    let mut reasons = Vec::new();
-    for kind in kinds {
-        match open(kind) {
-            Ok(b) if reasons.is_empty() => return Ok((b, "auto".to_string())),
-            Ok(b) => return Ok((b, format!("auto; skipped {}", reasons.join("; ")))),
-            Err(e) => reasons.push(format!("{kind}: {e}")),
-        }
-    }
-    Err(Error::Config(format!(
-        "no backend is usable on this host ({})",
-        reasons.join("; ")
-    )))
-}
-
-/// Port flags that contradict the plan while a firewall backend enforces it: on the uplink
-/// or a trusted vNIC of an isolated bridge, or on any port of a lifted bridge. libvirt sets
-/// them from `<port isolated="yes"/>` (written by `before_vm_start` or by oVirt's native
-/// `port_isolation`) whatever backend is in use; VM ports keep theirs, which only agree.
-fn contrary_flags(plan: &Plan) -> Vec<BridgePlan> {
-    let isolated = plan.bridges.iter().map(|b| (b, false));
-    let lifted = plan.lifted.iter().map(|b| (b, true));
-    isolated
-        .chain(lifted)
-        .map(|(b, lifted)| BridgePlan {
-            ports: b
-                .ports
-                .iter()
-                .filter(|p| p.port.isolated == Some(true) && (lifted || !p.role.isolated()))
-                .cloned()
-                .collect(),
-            ..b.clone()
-        })
-        .filter(|b| !b.ports.is_empty())
-        .collect()
-}
+use choice::choose;
+use fail_closed::{fail_closed, unblock};
+use plan::contrary_flags;
 
 /// What a reconcile did.
 #[derive(Debug)]
@@ -363,215 +207,6 @@ fn enforce(
     Ok((outcome, plan))
 }
 
-/// VM ports of present isolated bridges that `confirmed` does not show isolated, that we
-/// have not blocked yet and that still forward (a port already disabled is left alone: it
-/// forwards nothing, and it is not ours to re-enable later).
-fn ports_to_block(
-    plan: &Plan,
-    confirmed: &BTreeSet<(String, String)>,
-    blocked: &BTreeMap<String, BTreeSet<String>>,
-    state_of: impl Fn(&str) -> Option<u8>,
-) -> Vec<(String, Port)> {
-    plan.bridges
-        .iter()
-        .filter(|b| b.present)
-        .flat_map(|b| b.ports.iter().map(move |p| (b, p)))
-        .filter(|(b, p)| {
-            p.role.isolated()
-                && !confirmed.contains(&(b.bridge.clone(), p.port.name.clone()))
-                && !blocked.get(&b.bridge).is_some_and(|s| s.contains(&p.port.name))
-                && state_of(&p.port.name).is_some_and(|s| s != netlink::BR_STATE_DISABLED)
-        })
-        .map(|(b, p)| (b.bridge.clone(), p.port.clone()))
-        .collect()
-}
-
-/// Applies `on_failure` after enforcement failed with `err`; returns the error to report,
-/// naming the bridges and ports blocked (or left forwarding).
-fn fail_closed(state: &mut State, settings: &Settings, backend: Option<&mut dyn Backend>, err: Error) -> Error {
-    let plan = match plan(state) {
-        Ok(plan) => plan,
-        Err(e) => return Error::Kernel(format!("{err}; fail-closed could not read the bridges: {e}")),
-    };
-    // A port whose kernel flag is set is isolated whatever backend was meant to act: it
-    // is confirmed, never disabled (that would cut its VM off the gateway too).
-    let flagged = plan.bridges.iter().flat_map(|b| {
-        b.ports
-            .iter()
-            .filter(|p| p.port.isolated == Some(true))
-            .map(move |p| (b.bridge.clone(), p.port.name.clone()))
-    });
-    let confirmed: BTreeSet<(String, String)> = backend
-        .and_then(|b| b.observe(&plan).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|o| o.isolated)
-        .map(|o| (o.bridge, o.port))
-        .chain(flagged)
-        .collect();
-    let targets = ports_to_block(&plan, &confirmed, &state.blocked, |p| netlink::port_state(p).ok());
-    let name_list = |ports: &[(String, Port)]| {
-        let mut by_bridge: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (b, p) in ports {
-            by_bridge.entry(b).or_default().push(&p.name);
-        }
-        let parts: Vec<String> = by_bridge
-            .iter()
-            .map(|(b, ps)| format!("bridge {b} ports {}", ps.join(", ")))
-            .collect();
-        parts.join("; ")
-    };
-    if targets.is_empty() {
-        return err;
-    }
-    if OnFailure::of(&settings.config_file) == OnFailure::Warn {
-        log::warn!(
-            "enforcement failed; on_failure = warn: VM ports left forwarding: {}",
-            name_list(&targets)
-        );
-        return Error::Kernel(format!("{err} (not blocked: on_failure = warn)"));
-    }
-    let mut socket = None;
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (bridge, port) in targets {
-        match set_forwarding(&mut socket, &port, false) {
-            Ok(()) => {
-                state
-                    .blocked
-                    .entry(bridge.clone())
-                    .or_default()
-                    .insert(port.name.clone());
-                done.push((bridge, port));
-            }
-            Err(e) => failed.push(format!("could not block {bridge} port {}: {e}", port.name)),
-        }
-    }
-    let mut message = format!("{err}; fail-closed");
-    if !done.is_empty() {
-        message.push_str(&format!(": blocked {}", name_list(&done)));
-    }
-    for f in failed {
-        message.push_str(&format!("; {f}"));
-    }
-    Error::Kernel(message)
-}
-
-/// Sets a port forwarding or disabled over netlink and reads the state back from sysfs.
-fn set_forwarding(socket: &mut Option<RouteSocket>, port: &Port, forwarding: bool) -> Result<()> {
-    if socket.is_none() {
-        *socket = Some(RouteSocket::open()?);
-    }
-    socket
-        .as_mut()
-        .expect("opened above")
-        .set_forwarding(port.ifindex, forwarding)?;
-    let want = if forwarding {
-        netlink::BR_STATE_FORWARDING
-    } else {
-        netlink::BR_STATE_DISABLED
-    };
-    let now = netlink::port_state(&port.name).map_err(|e| Error::io(format!("reading back {}", port.name), e))?;
-    if now != want {
-        return Err(Error::Kernel(format!(
-            "port {}: state reads {now} after setting {want}",
-            port.name
-        )));
-    }
-    Ok(())
-}
-
-/// After a successful run: sets every port we blocked forwarding again and forgets it. A
-/// port that left its bridge (VM gone) is forgotten untouched; one no longer disabled (its
-/// link went down and up) is only forgotten.
-fn unblock(state: &mut State) -> Result<()> {
-    if state.blocked.is_empty() {
-        return Ok(());
-    }
-    let live = bridge::snapshot()?;
-    let mut socket = None;
-    for (bridge, ports) in std::mem::take(&mut state.blocked) {
-        let mut kept = BTreeSet::new();
-        for name in ports {
-            let Some(port) = live.ports(&bridge).unwrap_or_default().iter().find(|p| p.name == name) else {
-                continue;
-            };
-            if netlink::port_state(&name).ok() != Some(netlink::BR_STATE_DISABLED) {
-                continue;
-            }
-            match set_forwarding(&mut socket, port, true) {
-                Ok(()) => log::info!("bridge {bridge} port {name}: enforcement confirmed, unblocked"),
-                Err(e) => {
-                    log::error!("bridge {bridge} port {name}: cannot unblock: {e}");
-                    kept.insert(name);
-                }
-            }
-        }
-        if !kept.is_empty() {
-            state.blocked.insert(bridge, kept);
-        }
-    }
-    if state.blocked.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Kernel(format!(
-            "ports still blocked: {}",
-            blocked_list(&state.blocked)
-        )))
-    }
-}
-
-/// `bridge B ports P, Q; ...` for a [`State::blocked`] record.
-pub fn blocked_list(blocked: &BTreeMap<String, BTreeSet<String>>) -> String {
-    let parts: Vec<String> = blocked
-        .iter()
-        .map(|(b, ps)| format!("bridge {b} ports {}", ps.iter().cloned().collect::<Vec<_>>().join(", ")))
-        .collect();
-    parts.join("; ")
-}
-
-/// For the `before_*` points (unprivileged, cheap): fails when no backend can enforce
-/// isolation on this host, so a vNIC on an isolated bridge is not started unprotected.
-/// Passes at once when port isolation may be used and the kernel has the flag (`uname`
-/// only), or when the firewall backend recorded in `state` did the work and no port is blocked
-/// (its last run succeeded); otherwise asks [`select_backend`] (without root, a firewall
-/// backend only checks its tool is installed), and after a failed run (ports blocked) also
-/// [`Backend::check_writer`].
-pub fn check_enforceable(settings: &Settings, state: &State) -> Result<()> {
-    let driver = DriverSettings::of(settings);
-    enforceable(
-        settings.backend,
-        state,
-        || enforce::open(BackendKind::PortIsolation, &driver)?.available(),
-        || {
-            let (backend, _) = choose(settings.backend, &driver)?;
-            if state.blocked.is_empty() {
-                Ok(())
-            } else {
-                backend.check_writer()
-            }
-        },
-    )
-}
-
-fn enforceable(
-    choice: BackendChoice,
-    state: &State,
-    port_isolation: impl FnOnce() -> Result<()>,
-    select: impl FnOnce() -> Result<()>,
-) -> Result<()> {
-    let allows = |kind| choice == BackendChoice::Auto || choice == BackendChoice::Fixed(kind);
-    if allows(BackendKind::PortIsolation) && port_isolation().is_ok() {
-        return Ok(());
-    }
-    // Port isolation is judged by the running kernel (it may have been downgraded) alone.
-    let recorded = state.backend.filter(|&k| k != BackendKind::PortIsolation);
-    if state.blocked.is_empty() && recorded.is_some_and(allows) {
-        return Ok(());
-    }
-    select().map_err(|e| Error::config("isolation cannot be enforced on this host", e))
-}
-
 /// Root, under the lock: records `report` (trusted vNICs bound to their taps, see
 /// [`Report::apply`]), then [`record_then_run`]: a trusted vNIC opens only once
 /// its record is on disk; when it cannot be written, one that libvirt brought up open is
@@ -586,9 +221,16 @@ pub fn record_and_reconcile(mut locked: Locked, report: &Report, settings: &Sett
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::choice::{enforceable, first_usable};
+    use super::fail_closed::ports_to_block;
     use super::*;
+    use crate::host::config::BackendChoice;
     use crate::model::backend::BackendKind::*;
     use crate::model::plan::fixtures::bridge;
+    use crate::model::plan::{BridgePlan, PortPlan, Role};
+    use crate::sys::netlink;
 
     fn port(name: &str, role: Role, flag: Option<bool>) -> PortPlan {
         crate::model::plan::fixtures::port(name, 1, role, flag)
