@@ -41,7 +41,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs the hook at `point` and logs its error: the exit code VDSM expects. The hook binary
-/// and `bridge-isolation hook POINT` (see [`hand_over`]) end here.
+/// and `bridge-isolation hook POINT` (see `hand_over`) end here.
 pub fn run_to_exit(point: Point) -> ExitCode {
     logging::init(point.name());
     match run(point) {

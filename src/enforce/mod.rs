@@ -8,11 +8,11 @@
 //! unit-tested without root. It owns its objects outright (a table, a chain, a direct-rule
 //! set of its own) so that [`Backend::remove`] deletes exactly what it created.
 
-mod chain_name;
+pub mod chain_name;
 pub mod cross_host;
 pub mod firewalld;
 pub mod iptables;
-mod nft;
+pub mod nft;
 pub mod nftables;
 mod port_isolation;
 

@@ -80,7 +80,7 @@ impl Live {
 }
 
 impl Live {
-    /// What differs from `want`, in words (see [`drift`]).
+    /// What differs from `want`, in words (see [`super::drift`]).
     pub fn drift(&self, want: &Ruleset) -> Vec<String> {
         let table = format!("cross-host: table {FAMILY} {TABLE}");
         let cmds = self.diff(want);

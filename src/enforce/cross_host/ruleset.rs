@@ -45,7 +45,7 @@ impl SetKind {
     }
 }
 
-/// Set `kind` of `bridge`: its prefix and the name escaped ([`PerBridge::escaped`]).
+/// Set `kind` of `bridge`: its prefix and the name escaped (`PerBridge::escaped`).
 pub fn set_name(kind: SetKind, bridge: &str) -> String {
     kind.names().name(bridge)
 }
@@ -189,7 +189,7 @@ pub struct Ruleset {
 
 impl Ruleset {
     /// The rules `state` wants, with the trusted ports of `plan` (which must cover the
-    /// bridges of [`wanted_bridges`]). A network without an uplink gets none.
+    /// bridges of [`super::wanted_bridges`]). A network without an uplink gets none.
     pub fn from_state(state: &State, plan: &Plan) -> Ruleset {
         let mut bridges: Vec<PeerRules> = state
             .networks

@@ -110,7 +110,7 @@ pub const GROUP: u32 = 0xb150;
 pub const DEFAULT_GROUP: u32 = 0;
 
 /// The set holding the VM ports of `bridge`: `vm_` and the name escaped
-/// ([`chain_name::PerBridge::escaped`]: `my-net.10` -> `vm_my_2dnet_2e10`).
+/// (`chain_name::PerBridge::escaped`: `my-net.10` -> `vm_my_2dnet_2e10`).
 pub fn set_name(bridge: &str) -> String {
     chain_name::NFT_SET.name(bridge)
 }
