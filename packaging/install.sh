@@ -1,7 +1,9 @@
 #!/bin/bash
 # Installs vdsm-hook-bridge-isolation into DESTDIR (the RPM spec and the tests use this).
 #
-#   cargo build --release && packaging/install.sh --destdir DIR [--bindir target/release]
+#   packaging/build.sh && packaging/install.sh --destdir DIR [--bindir target/release]
+#   (build.sh: `cargo build --release` and the hook linked as a static PIE; a plain cargo
+#   build works too, with a dynamically linked hook)
 #
 # Layout (all paths under DESTDIR):
 #   /usr/libexec/vdsm-hook-bridge-isolation/{vdsm-hook-bridge-isolation,bridge-isolation-helper}
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$destdir" ] || usage
 for b in vdsm-hook-bridge-isolation bridge-isolation-helper bridge-isolation; do
-    [ -x "$bindir/$b" ] || { echo "$0: $bindir/$b is missing: run 'cargo build --release' first" >&2; exit 1; }
+    [ -x "$bindir/$b" ] || { echo "$0: $bindir/$b is missing: run packaging/build.sh first" >&2; exit 1; }
 done
 
 libexec=/usr/libexec/vdsm-hook-bridge-isolation

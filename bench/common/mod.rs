@@ -459,8 +459,13 @@ pub fn policy(bridge: &str, uplink: &str) -> bridge_isolation::model::policy::Ne
     serde_json::from_value(serde_json::json!({ "bridge": bridge, "uplink": uplink })).expect("a valid policy")
 }
 
-/// Where the crate's built binaries live (the directory of the hook binary).
+/// Where the binaries to install live: `BENCH_BINDIR` when set (bench/run-all.sh points it at
+/// a copy of packaging/build.sh's output, whose hook is a static PIE, as packaged), else the
+/// directory of cargo's own build of them (its hook linked dynamically).
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BENCH_BINDIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"))
         .parent()
         .expect("binaries live in a directory")

@@ -97,6 +97,15 @@ trap 'rm -rf "$payload"' EXIT
 (cd "$payload" && rpm2cpio "$rpmfile" | cpio -idm --quiet)
 check "man page renders as bridge-isolation(8)" bash -c \
     "zcat -f '$payload$man' | grep -q '^\.TH bridge-isolation 8 ' && zcat -f '$payload$man' | grep -q 'release\\\\-all'"
+# The hook is a static PIE (packaging/build.sh): no program interpreter, no shared library,
+# type DYN (position-independent, so ASLR applies).
+static_pie() {
+    local f=$payload$libexec/vdsm-hook-bridge-isolation
+    readelf -hW "$f" | grep -q 'Type: *DYN' &&
+        ! readelf -lW "$f" | grep -q 'INTERP' &&
+        ! readelf -dW "$f" | grep -q '(NEEDED)'
+}
+check "the packaged hook is a static PIE (ET_DYN, no PT_INTERP, no NEEDED)" static_pie
 # The packaged CLI carries no test lab: its demo only says where to run it.
 no_lab() {
     local out
@@ -140,7 +149,7 @@ expected_bundled=$("$here/bundled-provides.sh" | sed 's/^Provides: *//' | sort)
 same_bundled() { [ -n "$provided" ] && [ "$provided" = "$expected_bundled" ]; }
 check "Provides: bundled(crate(...)) for each of the $(wc -l <<< "$expected_bundled") linked crates" same_bundled
 buildrequires=$(rpm -qp --requires "$srpm")
-for br in 'cargo >= 1.84' 'rust >= 1.84' 'systemd-rpm-macros'; do
+for br in 'cargo >= 1.84' 'rust >= 1.84' 'systemd-rpm-macros' 'glibc-static'; do
     check "BuildRequires: $br" grep -qx "$br" <<< "$buildrequires"
 done
 srpm_files=$(rpm -qlp "$srpm")

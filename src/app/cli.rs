@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
     crate::enforce::link_daemon_backends();
     if let Command::Hook { point } = &cli.command {
         return match Point::from_name(point) {
-            Some(point) => hook::run_to_exit(point),
+            Some(point) => ExitCode::from(hook::run_to_exit(point)),
             None => {
                 eprintln!("unknown hook point {point:?}");
                 ExitCode::from(2)

@@ -23,6 +23,9 @@ pub struct RouteSocket {
     port: u32,
     sequence: u32,
     buf: Vec<u8>,
+    /// Member of RTNLGRP_LINK since a dump: left before the next request, not at once (a
+    /// snapshot's socket is closed after its dumps, with no request to protect).
+    subscribed: bool,
 }
 
 impl RouteSocket {
@@ -41,6 +44,7 @@ impl RouteSocket {
             port,
             sequence: 0,
             buf: vec![0; 1 << 16],
+            subscribed: false,
         })
     }
 
@@ -104,13 +108,14 @@ impl RouteSocket {
     pub fn dump_bridge_links(&mut self, mut each: impl FnMut(&[u8])) -> Result<bool> {
         // A deletion is announced to the link group under the RTNL lock, which every part of
         // the dump holds too: one made while the dump runs arrives before the dump's end.
-        self.socket
-            .add_membership(RTNLGRP_LINK)
-            .map_err(|e| Error::kernel("netlink link notifications", e))?;
-        let dumped = self.dump_watched(&mut each);
-        // The socket may be used for requests again; their replies are told apart by sequence.
-        let _ = self.socket.drop_membership(RTNLGRP_LINK);
-        dumped.map_err(|e| e.into_error("dumping the bridge ports"))
+        if !self.subscribed {
+            self.socket
+                .add_membership(RTNLGRP_LINK)
+                .map_err(|e| Error::kernel("netlink link notifications", e))?;
+            self.subscribed = true;
+        }
+        self.dump_watched(&mut each)
+            .map_err(|e| e.into_error("dumping the bridge ports"))
     }
 
     fn dump_watched(&mut self, each: &mut dyn FnMut(&[u8])) -> std::result::Result<bool, Failure> {
@@ -177,6 +182,12 @@ impl RouteSocket {
     }
 
     fn request(&mut self, message: RouteNetlinkMessage) -> std::result::Result<(), Failure> {
+        // Notifications could overflow the socket while it waits for the ack (ENOBUFS);
+        // those already queued are skipped below by sequence.
+        if self.subscribed {
+            let _ = self.socket.drop_membership(RTNLGRP_LINK);
+            self.subscribed = false;
+        }
         self.send(message, NLM_F_REQUEST | NLM_F_ACK)?;
         loop {
             let n = self

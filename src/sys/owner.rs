@@ -7,7 +7,6 @@
 //! identity. Reading another user's fdinfo needs root: the root hook or helper does this.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::path::Path;
 
 /// The user libvirt runs qemu as on EL.
@@ -75,13 +74,21 @@ fn tun_devices(dir: &Path) -> Vec<String> {
     .collect()
 }
 
-/// The uid of user `name`, if there is one.
+/// The uid of user `name`, if there is one, from `/etc/passwd`: qemu is a local system
+/// user, and a static hook binary cannot load glibc's NSS modules for `getpwnam`.
 fn uid_of(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated name; the result is read at once, before any other
-    // call that could reuse getpwnam's static buffer (this process is single-threaded here).
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    (!pw.is_null()).then(|| unsafe { (*pw).pw_uid })
+    uid_in(&std::fs::read_to_string("/etc/passwd").ok()?, name)
+}
+
+/// The uid of user `name` in the text of a passwd(5) file: the first entry of that name.
+fn uid_in(passwd: &str, name: &str) -> Option<u32> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != name {
+            return None;
+        }
+        fields.nth(1)?.parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -110,6 +117,22 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn reads_a_uid_from_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      # a comment\n\
+                      qemuuser:x:99:99::/:/sbin/nologin\n\
+                      qemu:x:107:107:qemu user:/:/sbin/nologin\n\
+                      qemu:x:108:108:second entry:/:/sbin/nologin\n\
+                      bad:x:notanumber:1::/:\n";
+        assert_eq!(uid_in(passwd, "qemu"), Some(107));
+        assert_eq!(uid_in(passwd, "root"), Some(0));
+        assert_eq!(uid_in(passwd, "qemu-kvm"), None);
+        assert_eq!(uid_in(passwd, "bad"), None);
+        assert_eq!(uid_in(passwd, ""), None);
+        assert_eq!(uid_in("", "qemu"), None);
     }
 
     #[test]

@@ -160,7 +160,9 @@ impl Payload {
             .map(PathBuf::from)
             .ok_or_else(|| Error::Payload(format!("{var} is not set: not run by VDSM?")))?;
         let file = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let mut bytes = Vec::new();
+        // Sized from the metadata: one read of the whole file (and one to see its end).
+        let hint = file.metadata().map_or(0, |m| m.len().min(MAX_PAYLOAD) + 1);
+        let mut bytes = Vec::with_capacity(hint as usize);
         file.take(MAX_PAYLOAD + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
