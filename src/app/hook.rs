@@ -112,7 +112,10 @@ pub fn run(point: Point) -> Result<()> {
             point.name()
         )));
     }
-    if !enforce::daemon_backends_linked() && needs_daemon_backends(&settings) {
+    // Read once without the lock: it tells whether to hand the run over, and an unprivileged
+    // VM point checks the kernel against it (root points read it again under the lock).
+    let unlocked = Store::new(&settings.state_dir).read();
+    if !enforce::daemon_backends_linked() && needs_daemon_backends(&settings, unlocked.as_ref().ok()) {
         return hand_over(point);
     }
     match point {
@@ -123,9 +126,9 @@ pub fn run(point: Point) -> Result<()> {
             rewrite(point, &settings, &payload)
         }
         Point::AfterVmStart | Point::AfterVmMigrateDestination | Point::AfterNicHotplug | Point::AfterUpdateDevice => {
-            vnics_up(point, &settings, &payload.bytes)
+            vnics_up(point, &settings, &payload.bytes, unlocked)
         }
-        Point::AfterVmDestroy => vm_gone(&settings, &payload.bytes),
+        Point::AfterVmDestroy => vm_gone(&settings, &payload.bytes, unlocked),
     }
 }
 
@@ -133,8 +136,8 @@ pub fn run(point: Point) -> Result<()> {
 /// hook binary leaves out: the one asked for, the one the state file records (a move away
 /// from it removes its rules), or, with `auto`, any when neither port isolation nor nftables
 /// can run here.
-fn needs_daemon_backends(settings: &Settings) -> bool {
-    let recorded = Store::new(&settings.state_dir).read().ok().and_then(|s| s.backend);
+fn needs_daemon_backends(settings: &Settings, state: Option<&State>) -> bool {
+    let recorded = state.and_then(|s| s.backend);
     match settings.backend {
         _ if recorded.is_some_and(BackendKind::needs_daemon) => true,
         BackendChoice::Fixed(kind) => kind.needs_daemon(),
@@ -415,7 +418,7 @@ fn vm_id(doc: &Document) -> Option<String> {
         .or_else(|| doc.vm_id.clone())
 }
 
-fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
+fn vnics_up(point: Point, settings: &Settings, bytes: &[u8], unlocked: Result<State>) -> Result<()> {
     let doc = domain::parse(bytes)?;
     let trust = trust_of(point, &doc)?;
     let mut bridges = BTreeSet::new();
@@ -440,6 +443,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> {
             whole: doc.vm_id.is_some(),
         },
         &bridges,
+        unlocked,
     )
 }
 
@@ -459,7 +463,7 @@ fn bridges_of(settings: &Settings, doc: &Document) -> Result<Vec<Option<String>>
         .collect())
 }
 
-fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
+fn vm_gone(settings: &Settings, bytes: &[u8], unlocked: Result<State>) -> Result<()> {
     // The last XML is a courtesy: the VM id is what matters, and taps are already gone. An
     // unreadable payload still forgets the VM (by `vmId`), then is reported.
     let (doc, broken) = match domain::parse(bytes) {
@@ -490,6 +494,7 @@ fn vm_gone(settings: &Settings, bytes: &[u8]) -> Result<()> {
             whole: true,
         },
         &BTreeSet::new(),
+        unlocked,
     )?;
     broken.map_or(Ok(()), Err)
 }
@@ -500,14 +505,14 @@ fn required_vm_id(doc: &Document) -> Result<String> {
 
 /// Records `report` and makes the kernel match. Root does it here; an unprivileged hook
 /// checks the recorded state and the kernel (an rtnetlink dump) and asks the root helper
-/// only when something must change, so the steady path spawns nothing.
-fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>) -> Result<()> {
+/// only when something must change, so the steady path spawns nothing. `unlocked` is the
+/// state as this run read it without the lock.
+fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>, unlocked: Result<State>) -> Result<()> {
     report.validate()?;
-    let store = Store::new(&settings.state_dir);
     if settings.privileged {
-        return reconcile::record_and_reconcile(store.lock()?, report, settings);
+        return reconcile::record_and_reconcile(Store::new(&settings.state_dir).lock()?, report, settings);
     }
-    let state = store.read()?;
+    let state = unlocked?;
     // Only root can read the cross-host filter: a trusted vNIC (a router, rare) on a network
     // with peer ranges or uplink MACs always asks the helper, so it joins the filter's open
     // ports at once.
