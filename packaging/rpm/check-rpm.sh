@@ -106,6 +106,16 @@ static_pie() {
         ! readelf -dW "$f" | grep -q '(NEEDED)'
 }
 check "the packaged hook is a static PIE (ET_DYN, no PT_INTERP, no NEEDED)" static_pie
+# The hook carries no D-Bus client (docs/design.md §6.1); the CLI does, so the probe (the
+# source paths zbus's panics name; the packaged binaries have no symbol table) sees it there.
+dbus_code() {
+    grep -ac 'zbus/src/' "$1" || true
+}
+no_dbus_in_hook() {
+    [ "$(dbus_code "$payload$libexec/vdsm-hook-bridge-isolation")" -eq 0 ] &&
+        [ "$(dbus_code "$payload/usr/sbin/bridge-isolation")" -gt 0 ]
+}
+check "the packaged hook carries no D-Bus client (no zbus code; the CLI has it)" no_dbus_in_hook
 # The packaged CLI carries no test lab: its demo only says where to run it.
 no_lab() {
     local out
