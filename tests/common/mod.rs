@@ -453,6 +453,13 @@ impl Fixture {
 
     /// The command [`Fixture::cli`] runs, to add to or to spawn.
     pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cli_in_host(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// `ip netns exec HOST bridge-isolation ARGS`, its environment left to the caller.
+    fn cli_in_host(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(lab::IP);
         cmd.args([
             "netns",
@@ -460,8 +467,7 @@ impl Fixture {
             self.lab.host_ns(),
             env!("CARGO_BIN_EXE_bridge-isolation"),
         ])
-        .args(args)
-        .envs(self.env.iter().map(|(k, v)| (k, v)));
+        .args(args);
         cmd
     }
 }
@@ -648,18 +654,11 @@ impl Fixture {
     /// [`Fixture::spawn_cli`] with `extra` environment variables (which win).
     pub fn spawn_cli_with(&self, args: &[&str], extra: &[(String, String)]) -> Spawned {
         let dir = process_dir();
-        let mut cmd = Command::new(lab::IP);
-        cmd.args([
-            "netns",
-            "exec",
-            self.lab.host_ns(),
-            env!("CARGO_BIN_EXE_bridge-isolation"),
-        ])
-        .args(args)
-        .env_clear()
-        .env("PATH", lab::HOOK_PATH)
-        .envs(self.env.iter().map(|(k, v)| (k, v)))
-        .envs(extra.iter().map(|(k, v)| (k, v)));
+        let mut cmd = self.cli_in_host(args);
+        cmd.env_clear()
+            .env("PATH", lab::HOOK_PATH)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().map(|(k, v)| (k, v)));
         let child = start(cmd, &dir);
         Spawned {
             child,
