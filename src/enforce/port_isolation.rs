@@ -73,7 +73,7 @@ impl Backend for PortIsolation {
 
     fn available(&self) -> Result<()> {
         let release = kernel_release();
-        match parse_release(&release) {
+        match parse_release(release) {
             Some(v) if v >= (4, 18) => Ok(()),
             _ => Err(Error::Kernel(format!(
                 "kernel {release} has no bridge port isolation flag (needs 4.18 or later)"
@@ -105,16 +105,21 @@ impl Backend for PortIsolation {
 }
 
 /// The running kernel's release string (`uname -r`).
-fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return String::new();
-    }
-    // SAFETY: uname NUL-terminates release.
-    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+fn kernel_release() -> &'static str {
+    // Asked once per process: a hook checks availability before it decides whether to hand
+    // its run over and again when it picks the backend.
+    static RELEASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RELEASE.get_or_init(|| {
+        // SAFETY: utsname is plain data; uname fills it.
+        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+        if unsafe { libc::uname(&mut uts) } != 0 {
+            return String::new();
+        }
+        // SAFETY: uname NUL-terminates release.
+        unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// Major and minor version of a release like `4.18.0-553.el8_10.x86_64`.
