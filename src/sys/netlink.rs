@@ -43,7 +43,7 @@ impl RouteSocket {
             socket,
             port,
             sequence: 0,
-            buf: vec![0; 1 << 16],
+            buf: Vec::with_capacity(RECV_BUFFER),
             subscribed: false,
         })
     }
@@ -128,7 +128,7 @@ impl RouteSocket {
         self.send(RouteNetlinkMessage::GetLink(link), NLM_F_REQUEST | NLM_F_DUMP)?;
         let mut consistent = true;
         loop {
-            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+            let n = match self.receive() {
                 Ok(n) => n,
                 // Notifications overflowed the socket: a deletion may be among them.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -167,6 +167,14 @@ impl RouteSocket {
         }
     }
 
+    /// Receives one datagram into the buffer; returns its length. The buffer is never
+    /// zeroed: the kernel writes what is read, so a short reply touches only its own pages
+    /// (a hook run is short, and every page it touches costs a fault).
+    fn receive(&mut self) -> std::io::Result<usize> {
+        self.buf.clear();
+        self.socket.recv(&mut self.buf, 0)
+    }
+
     /// Sends `message` with `flags` under a new sequence number.
     fn send(&mut self, message: RouteNetlinkMessage, flags: u16) -> std::result::Result<(), Failure> {
         self.sequence = self.sequence.wrapping_add(1);
@@ -190,10 +198,7 @@ impl RouteSocket {
         }
         self.send(message, NLM_F_REQUEST | NLM_F_ACK)?;
         loop {
-            let n = self
-                .socket
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(Failure::at("recv"))?;
+            let n = self.receive().map_err(Failure::at("recv"))?;
             let mut offset = 0;
             while offset < n {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
@@ -246,6 +251,9 @@ impl Failure {
 }
 
 /// `RTNLGRP_LINK`: notifications of links created, changed, enslaved, released or deleted.
+/// Room for one datagram: the kernel sizes a dump's datagrams to the reader's buffer, up to
+/// 32 KiB, and an answer to a request is far smaller.
+const RECV_BUFFER: usize = 1 << 16;
 const RTNLGRP_LINK: u32 = 1;
 /// `RTM_NEWLINK`: a link, in a dump's answer.
 const RTM_NEWLINK: u16 = 16;
