@@ -169,6 +169,7 @@ fn settings(kind: BackendKind, dir: &Path) -> Settings {
         config_file: PathBuf::from("/nonexistent"),
         backend: BackendChoice::Fixed(kind),
         privileged: true,
+        vdsm_netconf: "/nonexistent".into(),
     }
 }
 

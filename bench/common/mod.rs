@@ -481,5 +481,6 @@ pub fn driver() -> bridge_isolation::enforce::DriverSettings {
         config_file: PathBuf::from("/nonexistent"),
         backend: BackendChoice::Auto,
         privileged: is_root(),
+        vdsm_netconf: "/nonexistent".into(),
     })
 }

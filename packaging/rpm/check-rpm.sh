@@ -175,6 +175,7 @@ check "%preun runs 'bridge-isolation release-all' on erase only" bash -c \
 check "%preun stops and disables the units first" bash -c \
     "[ \$(grep -n 'disable --now' <<< \"\$1\" | cut -d: -f1) -lt \$(grep -n 'release-all' <<< \"\$1\" | head -n1 | cut -d: -f1) ]" _ "$preun"
 check "%post presets the units" bash -c "rpm -qp --qf '%{POSTIN}' '$rpmfile' | grep -q 'preset.*bridge-isolation-firewalld.service'"
+check "%post reconciles (adopts VDSM's running config at install and upgrade)" bash -c "rpm -qp --qf '%{POSTIN}' '$rpmfile' | grep -q '/usr/sbin/bridge-isolation reconcile'"
 check "%postun restarts the units on upgrade" bash -c "rpm -qp --qf '%{POSTUN}' '$rpmfile' | grep -Eq 'try-restart|mark-restart-system-units'"
 
 # --- install and erase into a scratch root (no scripts: there is no system in it) --------

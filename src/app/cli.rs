@@ -38,9 +38,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make the kernel match the recorded policy (root).
+    /// Adopt what VDSM's running network config tags or untags, then make the kernel match
+    /// the recorded policy (root).
     Reconcile,
-    /// Exit non-zero, listing each drift, when the kernel differs from the policy.
+    /// Exit non-zero, listing each drift, when the kernel differs from the policy or the
+    /// policy from VDSM's running network config.
     Verify,
     /// Build a disposable netns lab, run the hooks as VDSM does, and show the
     /// reachability matrix before and after isolation (root).
@@ -148,6 +150,7 @@ fn run(command: Command) -> Result<ExitCode> {
                         .into_iter()
                         .map(|d| format!("drift: {d}")),
                 )
+                .chain(report.vdsm_disagreements())
                 .collect();
             for d in &drifts {
                 println!("{d}");
@@ -168,7 +171,7 @@ fn run(command: Command) -> Result<ExitCode> {
             if !config::is_root() {
                 return Err(Error::Helper("reconcile must run as root".into()));
             }
-            let outcome = reconcile::run_and_commit(store.lock()?, &settings)?;
+            let outcome = reconcile::adopt_and_run(store.lock()?, &settings)?;
             match outcome.backend {
                 Some(backend) => println!("{backend}: {} port(s) changed", outcome.changes.len()),
                 None => println!("no isolated networks: nothing to do"),
@@ -230,6 +233,30 @@ pub struct StatusReport {
     /// frames dropped.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub cross_host: std::collections::BTreeMap<String, crate::enforce::cross_host::PeerStatus>,
+    /// How the recorded policy compares with VDSM's running network config (`config` null:
+    /// none on this host).
+    pub vdsm: reconcile::Comparison,
+}
+
+impl StatusReport {
+    /// The disagreements with VDSM's running config that `verify` reports: none while a
+    /// network setup is under way (VDSM's config and the record then catch up by
+    /// themselves).
+    pub fn vdsm_disagreements(&self) -> Vec<String> {
+        if self.vdsm.setup_under_way {
+            return Vec::new();
+        }
+        let adopt = "run reconcile to adopt VDSM's running config";
+        self.vdsm
+            .disagreements
+            .iter()
+            .map(|d| match d {
+                reconcile::Disagreement::Invalid { .. } => format!("vdsm: {d}"),
+                _ => format!("vdsm: {d} ({adopt})"),
+            })
+            .chain(self.vdsm.error.iter().map(|e| format!("vdsm: {e}")))
+            .collect()
+    }
 }
 
 /// What differs in the cross-host filter; only root can read it, so for anyone else a note
@@ -399,6 +426,11 @@ impl StatusReport {
                 &crate::enforce::DriverSettings::of(settings),
                 || cross_host_plan(state),
             ),
+            vdsm: reconcile::compare(state, settings).unwrap_or_else(|e| reconcile::Comparison {
+                config: Some(settings.vdsm_netconf.display().to_string()),
+                error: Some(crate::vdsm::protocol::one_line(&e.to_string())),
+                ..reconcile::Comparison::default()
+            }),
         })
     }
 }
@@ -456,6 +488,22 @@ impl std::fmt::Display for StatusReport {
                     writeln!(f, "trusted vNIC {} (VM {}) on tap {tap} (index {index})", t.mac, t.vm)?
                 }
                 _ => writeln!(f, "trusted vNIC {} (VM {}): not bound to a tap yet", t.mac, t.vm)?,
+            }
+        }
+        if let Some(dir) = &self.vdsm.config {
+            if !self.vdsm.disagreements.is_empty() || self.vdsm.error.is_some() {
+                let when = if self.vdsm.setup_under_way {
+                    "a network setup is under way: adopted when it ends"
+                } else {
+                    "run reconcile to adopt it"
+                };
+                writeln!(f, "VDSM's running network config ({dir}) disagrees ({when}):")?;
+                for d in &self.vdsm.disagreements {
+                    writeln!(f, "  {d}")?;
+                }
+                if let Some(e) = &self.vdsm.error {
+                    writeln!(f, "  {e}")?;
+                }
             }
         }
         for (bridge, port) in self.blocked.iter().flat_map(|(b, ps)| ps.iter().map(move |p| (b, p))) {

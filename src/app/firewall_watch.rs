@@ -174,7 +174,7 @@ fn reconcile_now(settings: &Settings, why: &str) {
             return Ok(None);
         }
         let locked = store.lock()?;
-        reconcile::run_and_commit(locked, settings).map(Some)
+        reconcile::adopt_and_run(locked, settings).map(Some)
     });
     match result {
         Ok(None) => log::debug!("{why}: no isolated networks, nothing to re-apply"),

@@ -182,7 +182,7 @@ fn network_setup(point: Point, settings: &Settings, bytes: &[u8]) -> Result<()> 
             changes_policy = !previous.is_empty();
             // Said once the record is written: an aborted setup must not report a change.
             for (name, change) in &request.networks {
-                said.extend(record_quietly(state, name, change));
+                said.extend(state.record(name, change));
             }
             state.setup = changes_policy.then(|| PendingSetup {
                 request: request.fingerprint(),
@@ -271,35 +271,8 @@ fn replaced(state: &State, request: &setup::SetupRequest) -> BTreeMap<String, Op
 
 /// Records one network's change in `state`, logging what changed.
 pub fn record(state: &mut State, network: &str, change: &NetworkChange) {
-    if let Some(line) = record_quietly(state, network, change) {
+    if let Some(line) = state.record(network, change) {
         log::info!("{line}");
-    }
-}
-
-/// Records one network's change in `state`; returns the line saying what changed, if it did.
-fn record_quietly(state: &mut State, network: &str, change: &NetworkChange) -> Option<String> {
-    match change {
-        NetworkChange::Isolate(policy) => {
-            let old = state.networks.insert(network.to_string(), policy.clone());
-            let said = (old.as_ref() != Some(policy)).then(|| {
-                format!(
-                    "network {network}: bridge {} isolated (uplink {})",
-                    policy.bridge,
-                    policy.uplink.as_deref().unwrap_or("none")
-                )
-            });
-            if let Some(old) = old.filter(|o| o.bridge != policy.bridge) {
-                state.released.insert(old.bridge);
-            }
-            state.released.remove(&policy.bridge);
-            said
-        }
-        NetworkChange::Lift => {
-            let old = state.networks.remove(network)?;
-            let said = format!("network {network}: isolation of bridge {} lifted", old.bridge);
-            state.released.insert(old.bridge);
-            Some(said)
-        }
     }
 }
 

@@ -161,7 +161,10 @@ pub fn man_page() -> Result<Vec<u8>> {
         ".TP\n0\nSuccess; for {}, the kernel matches the policy.\n",
         bold("verify")
     );
-    r += &format!(".TP\n1\n{} found drift (each is listed on stdout).\n", bold("verify"));
+    r += &format!(
+        ".TP\n1\n{} found drift, or a disagreement with VDSM's running network config (each is listed on stdout).\n",
+        bold("verify")
+    );
     r += &format!(".TP\n2\n{}\n", esc("An error (one line on stderr); usage errors too."));
     r += ".SH FILES\n";
     for (path, what) in [
@@ -185,6 +188,10 @@ pub fn man_page() -> Result<Vec<u8>> {
             "/etc/sudoers.d/50_vdsm_hook_bridge_isolation",
             "Lets user vdsm run the helper, with no arguments, and nothing else.",
         ),
+        (
+            "/var/lib/vdsm/staging/netconf/nets/",
+            "VDSM's running network config, read only: reconcile adopts what it tags, untags or no longer has; status and verify report disagreements.",
+        ),
     ] {
         r += &format!(".TP\n{}\n{}\n", italic(path), esc(what));
     }
@@ -205,7 +212,7 @@ pub fn man_page() -> Result<Vec<u8>> {
         ("BRIDGE_ISOLATION_BACKEND", "The backend, overriding the configuration."),
         (
             "BRIDGE_ISOLATION_VDSM_NETCONF",
-            "VDSM's running network config, the directory holding nets/ (recover).",
+            "VDSM's running network config, the directory holding nets/ (reconcile adopts it; recover rebuilds from it).",
         ),
         (
             "BRIDGE_ISOLATION_SYS_PCI",

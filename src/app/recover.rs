@@ -8,20 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
-
-use serde_json::Value;
+use std::path::PathBuf;
 
 use crate::app::hook;
 use crate::error::{Error, Result};
 use crate::host::config::{self, Settings};
-use crate::host::paths;
 use crate::host::state::Store;
 use crate::model::policy::{NetworkChange, NetworkPolicy};
 use crate::model::port::Snapshot;
 use crate::reconcile;
 use crate::sys::bridge;
-use crate::vdsm::setup;
+use crate::vdsm::netconf::RunningConfig;
 
 /// Where the policy was rebuilt from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,14 +61,9 @@ pub fn recover(settings: &Settings, force: bool) -> Result<Recovery> {
         Ok(_) => format!("replaced-{}", utc_stamp(std::time::SystemTime::now())),
         Err(_) => format!("broken-{}", utc_stamp(std::time::SystemTime::now())),
     };
-    let netconf = config::dir_override(config::ENV_VDSM_NETCONF).unwrap_or_else(|| PathBuf::from(paths::VDSM_NETCONF));
-    let (source, rebuilt) = if netconf.join("nets").is_dir() {
-        (
-            Source::VdsmNetconf(netconf.clone()),
-            from_netconf(&netconf.join("nets"))?,
-        )
-    } else {
-        (Source::Kernel, from_kernel(&bridge::snapshot()?))
+    let (source, rebuilt) = match RunningConfig::read(&settings.vdsm_netconf)? {
+        Some(config) => (Source::VdsmNetconf(config.dir.clone()), from_netconf(&config)),
+        None => (Source::Kernel, from_kernel(&bridge::snapshot()?)),
     };
     let (mut locked, moved_to) = store.lock_and_set_aside(&suffix)?;
     for (name, policy) in &rebuilt.networks {
@@ -98,39 +90,18 @@ pub struct Rebuilt {
     pub unrecovered: Vec<String>,
 }
 
-/// Reads every `nets/NAME` file of VDSM's running config: a JSON object of the network's
-/// setupNetworks attributes, judged exactly as `before_network_setup` judges them.
-pub fn from_netconf(nets: &Path) -> Result<Rebuilt> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(nets)
-        .map_err(|e| Error::io(format!("reading {}", nets.display()), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    names.sort();
-    let mut rebuilt = Rebuilt::default();
-    for path in names {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match network_of_file(&name, &path) {
-            Ok(NetworkChange::Isolate(policy)) => {
-                rebuilt.networks.insert(name, policy);
-            }
-            Ok(NetworkChange::Lift) => {}
-            Err(e) => rebuilt
-                .unrecovered
-                .push(format!("{}: {}", path.display(), crate::vdsm::protocol::one_line(&e))),
-        }
+/// The isolated networks of VDSM's running config, and one line per network file that
+/// could not be judged.
+pub fn from_netconf(config: &RunningConfig) -> Rebuilt {
+    let nets = config.dir.join("nets");
+    Rebuilt {
+        networks: config.isolated().map(|(n, p)| (n.to_string(), p.clone())).collect(),
+        unrecovered: config
+            .invalid
+            .iter()
+            .map(|(name, reason)| format!("{}: {reason}", nets.join(name).display()))
+            .collect(),
     }
-    Ok(rebuilt)
-}
-
-fn network_of_file(name: &str, path: &Path) -> std::result::Result<NetworkChange, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let attrs: BTreeMap<String, Value> =
-        serde_json::from_str(&text).map_err(|e| format!("not a JSON object of attributes: {e}"))?;
-    setup::change(name, &attrs).map_err(|e| e.to_string())
 }
 
 /// Bridges having a VM port (a tap, or a `vnetN` port) with the isolated flag set, each as
@@ -283,7 +254,7 @@ mod tests {
             ),
             ("green", "{\"nic\": \"eth2\", \"custom\": {\"bridge_isolation\": \"tr"),
         ]);
-        let rebuilt = from_netconf(&dir.path().join("nets")).unwrap();
+        let rebuilt = from_netconf(&RunningConfig::read(dir.path()).unwrap().unwrap());
         let networks: Vec<(&str, &str, Option<&str>, usize)> = rebuilt
             .networks
             .iter()

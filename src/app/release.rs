@@ -155,6 +155,7 @@ mod tests {
             config_file: dir.join("none.conf"),
             backend: BackendChoice::Fixed(BackendKind::PortIsolation),
             privileged,
+            vdsm_netconf: dir.join("no-vdsm"),
         }
     }
 

@@ -76,6 +76,9 @@ pub struct Settings {
     pub backend: BackendChoice,
     /// True when this process can change the kernel and the state itself (euid 0).
     pub privileged: bool,
+    /// VDSM's running network config, the directory holding `nets/` (reconcile adopts what
+    /// it tags).
+    pub vdsm_netconf: PathBuf,
 }
 
 /// True when running as root.
@@ -98,7 +101,11 @@ impl Settings {
                 None => None,
             };
             OVERRIDES_HONOURED.store(true, Ordering::Relaxed);
-            Settings::load(&config_file, state_dir, backend, true)
+            let mut settings = Settings::load(&config_file, state_dir, backend, true)?;
+            if let Some(dir) = dir_override(ENV_VDSM_NETCONF) {
+                settings.vdsm_netconf = dir;
+            }
+            Ok(settings)
         } else {
             Settings::system(false)
         }
@@ -123,6 +130,7 @@ impl Settings {
             config_file: config_file.to_path_buf(),
             backend: backend.or(file.backend).unwrap_or(BackendChoice::Auto),
             privileged,
+            vdsm_netconf: PathBuf::from(paths::VDSM_NETCONF),
         })
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::backend::BackendKind;
 use crate::model::mac::Mac;
-use crate::model::policy::NetworkPolicy;
+use crate::model::policy::{NetworkChange, NetworkPolicy};
 
 /// Format version written to the file. Format 1 (release 0.1.0) recorded trusted vNICs by
 /// guest MAC (`trusted`) and a `pending` map with nothing naming its request; both are read
@@ -123,6 +123,14 @@ impl Runner {
             start: stat_start_time(&stat)?,
         })
     }
+
+    /// True while this very process runs (its pid is not reused: the start time matches).
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|stat| stat_start_time(&stat))
+            == Some(self.start)
+    }
 }
 
 /// Field 22 (`starttime`) of a `/proc/PID/stat` line; the command name (field 2) may hold
@@ -133,6 +141,35 @@ fn stat_start_time(stat: &str) -> Option<u64> {
 }
 
 impl State {
+    /// Records one network's change (isolated with a policy, or lifted: its bridge is then
+    /// [`State::released`] until a reconcile clears it); returns the line saying what
+    /// changed, if anything did.
+    pub fn record(&mut self, network: &str, change: &NetworkChange) -> Option<String> {
+        match change {
+            NetworkChange::Isolate(policy) => {
+                let old = self.networks.insert(network.to_string(), policy.clone());
+                let said = (old.as_ref() != Some(policy)).then(|| {
+                    format!(
+                        "network {network}: bridge {} isolated (uplink {})",
+                        policy.bridge,
+                        policy.uplink.as_deref().unwrap_or("none")
+                    )
+                });
+                if let Some(old) = old.filter(|o| o.bridge != policy.bridge) {
+                    self.released.insert(old.bridge);
+                }
+                self.released.remove(&policy.bridge);
+                said
+            }
+            NetworkChange::Lift => {
+                let old = self.networks.remove(network)?;
+                let said = format!("network {network}: isolation of bridge {} lifted", old.bridge);
+                self.released.insert(old.bridge);
+                Some(said)
+            }
+        }
+    }
+
     /// The policy of the network whose bridge is `bridge`.
     pub fn network_of_bridge(&self, bridge: &str) -> Option<(&str, &NetworkPolicy)> {
         // The bridge is named after its network: look that up first (a 20,000-network

@@ -1,6 +1,7 @@
 //! Reconcile: from the recorded policy and the live ports, decide each port's role and make
 //! the backend's kernel state equal to it. Idempotent: a second run changes nothing.
 
+mod adopt;
 mod choice;
 mod fail_closed;
 mod plan;
@@ -15,6 +16,7 @@ use crate::model::port::Snapshot;
 use crate::sys::bridge;
 use crate::vdsm::vnic::Report;
 
+pub use adopt::{adopt, compare, Comparison, Disagreement};
 pub use choice::{check_enforceable, choose_backend, select_backend};
 pub use fail_closed::blocked_list;
 pub use plan::{drift, plan, plan_for, plan_with};
@@ -207,8 +209,15 @@ fn enforce(
     Ok((outcome, plan))
 }
 
+/// Root, under the lock, outside the network hooks: [`adopt`]s what VDSM's running config
+/// asks, then [`record_then_run`] (a network it lifts opens only once that is on disk).
+pub fn adopt_and_run(mut locked: Locked, settings: &Settings) -> Result<Outcome> {
+    adopt(&mut locked, settings)?;
+    record_then_run(locked, settings)
+}
+
 /// Root, under the lock: records `report` (trusted vNICs bound to their taps, see
-/// [`Report::apply`]), then [`record_then_run`]: a trusted vNIC opens only once
+/// [`Report::apply`]), then [`adopt_and_run`]: a trusted vNIC opens only once
 /// its record is on disk; when it cannot be written, one that libvirt brought up open is
 /// isolated and the error returned.
 pub fn record_and_reconcile(mut locked: Locked, report: &Report, settings: &Settings) -> Result<()> {
@@ -216,7 +225,7 @@ pub fn record_and_reconcile(mut locked: Locked, report: &Report, settings: &Sett
     for line in report.apply(&mut locked.state, &live, || crate::sys::owner::taps_of_vm(&report.vm)) {
         log::warn!("{line}");
     }
-    record_then_run(locked, settings).map(drop)
+    adopt_and_run(locked, settings).map(drop)
 }
 
 #[cfg(test)]
@@ -261,6 +270,7 @@ mod tests {
             config_file: "/nonexistent".into(),
             backend: BackendChoice::Auto,
             privileged: false,
+            vdsm_netconf: "/nonexistent".into(),
         });
         let none = |k: BackendKind| enforce::open(k, &driver).and_then(|_| Err::<(), _>(Error::Kernel("no".into())));
         let err = first_usable(BackendKind::ALL, none).unwrap_err().to_string();
@@ -279,6 +289,7 @@ mod tests {
             config_file: "/nonexistent".into(),
             backend: choice,
             privileged: false,
+            vdsm_netconf: "/nonexistent".into(),
         };
         for kind in BackendKind::ALL {
             assert_eq!(

@@ -177,8 +177,16 @@ fn base_env(state: &Path, dropins: &Path, backend: Backend) -> Vec<(String, Stri
             "BRIDGE_ISOLATION_SYSCTL_DIR".to_string(),
             path(&dropins.join("sysctl.d")),
         ),
+        (
+            "BRIDGE_ISOLATION_VDSM_NETCONF".to_string(),
+            path(&dropins.join(VDSM_NETCONF)),
+        ),
     ]
 }
+
+/// VDSM's running network config of a fixture, under its drop-in directory: absent (no
+/// VDSM on this host) until a test writes into it ([`Fixture::write_vdsm_config`]).
+const VDSM_NETCONF: &str = "vdsm-netconf";
 
 /// One test's world: a lab, its own state and drop-in directories, the backend its hooks
 /// use, perhaps a private firewalld in the lab's host, and the environment every hook gets.
@@ -587,6 +595,30 @@ impl Fixture {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         self.state.path()
+    }
+
+    /// VDSM's running network config the hooks and the CLI read (the directory holding
+    /// `nets/`; `BRIDGE_ISOLATION_VDSM_NETCONF`).
+    pub fn vdsm_netconf(&self) -> PathBuf {
+        self.dropins.path().join(VDSM_NETCONF)
+    }
+
+    /// Updates VDSM's running config as VDSM does after applying the setupNetworks `request`
+    /// (a `before_network_setup` payload): `nets/NAME` holds each network's attributes, a
+    /// removed network's file goes.
+    pub fn write_vdsm_config(&self, request: &str) {
+        let nets = self.vdsm_netconf().join("nets");
+        std::fs::create_dir_all(&nets).expect("creating nets/");
+        let payload: Value = serde_json::from_str(request).expect("a setupNetworks payload");
+        let networks = payload["request"]["networks"].as_object().expect("request.networks");
+        for (name, attrs) in networks {
+            let file = nets.join(name);
+            if attrs.get("remove").is_some_and(|r| r == true) {
+                let _ = std::fs::remove_file(file);
+            } else {
+                std::fs::write(file, attrs.to_string()).expect("writing nets/NAME");
+            }
+        }
     }
 
     /// Starts hook point `point` in the host namespace the way VDSM does (no arguments,
