@@ -59,6 +59,8 @@ _DEVICE_VALID = re.compile(
     )
 )
 _NAME = re.compile(_KEY_CHAR + "+")
+# Jinja's delimiters: a value holding one could be templated again by older Ansible.
+_TEMPLATE_MARKERS = ("{{", "{%", "{#")
 
 
 def _fail(message):
@@ -256,8 +258,16 @@ def _plan(output, key, levels, merge):
     values = parse_engine_config(output, key)
     plan = []
     for version in _levels(values, key, levels):
-        new, notes = merge(values[version])
+        try:
+            new, notes = merge(values[version])
+        except AnsibleFilterError as err:
+            reason = str(err.message).replace("bridge isolation: ", "", 1)
+            _fail("version %s: %s" % (version, reason))
         if new != values[version]:
+            for marker in _TEMPLATE_MARKERS:
+                if marker in new:
+                    _fail("%s --cver=%s: the merged value holds %r, which Ansible could take "
+                          "for a template; set it by hand: %s" % (key, version, marker, new))
             plan.append({"key": key, "version": version, "old": values[version],
                          "new": new, "notes": notes})
     return plan
@@ -277,6 +287,16 @@ def device_plan(output, device_type, wanted, levels=None):
     _check_wanted(wanted, "%s device properties" % device_type)
     return _plan(output, DEVICE_KEY, levels,
                  lambda v: merge_device_value(v, device_type, wanted))
+
+
+def engine_plan(outputs, network_wanted, vnic_wanted, levels=None):
+    """{key: `engine-config -g KEY` output} for both keys -> `network_plan` followed by
+    `device_plan` for the interface block: all the `engine-config -s` calls to make."""
+    for key in (NETWORK_KEY, DEVICE_KEY):
+        if not isinstance(outputs, dict) or key not in outputs:
+            _fail("the output of engine-config -g %s is missing" % key)
+    return (network_plan(outputs[NETWORK_KEY], network_wanted, levels)
+            + device_plan(outputs[DEVICE_KEY], "interface", vnic_wanted, levels))
 
 
 def _property_value(name, value):
@@ -344,6 +364,7 @@ class FilterModule(object):
 
     def filters(self):
         return {
+            "bridge_isolation_engine_plan": engine_plan,
             "bridge_isolation_network_plan": network_plan,
             "bridge_isolation_device_plan": device_plan,
             "bridge_isolation_host_plan": host_plan,

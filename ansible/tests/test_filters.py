@@ -68,8 +68,8 @@ def fresh_engine():
 
 
 def plans(engine, levels=None):
-    return (bi.network_plan(engine.get(NET), OURS_NET, levels)
-            + bi.device_plan(engine.get(DEV), "interface", OURS_VNIC, levels))
+    return bi.engine_plan({NET: engine.get(NET), DEV: engine.get(DEV)}, OURS_NET, OURS_VNIC,
+                          levels)
 
 
 def converge(engine, levels=None):
@@ -215,10 +215,21 @@ def test_levels_restrict_the_plan_and_must_exist_and_be_strings():
     engine = fresh_engine()
     only = bi.network_plan(engine.get(NET), OURS_NET, ["4.7", "4.6"])
     assert [c["version"] for c in only] == ["4.6", "4.7"]
-    with pytest.raises(AnsibleFilterError, match="no UserDefinedNetworkCustomProperties for version"):
+    with pytest.raises(AnsibleFilterError, match="no %s for version" % NET):
         bi.network_plan(engine.get(NET), OURS_NET, ["4.9"])
     with pytest.raises(AnsibleFilterError, match="quote it"):
         bi.network_plan(engine.get(NET), OURS_NET, [4.7])
+
+
+def test_engine_plan_needs_both_outputs():
+    with pytest.raises(AnsibleFilterError, match="engine-config -g CustomDeviceProperties"):
+        bi.engine_plan({NET: "%s:  version: 4.7\n" % NET}, OURS_NET, OURS_VNIC)
+
+
+def test_a_result_ansible_could_template_again_is_refused():
+    out = "%s: tmpl=^{{x}}$ version: 4.7\n" % NET
+    with pytest.raises(AnsibleFilterError, match="set it by hand"):
+        bi.network_plan(out, OURS_NET)
 
 
 def test_versions_sort_numerically():
@@ -243,7 +254,8 @@ def test_default_security_groups_block_gets_ours_inside():
 def test_empty_value_gets_an_interface_block():
     engine = EngineConfig({NET: {"4.7": ""}, DEV: {"4.7": ""}})
     changes = converge(engine)
-    assert engine.values[DEV]["4.7"] == "{type=interface;prop={bridge_isolation_trusted=^(true|false)$}}"
+    assert engine.values[DEV]["4.7"] == "{type=interface;prop={%s}}" % (
+        "bridge_isolation_trusted=^(true|false)$")
     assert [c["old"] for c in changes if c["key"] == DEV] == [""]
 
 
@@ -438,5 +450,5 @@ def test_host_plan_checks_the_values(wanted):
 
 def test_the_filters_are_registered():
     assert set(bi.FilterModule().filters()) == {
-        "bridge_isolation_network_plan", "bridge_isolation_device_plan",
-        "bridge_isolation_host_plan"}
+        "bridge_isolation_engine_plan", "bridge_isolation_network_plan",
+        "bridge_isolation_device_plan", "bridge_isolation_host_plan"}

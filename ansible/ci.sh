@@ -1,0 +1,31 @@
+#!/bin/bash
+# Checks ansible/ (issue 16): the filter and playbook tests (pytest), `ansible-playbook
+# --syntax-check` of every playbook, and ansible-lint (production profile, ansible/.ansible-lint).
+# Needs Debian's python3 and python3-venv; the packages of ci-requirements.txt go into a venv
+# under target/, made again only when that file changed. No root, no oVirt engine needed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+start=$SECONDS
+
+python=${BRIDGE_ISOLATION_PYTHON:-/usr/bin/python3}
+venv=../target/ansible-venv
+if ! cmp -s ci-requirements.txt "$venv/ci-requirements.txt"; then
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r ci-requirements.txt
+    cp ci-requirements.txt "$venv/ci-requirements.txt"
+fi
+export PATH="$PWD/$venv/bin:$PATH" NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
+# cryptography 46+ warns about DSA on every ansible start-up: noise, not ours.
+export PYTHONWARNINGS="ignore:DSA is deprecated"
+echo "ansible/ci.sh: venv ready in $((SECONDS - start)) s ($("$venv/bin/ansible" --version | head -1))"
+
+python -m pytest -q -p no:cacheprovider tests
+
+for playbook in *.yml; do
+    ansible-playbook -i localhost, --syntax-check "$playbook"
+done
+
+ansible-lint --strict
+
+echo "ansible/ci.sh: tests, syntax checks and ansible-lint passed in $((SECONDS - start)) s"
