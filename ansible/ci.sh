@@ -2,7 +2,8 @@
 # Checks ansible/ (issue 16): the filter and playbook tests (pytest), `ansible-playbook
 # --syntax-check` of every playbook, and ansible-lint (production profile, ansible/.ansible-lint).
 # Needs Debian's python3 and python3-venv; the packages of ci-requirements.txt go into a venv
-# under target/, made again only when that file changed. No root, no oVirt engine needed.
+# under target/, made again only when that file changed. No oVirt engine needed; the test of
+# hosts-install.yml's verify needs root (a network namespace) and target/debug/bridge-isolation.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 start=$SECONDS
@@ -20,6 +21,8 @@ export PATH="$PWD/$venv/bin:$PATH" NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 export PYTHONWARNINGS="ignore:DSA is deprecated"
 echo "ansible/ci.sh: venv ready in $((SECONDS - start)) s ($("$venv/bin/ansible" --version | head -1))"
 
+# The CLI hosts-install.yml's test verifies with (a no-op after `cargo test`).
+cargo build -q --bin bridge-isolation
 python -m pytest -q -p no:cacheprovider tests
 
 for playbook in *.yml; do
