@@ -194,6 +194,12 @@ else
     fail "install into a scratch root: $(cat "$payload/err")"
 fi
 
+# --- debug info: kept on EL, stripped where rpmbuild has no find-debuginfo (this build) ------
+check "EL9 build keeps full debug info for its -debuginfo package" bash -c \
+    "rpmspec -P --define 'rhel 9' '$here/$name.spec' | grep -qx 'export CARGO_PROFILE_RELEASE_STRIP=none'"
+check "Debian-hosted build strips (no find-debuginfo)" bash -c \
+    "rpmspec -P '$here/$name.spec' | grep -qx 'export CARGO_PROFILE_RELEASE_STRIP=symbols'"
+
 # --- rpmlint -------------------------------------------------------------------------------
 if command -v rpmlint >/dev/null; then
     lint=$(rpmlint -r "$here/$name.rpmlintrc" "$rpmfile" "$srpm" "$here/$name.spec" 2>&1)
