@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::die_with_parent;
-use crate::tools::{show, IP};
+use crate::tools::{run_ok, IP};
 
 /// The monolithic libvirt daemon (package libvirt-daemon).
 pub const LIBVIRTD: &str = "/usr/sbin/libvirtd";
@@ -202,21 +202,7 @@ impl Libvirtd {
         let uri = self.uri();
         let mut full = vec!["-q", "-c", uri.as_str()];
         full.extend_from_slice(args);
-        let out = Command::new(VIRSH)
-            .args(&full)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", show(VIRSH, &full)))?;
-        if !out.status.success() {
-            bail!(
-                "{} failed ({}): {}",
-                show(VIRSH, args),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_ok(VIRSH, &full)
     }
 
     /// Writes `xml` to `DIR/xml/NAME.xml` (for `virsh create`, `attach-device` ...) and

@@ -17,7 +17,7 @@ use super::console::GuestConsole;
 use super::image::BUSYBOX;
 use crate::mac::{link_local, Mac};
 use crate::matrix::{Matrix, Protocol};
-use crate::tools::{run, IP};
+use crate::tools::{run_ok, IP};
 
 /// The protocols a guest probes.
 pub const GUEST_PROTOCOLS: [Protocol; 3] = [Protocol::Ipv4, Protocol::Ipv6, Protocol::Arp];
@@ -106,15 +106,7 @@ fn probe_from(station: &mut Station, targets: &[String]) -> Result<String> {
             let script = script.to_string_lossy().into_owned();
             let mut args = vec!["netns", "exec", ns.as_str(), BUSYBOX, "sh", &script, "probe", &ifname];
             args.extend(targets.iter().map(String::as_str));
-            let out = run(IP, &args)?;
-            if !out.status.success() {
-                bail!(
-                    "probing from {ns} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            run_ok(IP, &args)
         }
     }
 }
