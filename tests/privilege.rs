@@ -502,18 +502,23 @@ fn the_root_helper_ignores_overrides_arguments_and_sudo_tricks() {
 #[test]
 fn no_path_lookups_and_no_shell_in_the_library() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    let mut dirs = vec![src.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
+    // The `.rs` files below `root`, its subdirectories included.
+    let rust_files = |root: &Path| {
+        let mut files = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
             }
         }
-    }
+        files
+    };
+    let files = rust_files(&src);
     assert!(files.len() > 10, "{files:?}");
     let code = |path: &Path| -> String {
         std::fs::read_to_string(path)
@@ -526,8 +531,7 @@ fn no_path_lookups_and_no_shell_in_the_library() {
     // Every `const NAME: &str = "value";` of the crate, the lab's included.
     let mut consts = std::collections::BTreeMap::new();
     let mut all = files.clone();
-    let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/src");
-    all.extend(std::fs::read_dir(lab).unwrap().map(|e| e.unwrap().path()));
+    all.extend(rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/src")));
     for path in &all {
         for line in code(path).lines() {
             let line = line.trim().trim_start_matches("pub ").trim_start_matches("pub(crate) ");

@@ -7,6 +7,8 @@
 //! (`after_vm_start`, `after_vm_migrate_destination`): single quotes, a domain `id`, and
 //! `<target dev='vnetN'/>`; the `<metadata>` children keep libxml2's double quotes.
 
+use std::path::{Path, PathBuf};
+
 use super::mac::{format_mac, Mac};
 use super::spec::VmSpec;
 use super::xml::XmlWriter;
@@ -49,6 +51,8 @@ pub struct NicSpec {
     pub trusted: bool,
     /// Whether the engine wrote `<port isolated="yes"/>` (oVirt's native port_isolation).
     pub native_isolated: bool,
+    /// `<link state="up"/>` (true) or `"down"` (the engine's link state of the vNIC).
+    pub link_up: bool,
 }
 
 impl NicSpec {
@@ -61,6 +65,7 @@ impl NicSpec {
             tap: None,
             trusted: false,
             native_isolated: false,
+            link_up: true,
         }
     }
 
@@ -136,6 +141,71 @@ pub fn domain_xml(vm_name: &str, vm_uuid: &str, nics: &[NicSpec]) -> String {
     x.close("os");
     metadata(&mut x, nics);
     devices(&mut x, vm_uuid, nics);
+    x.close("domain");
+    x.finish()
+}
+
+/// What a guest that really boots under libvirt needs besides its vNICs (see
+/// [`crate::virt`]): its boot and where its two serial ports lead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestBoot {
+    /// Domain type: `kvm`, or `qemu` (TCG).
+    pub domain_type: String,
+    /// Memory, in MiB.
+    pub memory_mib: u32,
+    /// Kernel image (direct kernel boot).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// File receiving the first serial port, the kernel console.
+    pub console_log: PathBuf,
+    /// Unix socket, qemu listening, of the second serial port: the guest's command channel.
+    pub command_socket: PathBuf,
+}
+
+/// The engine's domain XML (engine flavour, see the module documentation) of VM `vm_name`
+/// that really boots under libvirt: [`domain_xml`]'s metadata and `<interface>` elements
+/// around `boot`'s direct kernel boot on an i440fx machine (ACPI hotplug on its root bus)
+/// and two serial ports, instead of oVirt's disk and console.
+pub fn bootable_domain_xml(vm_name: &str, vm_uuid: &str, nics: &[NicSpec], boot: &GuestBoot) -> String {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let mut x = XmlWriter::new('"');
+    x.raw("<?xml version='1.0' encoding='utf-8'?>");
+    x.open("domain", &[("type", &boot.domain_type)]);
+    x.text("name", &[], vm_name);
+    x.text("uuid", &[], vm_uuid);
+    x.text("memory", &[("unit", "MiB")], &boot.memory_mib.to_string());
+    x.text("vcpu", &[], "1");
+    x.open("os", &[]);
+    x.text("type", &[("arch", "x86_64"), ("machine", "pc")], "hvm");
+    x.text("kernel", &[], &path(&boot.kernel));
+    x.text("initrd", &[], &path(&boot.initrd));
+    x.text("cmdline", &[], &boot.cmdline);
+    x.close("os");
+    x.open("features", &[]);
+    x.empty("acpi", &[]);
+    x.close("features");
+    for event in ["on_poweroff", "on_reboot", "on_crash"] {
+        x.text(event, &[], "destroy");
+    }
+    metadata(&mut x, nics);
+    x.open("devices", &[]);
+    x.open("serial", &[("type", "file")]);
+    x.empty("source", &[("path", &path(&boot.console_log))]);
+    x.empty("target", &[("port", "0")]);
+    x.close("serial");
+    x.open("serial", &[("type", "unix")]);
+    x.empty("source", &[("mode", "bind"), ("path", &path(&boot.command_socket))]);
+    x.empty("target", &[("port", "1")]);
+    x.close("serial");
+    x.empty("controller", &[("type", "usb"), ("model", "none")]);
+    x.empty("memballoon", &[("model", "none")]);
+    for (i, nic) in nics.iter().enumerate() {
+        interface(&mut x, nic, i);
+    }
+    x.close("devices");
     x.close("domain");
     x.finish()
 }
@@ -217,6 +287,7 @@ fn devices(x: &mut XmlWriter, vm_uuid: &str, nics: &[NicSpec]) {
 fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
     let mac = format_mac(nic.mac);
     let alias = nic.alias();
+    let link = if nic.link_up { "up" } else { "down" };
     match &nic.kind {
         NicKind::Bridge | NicKind::Network => {}
         NicKind::Direct(dev) => return direct_interface(x, nic, dev),
@@ -237,7 +308,7 @@ fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
     match &nic.tap {
         None => {
             x.empty("model", &[("type", "virtio")]);
-            x.empty("link", &[("state", "up")]);
+            x.empty("link", &[("state", link)]);
             x.empty("source", &source);
             x.empty("mac", &[("address", &mac)]);
             x.empty("mtu", &[("size", "1500")]);
@@ -257,7 +328,7 @@ fn interface(x: &mut XmlWriter, nic: &NicSpec, index: usize) {
             x.empty("target", &[("dev", tap)]);
             x.empty("model", &[("type", "virtio")]);
             x.empty("filterref", &[("filter", "vdsm-no-mac-spoofing")]);
-            x.empty("link", &[("state", "up")]);
+            x.empty("link", &[("state", link)]);
             x.empty("mtu", &[("size", "1500")]);
             x.empty("alias", &[("name", &alias)]);
             let bus = format!("{:#04x}", index + 1);
@@ -397,5 +468,37 @@ mod tests {
         let live = interface_xml(&nic);
         elements(&live);
         assert!(live.contains("<target dev='vnet3'/>") && live.contains("<port isolated='yes'/>"));
+    }
+
+    #[test]
+    fn bootable_domain_xml_boots_a_kernel_and_keeps_the_engine_interfaces() {
+        let mut trusted = NicSpec::new("isonet", MAC2);
+        trusted.trusted = true;
+        trusted.link_up = false;
+        let boot = GuestBoot {
+            domain_type: "qemu".to_string(),
+            memory_mib: 96,
+            kernel: PathBuf::from("/k/vmlinuz"),
+            initrd: PathBuf::from("/k/initrd"),
+            cmdline: "console=ttyS0 quiet".to_string(),
+            console_log: PathBuf::from("/r/vm1.console"),
+            command_socket: PathBuf::from("/r/vm1.sock"),
+        };
+        let nics = [NicSpec::new("isonet", MAC1), trusted];
+        let xml = bootable_domain_xml("vm1", "9d8e7f60-1a2b-4c3d-8e9f-0a1b2c3d4e5f", &nics, &boot);
+        let names = elements(&xml);
+        assert!(xml.starts_with("<?xml version='1.0' encoding='utf-8'?>\n<domain type=\"qemu\">"));
+        assert!(xml.contains("<memory unit=\"MiB\">96</memory>"));
+        assert!(xml.contains("<kernel>/k/vmlinuz</kernel>") && xml.contains("<initrd>/k/initrd</initrd>"));
+        assert!(xml.contains("<cmdline>console=ttyS0 quiet</cmdline>"));
+        assert!(xml.contains("<source mode=\"bind\" path=\"/r/vm1.sock\"/>"));
+        assert!(xml.contains("<source path=\"/r/vm1.console\"/>"));
+        assert!(!names.contains(&"disk".to_string()));
+        let ifaces: Vec<&str> = xml.split("<interface").skip(1).collect();
+        assert_eq!(ifaces.len(), 2);
+        assert!(ifaces[0].contains("<link state=\"up\"/>") && ifaces[1].contains("<link state=\"down\"/>"));
+        assert!(xml.contains("<ovirt-vm:bridge_isolation_trusted>true</ovirt-vm:bridge_isolation_trusted>"));
+        assert_eq!(xml.matches("<filterref filter=\"vdsm-no-mac-spoofing\"/>").count(), 2);
+        assert_eq!(xml.matches("<source bridge=\"isonet\"/>").count(), 2);
     }
 }

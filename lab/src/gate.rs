@@ -25,7 +25,18 @@ pub fn root_test_obstacle() -> Option<String> {
 /// if !lab::root_tests_enabled("isolation_blocks_vm_to_vm") { return; }
 /// ```
 pub fn root_tests_enabled(test: &str) -> bool {
-    let Some(reason) = root_test_obstacle() else {
+    tests_enabled_unless(test, root_test_obstacle())
+}
+
+/// Whether test `test` may run, given `obstacle` (why it cannot, if anything stops it):
+/// like [`root_tests_enabled`] for any obstacle.
+///
+/// ```ignore
+/// let obstacle = lab::root_test_obstacle().or_else(lab::virt::obstacle);
+/// if !lab::tests_enabled_unless("guests_are_isolated", obstacle) { return; }
+/// ```
+pub fn tests_enabled_unless(test: &str, obstacle: Option<String>) -> bool {
+    let Some(reason) = obstacle else {
         return true;
     };
     if std::env::var(REQUIRE_ROOT_TESTS).is_ok_and(|v| v == "1") {

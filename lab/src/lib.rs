@@ -35,6 +35,12 @@
 //! [`run_hook_point`] runs `HOOKS/POINT/*` inside a namespace exactly as VDSM does (sorted,
 //! temp payload file, exit codes 0/1/2, clean environment) and returns a [`HookRun`].
 //!
+//! # Real libvirt and qemu guests ([`virt`])
+//!
+//! The same bridge with taps that a private libvirtd creates for real guests (a busybox
+//! initramfs on Debian's kernel), driven through VDSM's hook points, judged from inside
+//! the guests: see the [`virt`] module.
+//!
 //! # Use from a test
 //!
 //! ```ignore
@@ -73,15 +79,19 @@ mod runner;
 mod spec;
 mod tools;
 mod topology;
+pub mod virt;
 mod xml;
 
 #[cfg(test)]
 mod tests;
 
-pub use domxml::{domain_xml, interface_xml, NicKind, NicSpec, OVIRT_TUNE_NS, OVIRT_VM_NS, TRUSTED_PROPERTY};
+pub use domxml::{
+    bootable_domain_xml, domain_xml, interface_xml, GuestBoot, NicKind, NicSpec, OVIRT_TUNE_NS, OVIRT_VM_NS,
+    TRUSTED_PROPERTY,
+};
 pub use fabric::{Fabric, FabricHost, SWITCH_BRIDGE};
 pub use frame::RAW_ETHERTYPE;
-pub use gate::{root_test_obstacle, root_tests_enabled, REQUIRE_ROOT_TESTS};
+pub use gate::{root_test_obstacle, root_tests_enabled, tests_enabled_unless, REQUIRE_ROOT_TESTS};
 pub use mac::{format_mac, link_local, parse_mac, tap_mac, Mac};
 pub use matrix::{Matrix, Protocol};
 pub use netns::{exists as netns_exists, list_starting_with as netns_starting_with};
