@@ -85,10 +85,7 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
         let nla = nla.ok()?;
         let value = nla.value();
         match nla.kind() {
-            IFLA_IFNAME => {
-                let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-                name = Some(String::from_utf8_lossy(&value[..end]).into_owned());
-            }
+            IFLA_IFNAME => name = Some(c_string(value)),
             IFLA_MASTER => master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
             IFLA_ADDRESS => mac = <[u8; 6]>::try_from(value).ok().map(Mac),
             IFLA_PROTINFO => isolated = nested(value, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1)),
@@ -110,6 +107,141 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
             },
         }
     })
+}
+
+/// `IFLA_LINKINFO` and what it nests (`linux/if_link.h`).
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+
+/// A link notification (RTNLGRP_LINK), as the watcher needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// RTM_DELLINK: the link was deleted or (family AF_BRIDGE) left its bridge.
+    pub deleted: bool,
+    /// The link's interface index.
+    pub ifindex: u32,
+    /// Its name, when the message carries it.
+    pub name: Option<String>,
+    /// Its master (for a bridge port, the bridge), when it has one.
+    pub master: Option<u32>,
+    /// True when the link is a bridge itself.
+    pub bridge: bool,
+}
+
+/// Parses a link notification of type `kind` (RTM_NEWLINK or RTM_DELLINK) of either family
+/// (AF_UNSPEC: any link; AF_BRIDGE: a bridge port, or a bridge as its own master).
+pub fn notice(kind: u16, payload: &[u8]) -> Option<Notice> {
+    let header = payload.get(..IFINFOMSG_LEN)?;
+    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let (mut name, mut master, mut bridge) = (None, None, false);
+    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
+        let nla = nla.ok()?;
+        let value = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => name = Some(c_string(value)),
+            IFLA_MASTER => master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
+            IFLA_LINKINFO => bridge = nested(value, IFLA_INFO_KIND, |v| c_string(v) == "bridge").unwrap_or(false),
+            _ => {}
+        }
+    }
+    if header[0] == AF_BRIDGE && master == Some(ifindex) {
+        bridge = true;
+    }
+    Some(Notice {
+        deleted: kind == crate::sys::netlink::RTM_DELLINK,
+        ifindex,
+        name,
+        master: master.filter(|&m| m != ifindex && m != 0),
+        bridge,
+    })
+}
+
+/// A NUL-terminated (or not) attribute string.
+fn c_string(value: &[u8]) -> String {
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+/// Parses one link of an AF_UNSPEC dump: a port of the bridge with interface index
+/// `master` (its flag from IFLA_LINKINFO's bridge port data), `None` for any other link.
+fn parse_port_of(payload: &[u8], master: u32) -> Option<Port> {
+    let header = payload.get(..IFINFOMSG_LEN)?;
+    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let (mut name, mut on, mut mac, mut isolated) = (None, None, None, None);
+    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
+        let nla = nla.ok()?;
+        let value = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => name = Some(c_string(value)),
+            IFLA_MASTER => on = Some(u32::from_ne_bytes(value.try_into().ok()?)),
+            IFLA_ADDRESS => mac = <[u8; 6]>::try_from(value).ok().map(Mac),
+            IFLA_LINKINFO => {
+                let of_bridge = nested(value, IFLA_INFO_SLAVE_KIND, |v| c_string(v) == "bridge") == Some(true);
+                if of_bridge {
+                    isolated = nested(value, IFLA_INFO_SLAVE_DATA, |data| {
+                        nested(data, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1))
+                    })
+                    .flatten();
+                }
+            }
+            _ => {}
+        }
+    }
+    (on == Some(master) && master != ifindex).then_some(Port {
+        name: name?,
+        ifindex,
+        mac,
+        isolated,
+    })
+}
+
+/// The ports of bridge `bridge` (interface index `ifindex`) in one IFLA_MASTER-filtered
+/// dump, sorted by name; done again when a change interrupted it.
+pub fn ports_of(socket: &mut RouteSocket, ifindex: u32) -> Result<Vec<Port>> {
+    let mut attempt = 1;
+    loop {
+        let mut ports = Vec::new();
+        let consistent = socket.dump_links_of(ifindex, |payload| ports.extend(parse_port_of(payload, ifindex)))?;
+        if consistent || attempt == DUMP_ATTEMPTS {
+            ports.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(ports);
+        }
+        attempt += 1;
+    }
+}
+
+/// Reads the ports of `bridges` again into `live` (one filtered dump each, no dump of the
+/// namespace): the watcher's way to know a bridge it was told changed. A bridge that does
+/// not exist any more leaves `live`. The index of each comes from `if_nametoindex` (an
+/// ioctl of the calling thread's namespace, taking no RTNL lock), not from sysfs, which
+/// shows the namespace it was mounted in.
+pub fn refresh<'a>(live: &mut Snapshot, bridges: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut socket = None;
+    for name in bridges {
+        let index = index_of(name);
+        match index {
+            Some(index) => {
+                let ports = ports_of(RouteSocket::lazy(&mut socket)?, index)?;
+                live.set_ports(name, index, Some(ports));
+            }
+            None => {
+                if let Some(old) = live.bridge_index(name) {
+                    live.set_ports(name, old, None);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The interface index of link `name` in the calling thread's namespace (`if_nametoindex`).
+fn index_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// `read` of the value of attribute `kind` among the attributes nested in `value`.
@@ -314,6 +446,46 @@ mod tests {
     }
 
     #[test]
+    fn notices_of_either_family() {
+        // The port of PORT, as an AF_BRIDGE notification.
+        let n = notice(crate::sys::netlink::RTM_NEWLINK, &hex(PORT)).unwrap();
+        assert_eq!(
+            n,
+            Notice {
+                deleted: false,
+                ifindex: 4,
+                name: Some("vnet1".into()),
+                master: Some(2),
+                bridge: false
+            }
+        );
+        // A bridge created (AF_UNSPEC, IFLA_LINKINFO kind "bridge"), then deleted.
+        let info = nla(IFLA_LINKINFO, &nla(IFLA_INFO_KIND, b"bridge\0"));
+        let mut created = link(2, &[nla(IFLA_IFNAME, b"red\0"), info]);
+        created[0] = 0;
+        let n = notice(crate::sys::netlink::RTM_NEWLINK, &created).unwrap();
+        assert!(n.bridge && !n.deleted && n.master.is_none(), "{n:?}");
+        assert!(notice(crate::sys::netlink::RTM_DELLINK, &created).unwrap().deleted);
+        // A veth enslaved (kind veth, slave kind bridge): a port, not a bridge.
+        let info = nla(
+            IFLA_LINKINFO,
+            &[nla(IFLA_INFO_KIND, b"veth\0"), nla(IFLA_INFO_SLAVE_KIND, b"bridge\0")].concat(),
+        );
+        let mut port = link(
+            9,
+            &[
+                nla(IFLA_IFNAME, b"vnet9\0"),
+                nla(IFLA_MASTER, &2u32.to_ne_bytes()),
+                info,
+            ],
+        );
+        port[0] = 0;
+        let n = notice(crate::sys::netlink::RTM_NEWLINK, &port).unwrap();
+        assert!(!n.bridge && n.master == Some(2), "{n:?}");
+        assert_eq!(notice(crate::sys::netlink::RTM_NEWLINK, &port[..8]), None);
+    }
+
+    #[test]
     fn a_snapshot_groups_ports_by_bridge_sorted_by_name() {
         let bridge = |name: &str, ifindex| Link::Bridge {
             name: name.into(),
@@ -389,6 +561,23 @@ mod tests {
         assert_eq!(snapshot.ports("loose0"), None, "not a bridge");
         assert_eq!(snapshot.ports("vnet1"), None, "a port is no bridge");
         assert_eq!(snapshot.ports("nosuch"), None);
+
+        // One bridge read again by its filtered dump agrees with the namespace's dump.
+        let mut partial = Snapshot::default();
+        let refreshed = {
+            let handle = std::fs::File::open(format!("/run/netns/{}", lab.host_ns())).unwrap();
+            std::thread::spawn(move || {
+                // SAFETY: setns only reads the descriptor, which `handle` keeps open.
+                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                refresh(&mut partial, ["isonet", "nosuch", "loose0"]).unwrap();
+                partial
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(refreshed.ports("isonet"), Some(&want[..]));
+        assert_eq!(refreshed.ports("nosuch"), None);
 
         lab.detach_port("vnet1").unwrap();
         let names: Vec<String> = snapshot_in(lab.host_ns())
