@@ -36,9 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bridge_isolation::sys::netlink::{wait_readable, LinkEvents, RouteSocket, RTM_NEWLINK};
 use common::*;
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -103,11 +101,13 @@ fn outer() -> Result<()> {
          link add eth1 type veth peer name gw0\nlink set eth1 master isonet\nlink set eth1 up\n\
          link add vr0 type veth peer name pr0\nlink set vr0 master isonet\nlink set vr0 up\n",
     );
+    // Up, as libvirt brings a tap up: the kernel tells a bridge port's flag changing only
+    // for a link that is up (netdev_state_change), and the bench waits to be told.
     for i in 0..4 {
-        topology += &format!("link add vj{i} type veth peer name pj{i}\n");
+        topology += &format!("link add vj{i} type veth peer name pj{i}\nlink set vj{i} up\n");
     }
     for i in 0..burst {
-        topology += &format!("link add vb{i} type veth peer name pb{i}\n");
+        topology += &format!("link add vb{i} type veth peer name pb{i}\nlink set vb{i} up\n");
     }
     ip_batch(&ns.name, &topology)?;
 
@@ -116,8 +116,16 @@ fn outer() -> Result<()> {
     let bus = Command::new(DBUS_DAEMON)
         .args(["--session", "--nofork", "--nopidfile", "--address", &address])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .context("starting dbus-daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bus_socket.exists() {
+        if Instant::now() > deadline {
+            bail!("dbus-daemon made no socket at {}", bus_socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let cli = bin_dir().join("bridge-isolation");
     let log = scratch.path().join("watch.log");
     let watcher = Command::new(IP)
@@ -156,7 +164,10 @@ fn outer() -> Result<()> {
     .join()
     .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
 
-    let repairs = std::fs::read_to_string(&log)?.lines().filter(|l| l.contains(" isolated")).count();
+    let repairs = std::fs::read_to_string(&log)?
+        .lines()
+        .filter(|l| l.contains(" isolated"))
+        .count();
     let errors: Vec<String> = std::fs::read_to_string(&log)?
         .lines()
         .filter(|l| l.contains("] error: "))

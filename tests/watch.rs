@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge_isolation_lab::{self as lab, domain_xml, NetSpec, NicSpec};
-use common::backend::{firewalld_tests_enabled, Backend, Firewalld};
+use common::backend::{firewalld_tests_enabled, names, Backend, Firewalld};
 use common::{tagged, untagged, vm_uuid, wait_until, Fixture, Watcher, NET, UPLINK};
 
 /// How long a repair may take before a check fails (the goal is milliseconds; a busy
@@ -68,7 +68,11 @@ fn ip_batch(fx: &Fixture, commands: &str) {
         .write_all(commands.as_bytes())
         .expect("writing to ip -batch");
     let out = child.wait_with_output().expect("waiting for ip -batch");
-    assert!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip -batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `count` veth pairs `vbN`/`pbN` made outside the hooks, enslaved to the lab bridge.
@@ -101,7 +105,10 @@ fn ports_changed_by_hand_are_repaired_with_no_hook() {
     assert_eq!(status["watcher"]["running"], true, "{status}");
     assert_eq!(status["watcher"]["pid"], w.pid(), "{status}");
     let table = String::from_utf8(fx.cli(&["status"]).stdout).unwrap();
-    assert!(table.contains(&format!("watcher: running (pid {}, since ", w.pid())), "{table}");
+    assert!(
+        table.contains(&format!("watcher: running (pid {}, since ", w.pid())),
+        "{table}"
+    );
 
     // A VM started by hand (virsh): its tap joins the bridge, no hook runs.
     let vm4 = fx.vm(4);
@@ -161,9 +168,7 @@ fn what_the_hooks_record_reaches_the_running_watcher() {
 
     // A second network, tagged through the hooks while the watcher runs: a port joining
     // its bridge by hand is isolated too.
-    fx.lab
-        .ip_in_host(&["link", "add", "rednet", "type", "bridge"])
-        .unwrap();
+    fx.lab.ip_in_host(&["link", "add", "rednet", "type", "bridge"]).unwrap();
     fx.lab
         .ip_in_host(&["link", "add", "eth2", "type", "veth", "peer", "name", "gw2"])
         .unwrap();
@@ -173,7 +178,9 @@ fn what_the_hooks_record_reaches_the_running_watcher() {
     fx.lab
         .ip_in_host(&["link", "add", "vnet9", "type", "veth", "peer", "name", "p9"])
         .unwrap();
-    fx.lab.ip_in_host(&["link", "set", "vnet9", "master", "rednet"]).unwrap();
+    fx.lab
+        .ip_in_host(&["link", "set", "vnet9", "master", "rednet"])
+        .unwrap();
     wait_until("vnet9 on rednet isolated", REPAIR, || flag(&fx, "vnet9"));
     w.wait_line("port-isolation: bridge rednet port vnet9 isolated", REPAIR);
     assert!(!flag(&fx, "eth2"), "rednet's uplink stays open");
@@ -200,34 +207,67 @@ fn nftables_backend_ports_joined_by_hand_and_a_deleted_table() {
         return;
     }
     let mut fx = isolated("wnf", 2, Backend::Nftables);
-    let want = |ports: &[&str]| ports.iter().map(|p| p.to_string()).collect::<BTreeSet<String>>();
-    assert_eq!(fx.enforced_ports(), want(&["vnet1", "vnet2"]));
-    let (_file, var) = config("watch_backstop = 2\n");
-    let mut w = Watcher::start(&fx, &["watch"], &[var]);
+    assert_eq!(fx.enforced_ports(), names(&["vnet1", "vnet2"]));
+    let mut w = Watcher::start(&fx, &["watch"], &[]);
 
     // A VM started by hand: its port joins the bridge's set and the gate's group.
     fx.lab.add_vm(&fx.vm(3)).unwrap();
     wait_until("vnet3 in the nftables set", REPAIR, || {
-        fx.enforced_ports() == want(&["vnet1", "vnet2", "vnet3"])
+        fx.enforced_ports() == names(&["vnet1", "vnet2", "vnet3"])
     });
     w.wait_line("nftables: bridge isonet port vnet3 isolated", REPAIR);
-    assert_eq!(fx.grouped_ports(), want(&["vnet1", "vnet2", "vnet3"]));
+    assert_eq!(fx.grouped_ports(), names(&["vnet1", "vnet2", "vnet3"]));
     assert!(fx.isolated_ports().is_empty(), "nftables sets no port flag");
     fx.assert_isolation(&[]);
 
-    // Our table deleted by hand (as `nft flush ruleset` would): no link notification
-    // tells; the periodic full reconcile (every 2 s here) puts it back.
+    // Our table deleted by hand (as `nft flush ruleset` or nftables.service restarting
+    // would): nf_tables tells, and it is back at once, long before the backstop (600 s).
     let out = fx
         .lab
         .exec_in_host(&[lab::NFT, "delete", "table", "bridge", "bridge_isolation"])
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(fx.enforced_ports().is_empty());
     wait_until("the table back", REPAIR, || {
-        fx.enforced_ports() == want(&["vnet1", "vnet2", "vnet3"])
+        fx.enforced_ports() == names(&["vnet1", "vnet2", "vnet3"])
     });
-    let line = w.wait_line("periodic full reconcile: reconciled with nftables", REPAIR);
-    assert!(line.contains("3 port(s) changed"), "{line}");
+    for port in ["vnet1", "vnet2", "vnet3"] {
+        w.wait_line(&format!("nftables: bridge isonet port {port} isolated"), REPAIR);
+    }
+    fx.assert_isolation(&[]);
+    let errors: Vec<&String> = w.drain().iter().filter(|l| l.contains("] error: ")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn the_backstop_puts_back_iptables_rules_flushed_by_hand() {
+    if !lab::root_tests_enabled("the_backstop_puts_back_iptables_rules_flushed_by_hand") {
+        return;
+    }
+    let fx = isolated("wip", 2, Backend::Iptables);
+    assert_eq!(fx.enforced_ports(), names(&["vnet1", "vnet2"]));
+    let (_file, var) = config("watch_backstop = 2\n");
+    let mut w = Watcher::start(&fx, &["watch"], &[var]);
+    // `iptables -F` of our chain sends no link or nf_tables notification of ours: the
+    // periodic full reconcile (every 2 s here) puts the rules back.
+    let chain = format!("BRIDGE-ISO-{NET}");
+    for tool in ["/usr/sbin/iptables", "/usr/sbin/ip6tables"] {
+        common::backend::ok(fx.lab.exec_in_host(&[tool, "-F", &chain]).unwrap());
+    }
+    // The ports with a DROP rule, per family (the repair writes one family, then the other).
+    let dropped = || {
+        fx.xtables_ours().map(|lines| {
+            let prefix = format!("-A {chain} -m physdev --physdev-out ");
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix(&prefix)?.strip_suffix(" -j DROP").map(str::to_string))
+                .collect::<BTreeSet<String>>()
+        })
+    };
+    assert_eq!(dropped(), [BTreeSet::new(), BTreeSet::new()]);
+    let both = [names(&["vnet1", "vnet2"]), names(&["vnet1", "vnet2"])];
+    wait_until("the rules back", REPAIR, || dropped() == both);
+    let line = w.wait_line("periodic full reconcile: reconciled with iptables", REPAIR);
+    assert!(line.contains("2 port(s) changed"), "{line}");
     fx.assert_isolation(&[]);
 }
 
@@ -266,9 +306,14 @@ fn a_watcher_killed_in_a_burst_converges_once_restarted() {
     // 100 taps made beforehand, enslaved in a burst; the watcher is killed once it has
     // isolated some of them, so the rest join while no watcher runs.
     let ports: Vec<String> = (0..100).map(|i| format!("vb{i}")).collect();
-    let made: String = (0..100).map(|i| format!("link add vb{i} type veth peer name pb{i}\n")).collect();
+    let made: String = (0..100)
+        .map(|i| format!("link add vb{i} type veth peer name pb{i}\n"))
+        .collect();
     ip_batch(&fx, &made);
-    let enslave: String = ports.iter().map(|p| format!("link set dev {p} master {NET}\n")).collect();
+    let enslave: String = ports
+        .iter()
+        .map(|p| format!("link set dev {p} master {NET}\n"))
+        .collect();
     let host = fx.lab.host_ns().to_string();
     let batch = std::thread::spawn(move || {
         let mut child = Command::new(lab::IP)
@@ -286,7 +331,9 @@ fn a_watcher_killed_in_a_burst_converges_once_restarted() {
         drop(stdin);
         assert!(child.wait().unwrap().success());
     });
-    wait_until("some of the burst isolated", REPAIR, || isolated_among(&fx, &ports) >= 10);
+    wait_until("some of the burst isolated", REPAIR, || {
+        isolated_among(&fx, &ports) >= 10
+    });
     w.kill();
     let at_kill = isolated_among(&fx, &ports);
     batch.join().unwrap();

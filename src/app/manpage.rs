@@ -212,7 +212,10 @@ pub fn man_page() -> Result<Vec<u8>> {
             "Read instead of /sys/bus/pci/devices to find an SR-IOV VF's physical function.",
         ),
         ("BRIDGE_ISOLATION_LOG", "Log level: error, warn, info (default), debug."),
-        ("DBUS_SYSTEM_BUS_ADDRESS", "The system bus the watcher listens on for firewalld."),
+        (
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "The system bus the watcher listens on for firewalld.",
+        ),
     ] {
         r += &format!(".TP\n{}\n{}\n", bold(var), esc(what));
     }

@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -57,6 +57,9 @@ impl Claim {
                 reason: "not a regular file: refused".into(),
             });
         }
+        // Readable by `status` as any user, whatever the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| err("setting the mode of", e))?;
         if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(|e| err("locking", e))? {
             waiting(read(&mut file));
             flock(&file, libc::LOCK_EX).map_err(|e| err("locking", e))?;

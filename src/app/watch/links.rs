@@ -135,6 +135,25 @@ impl<'a> Links<'a> {
         }
     }
 
+    /// One of our nftables tables changed (maybe by us): when the state records it in use,
+    /// a run under the state lock puts back what differs (the table is read in-process;
+    /// `nft` runs only when something does).
+    pub fn tables_changed(&mut self) {
+        self.reread_state();
+        let in_use = self.state.backend == Some(BackendKind::Nftables) || self.state.cross_host;
+        if !in_use {
+            return;
+        }
+        let repaired = self
+            .store
+            .lock()
+            .and_then(|locked| reconcile::run_on_and_commit(locked, self.settings, &mut self.live));
+        match repaired {
+            Ok(o) => log::debug!("nftables changed: {} port(s) changed", o.changes.len()),
+            Err(e) => log::error!("repairing after an nftables change: {e}"),
+        }
+    }
+
     /// Reads the state file again if it changed since it was last read; the bridges it
     /// starts managing get their ports read at the next repair (the dump may be older than
     /// their ports).
@@ -151,7 +170,11 @@ impl<'a> Links<'a> {
                 self.state = state;
                 self.stamp = now;
             }
-            Err(e) => log::error!("reading the state: {e}"),
+            Err(e) => {
+                // Said once per version of the file; the policy last read stays in force.
+                log::error!("reading the state: {e}");
+                self.stamp = now;
+            }
         }
     }
 }

@@ -25,10 +25,14 @@
 //!   start or stop of firewalld reconciles everything. Without a system bus this thread
 //!   ends and is tried again at the next backstop.
 //!
-//! nftables: a flush of our table (`nft flush ruleset`, nftables.service restarting) sends no
-//! link notification; `bridge-isolation-nftables.service` repairs after nftables.service
-//! and the backstop after anything else. Each repair logs one line per port (bridge, port,
-//! isolated or opened), from the reconcile.
+//! - **nftables** (this thread too): a NETLINK_NETFILTER socket subscribed to nf_tables
+//!   changes (NFNLGRP_NFTABLES). A change to one of our tables (the nftables backend's, the
+//!   cross-host filter's) by anyone (`nft flush ruleset`, nftables.service restarting, an
+//!   administrator) is repaired at once when the state records one of them in use; our own
+//!   transactions come back too and find nothing to do. iptables and firewalld rules are put
+//!   back by firewalld's signals and the backstop.
+//!
+//! Each repair logs one line per port (bridge, port, isolated or opened), from the reconcile.
 //!
 //! One watcher per state directory: it holds `watch.pid` there locked for as long as it runs
 //! ([`crate::host::watcher`]), which `status` reads; a second one waits for the first to go.
@@ -39,12 +43,14 @@ mod links;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use crate::enforce;
 use crate::error::Result;
 use crate::host::config::{self, Settings};
 use crate::host::state::Store;
 use crate::host::watcher::Claim;
 use crate::reconcile;
 use crate::sys::netlink::{self, LinkEvents};
+use crate::sys::nftnl::{self, TableEvents};
 
 /// The receive buffer asked for the link notifications: a burst of 500 taps joining sends
 /// about 3000 notifications of 1-2 KiB (the kernel doubles what is asked).
@@ -69,17 +75,38 @@ pub fn run(settings: &Settings) -> Result<()> {
         events.buffer() / 1024,
         backstop.map_or("never".to_string(), |b| format!("every {} s", b.as_secs()))
     );
+    // Our nftables tables, changed by someone else: subscribed now, after the first
+    // reconcile's own transaction.
+    let mut tables = match TableEvents::open(RECEIVE_BUFFER) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log::warn!("not watching nftables: {e}; the periodic full reconcile repairs its tables");
+            None
+        }
+    };
     let mut bus = firewalld::Thread::spawn(settings);
     let mut next = backstop.map(|b| Instant::now() + b);
     loop {
         let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
-        let ready = netlink::wait_readable(&[events.as_raw_fd()], timeout)?;
+        let fds: Vec<_> = std::iter::once(events.as_raw_fd())
+            .chain(tables.as_ref().map(AsRawFd::as_raw_fd))
+            .collect();
+        let ready = netlink::wait_readable(&fds, timeout)?;
         if ready[0] {
             let drained = events.drain(|kind, payload| links.notice(kind, payload))?;
             if drained.lost {
                 links.full("link notifications were lost (the socket overflowed)");
             } else {
                 links.repair();
+            }
+        }
+        if let (Some(t), Some(true)) = (tables.as_mut(), ready.get(1)) {
+            let mut ours = false;
+            let lost = t.drain(|family, table| ours |= is_ours(family, table))?;
+            if lost {
+                links.full("nftables notifications were lost (the socket overflowed)");
+            } else if ours {
+                links.tables_changed();
             }
         }
         if let (Some(at), Some(every)) = (next, backstop) {
@@ -90,6 +117,11 @@ pub fn run(settings: &Settings) -> Result<()> {
             }
         }
     }
+}
+
+/// True for the tables of ours: the nftables backend's and the cross-host filter's.
+fn is_ours(family: u8, table: &str) -> bool {
+    family == nftnl::NFPROTO_BRIDGE && (table == enforce::nftables::TABLE || table == enforce::cross_host::TABLE)
 }
 
 /// One reconcile of everything, as `bridge-isolation reconcile` does it, logged with `why`
