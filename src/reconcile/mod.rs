@@ -244,7 +244,19 @@ fn enforce(
                 .chain(state.blocked.keys().map(String::as_str))
                 .collect();
             bridge::refresh(live, changed)?;
-            plan_with(state, live, |_| true)
+            // Only the ports this run enforced on: one that joined since is no drift of
+            // ours (its notification is queued; the watcher's next run takes it).
+            let planned: BTreeSet<(&str, u32)> = plan
+                .bridges
+                .iter()
+                .flat_map(|b| b.ports.iter().map(move |p| (b.bridge.as_str(), p.port.ifindex)))
+                .collect();
+            let mut after = plan_with(state, live, |_| true);
+            for b in &mut after.bridges {
+                b.ports
+                    .retain(|p| planned.contains(&(b.bridge.as_str(), p.port.ifindex)));
+            }
+            after
         };
         let left = drift(&after, &backend.observe(&after)?);
         if !left.is_empty() {

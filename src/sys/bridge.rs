@@ -70,40 +70,79 @@ const IFLA_BRPORT_ISOLATED: u16 = 33;
 /// In IFLA_AF_SPEC (`linux/if_bridge.h`): only a NIC driver's own answer carries it.
 const IFLA_BRIDGE_FLAGS: u16 = 0;
 
+/// What the parsers below read of one link message (`ifinfomsg` and attributes).
+#[derive(Default)]
+struct LinkMsg {
+    family: u8,
+    ifindex: u32,
+    name: Option<String>,
+    master: Option<u32>,
+    mac: Option<Mac>,
+    /// IFLA_PROTINFO's IFLA_BRPORT_ISOLATED (family AF_BRIDGE; `None` before Linux 4.18).
+    protinfo_isolated: Option<bool>,
+    /// IFLA_LINKINFO's IFLA_INFO_KIND is `bridge`: the link is a bridge.
+    bridge: bool,
+    /// IFLA_LINKINFO's bridge port data, IFLA_BRPORT_ISOLATED (family AF_UNSPEC).
+    port_isolated: Option<bool>,
+    /// IFLA_AF_SPEC carries IFLA_BRIDGE_FLAGS: a NIC driver's own answer.
+    driver: bool,
+}
+
+/// Reads `payload`; `None` when it is truncated or an attribute is malformed.
+fn read_link(payload: &[u8]) -> Option<LinkMsg> {
+    let header = payload.get(..IFINFOMSG_LEN)?;
+    let mut m = LinkMsg {
+        family: header[0],
+        ifindex: u32::from_ne_bytes([header[4], header[5], header[6], header[7]]),
+        ..LinkMsg::default()
+    };
+    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
+        let nla = nla.ok()?;
+        let value = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => m.name = Some(c_string(value)),
+            IFLA_MASTER => m.master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
+            IFLA_ADDRESS => m.mac = <[u8; 6]>::try_from(value).ok().map(Mac),
+            IFLA_PROTINFO => m.protinfo_isolated = nested(value, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1)),
+            IFLA_AF_SPEC => m.driver |= nested(value, IFLA_BRIDGE_FLAGS, |_| ()).is_some(),
+            IFLA_LINKINFO => {
+                m.bridge = nested(value, IFLA_INFO_KIND, |v| c_string(v) == "bridge") == Some(true);
+                if nested(value, IFLA_INFO_SLAVE_KIND, |v| c_string(v) == "bridge") == Some(true) {
+                    m.port_isolated = nested(value, IFLA_INFO_SLAVE_DATA, |data| {
+                        nested(data, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1))
+                    })
+                    .flatten();
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
 /// Parses the payload (`ifinfomsg` and attributes) of one RTM_NEWLINK of the dump. `None`
 /// for what is not the Linux bridge's view of a bridge or a port: another family, no name
 /// or master, or a NIC driver's own answer for its embedded switch (SR-IOV; IFLA_AF_SPEC
 /// carries IFLA_BRIDGE_FLAGS), which repeats a port without its `isolated` flag.
 fn parse_link(payload: &[u8]) -> Option<Link> {
-    let header = payload.get(..IFINFOMSG_LEN)?;
-    if header[0] != AF_BRIDGE {
+    let m = read_link(payload)?;
+    if m.family != AF_BRIDGE || m.driver {
         return None;
     }
-    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
-    let (mut name, mut master, mut mac, mut isolated) = (None, None, None, None);
-    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
-        let nla = nla.ok()?;
-        let value = nla.value();
-        match nla.kind() {
-            IFLA_IFNAME => name = Some(c_string(value)),
-            IFLA_MASTER => master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
-            IFLA_ADDRESS => mac = <[u8; 6]>::try_from(value).ok().map(Mac),
-            IFLA_PROTINFO => isolated = nested(value, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1)),
-            IFLA_AF_SPEC if nested(value, IFLA_BRIDGE_FLAGS, |_| ()).is_some() => return None,
-            _ => {}
+    let (name, master) = (m.name?, m.master?);
+    Some(if master == m.ifindex {
+        Link::Bridge {
+            name,
+            ifindex: m.ifindex,
         }
-    }
-    let (name, master) = (name?, master?);
-    Some(if master == ifindex {
-        Link::Bridge { name, ifindex }
     } else {
         Link::Port {
             master,
             port: Port {
                 name,
-                ifindex,
-                mac,
-                isolated,
+                ifindex: m.ifindex,
+                mac: m.mac,
+                isolated: m.protinfo_isolated,
             },
         }
     })
@@ -133,28 +172,13 @@ pub struct Notice {
 /// Parses a link notification of type `kind` (RTM_NEWLINK or RTM_DELLINK) of either family
 /// (AF_UNSPEC: any link; AF_BRIDGE: a bridge port, or a bridge as its own master).
 pub fn notice(kind: u16, payload: &[u8]) -> Option<Notice> {
-    let header = payload.get(..IFINFOMSG_LEN)?;
-    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
-    let (mut name, mut master, mut bridge) = (None, None, false);
-    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
-        let nla = nla.ok()?;
-        let value = nla.value();
-        match nla.kind() {
-            IFLA_IFNAME => name = Some(c_string(value)),
-            IFLA_MASTER => master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
-            IFLA_LINKINFO => bridge = nested(value, IFLA_INFO_KIND, |v| c_string(v) == "bridge").unwrap_or(false),
-            _ => {}
-        }
-    }
-    if header[0] == AF_BRIDGE && master == Some(ifindex) {
-        bridge = true;
-    }
+    let m = read_link(payload)?;
     Some(Notice {
         deleted: kind == crate::sys::netlink::RTM_DELLINK,
-        ifindex,
-        name,
-        master: master.filter(|&m| m != ifindex && m != 0),
-        bridge,
+        ifindex: m.ifindex,
+        bridge: m.bridge || (m.family == AF_BRIDGE && m.master == Some(m.ifindex)),
+        master: m.master.filter(|&master| master != m.ifindex && master != 0),
+        name: m.name,
     })
 }
 
@@ -167,33 +191,12 @@ fn c_string(value: &[u8]) -> String {
 /// Parses one link of an AF_UNSPEC dump: a port of the bridge with interface index
 /// `master` (its flag from IFLA_LINKINFO's bridge port data), `None` for any other link.
 fn parse_port_of(payload: &[u8], master: u32) -> Option<Port> {
-    let header = payload.get(..IFINFOMSG_LEN)?;
-    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
-    let (mut name, mut on, mut mac, mut isolated) = (None, None, None, None);
-    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
-        let nla = nla.ok()?;
-        let value = nla.value();
-        match nla.kind() {
-            IFLA_IFNAME => name = Some(c_string(value)),
-            IFLA_MASTER => on = Some(u32::from_ne_bytes(value.try_into().ok()?)),
-            IFLA_ADDRESS => mac = <[u8; 6]>::try_from(value).ok().map(Mac),
-            IFLA_LINKINFO => {
-                let of_bridge = nested(value, IFLA_INFO_SLAVE_KIND, |v| c_string(v) == "bridge") == Some(true);
-                if of_bridge {
-                    isolated = nested(value, IFLA_INFO_SLAVE_DATA, |data| {
-                        nested(data, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1))
-                    })
-                    .flatten();
-                }
-            }
-            _ => {}
-        }
-    }
-    (on == Some(master) && master != ifindex).then_some(Port {
-        name: name?,
-        ifindex,
-        mac,
-        isolated,
+    let m = read_link(payload)?;
+    (m.master == Some(master) && master != m.ifindex).then_some(Port {
+        name: m.name?,
+        ifindex: m.ifindex,
+        mac: m.mac,
+        isolated: m.port_isolated,
     })
 }
 
@@ -284,6 +287,15 @@ pub fn ifindex(link: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// True when `port` (its name and interface index) is a port of bridge `bridge` now, as
+/// sysfs says (`master` names the bridge).
+pub fn is_port_of(bridge: &str, port: &Port) -> bool {
+    let master = std::fs::read_link(sys(&[&port.name, "master"]));
+    ifindex(&port.name) == Some(port.ifindex)
+        && sys(&[&port.name, "brport"]).is_dir()
+        && master.is_ok_and(|m| m.file_name().is_some_and(|n| n == bridge))
 }
 
 /// True when `name` is a tun/tap device (what libvirt plugs a vNIC in with).

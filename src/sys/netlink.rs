@@ -261,22 +261,7 @@ impl LinkEvents {
         socket
             .set_non_blocking(true)
             .map_err(|e| Error::kernel("netlink non-blocking", e))?;
-        let size = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt on a valid socket with an int option value.
-        let forced = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                std::ptr::addr_of!(size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if forced != 0 {
-            socket
-                .set_rx_buf_sz(size)
-                .map_err(|e| Error::kernel("netlink receive buffer", e))?;
-        }
+        receive_buffer(&socket, buffer).map_err(|e| Error::kernel("netlink receive buffer", e))?;
         Ok(LinkEvents {
             socket,
             buf: vec![0; 1 << 16],
@@ -323,6 +308,27 @@ impl LinkEvents {
 impl std::os::fd::AsRawFd for LinkEvents {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
+    }
+}
+
+/// Gives netlink socket `socket` a receive buffer of `bytes`: forced past
+/// `net.core.rmem_max` when the caller may (CAP_NET_ADMIN), else as large as that allows.
+pub fn receive_buffer(socket: &Socket, bytes: usize) -> std::io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a valid socket with an int option value.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced == 0 {
+        Ok(())
+    } else {
+        socket.set_rx_buf_sz(size)
     }
 }
 

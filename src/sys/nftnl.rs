@@ -1100,20 +1100,7 @@ impl TableEvents {
         socket
             .set_non_blocking(true)
             .map_err(|e| unavailable("non-blocking", e))?;
-        let size = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt on a valid socket with an int option value.
-        let forced = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                std::ptr::addr_of!(size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if forced != 0 {
-            let _ = socket.set_rx_buf_sz(size);
-        }
+        crate::sys::netlink::receive_buffer(&socket, buffer).map_err(|e| unavailable("receive buffer", e))?;
         Ok(TableEvents {
             socket,
             buf: vec![0; 1 << 17],

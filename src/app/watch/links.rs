@@ -125,13 +125,19 @@ impl<'a> Links<'a> {
             log::debug!("{}: changed, nothing to repair", list(&touched));
             return;
         }
+        self.run(&list(&touched));
+    }
+
+    /// A run on the ports known, under the state lock (which the hooks take too); `what`
+    /// names what changed, for the log.
+    fn run(&mut self, what: &str) {
         let repaired = self
             .store
             .lock()
             .and_then(|locked| reconcile::run_on_and_commit(locked, self.settings, &mut self.live));
         match repaired {
-            Ok(o) => log::debug!("{}: {} port(s) changed", list(&touched), o.changes.len()),
-            Err(e) => log::error!("repairing {}: {e}", list(&touched)),
+            Ok(o) => log::debug!("{what}: {} port(s) changed", o.changes.len()),
+            Err(e) => log::error!("repairing after a change of {what}: {e}"),
         }
     }
 
@@ -144,14 +150,7 @@ impl<'a> Links<'a> {
         if !in_use {
             return;
         }
-        let repaired = self
-            .store
-            .lock()
-            .and_then(|locked| reconcile::run_on_and_commit(locked, self.settings, &mut self.live));
-        match repaired {
-            Ok(o) => log::debug!("nftables changed: {} port(s) changed", o.changes.len()),
-            Err(e) => log::error!("repairing after an nftables change: {e}"),
-        }
+        self.run("our nftables tables");
     }
 
     /// Reads the state file again if it changed since it was last read; the bridges it
