@@ -191,6 +191,7 @@ fn outer() -> Result<()> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu = (cpu1 - cpu0) as f64 / hz;
     let (rss, hwm) = (status_kib(pid, "VmRSS")?, status_kib(pid, "VmHWM")?);
+    let idle_threads = threads(pid);
     drop(daemons);
 
     let ms = |d: f64| format!("{:.2} ms", d * 1e3);
@@ -230,7 +231,7 @@ fn outer() -> Result<()> {
     );
     println!(
         "| idle {secs:.0} s: context switches (all {} threads) / CPU | **{}** / **{:.2} s = {:.3}%** | none but the backstop (600 s), 0.0%: {} |",
-        threads(pid).max(1),
+        idle_threads,
         sw1 - sw0,
         cpu,
         cpu / secs * 100.0,
