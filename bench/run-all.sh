@@ -2,12 +2,12 @@
 # Runs the benchmark programs one after another (never in parallel: they would disturb each
 # other's figures). As root; each program refuses politely otherwise.
 #
-#   sudo bench/run-all.sh            # all three, ~6 minutes on 2 cores
+#   sudo bench/run-all.sh            # all four, ~8 minutes on 2 cores
 #   sudo bench/run-all.sh --bench dataplane
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ $# -eq 0 ]; then
-    set -- --bench hook_latency --bench reconcile_scale --bench dataplane
+    set -- --bench hook_latency --bench reconcile_scale --bench dataplane --bench watch_latency
 fi
 # The binaries as packaged: packaging/build.sh links the hook as a static PIE. Copied aside,
 # since `cargo bench` first builds its own into target/release (the hook linked dynamically).

@@ -11,7 +11,7 @@
 #   /usr/sbin/bridge-isolation                              (admin CLI)
 #   /etc/sudoers.d/50_vdsm_hook_bridge_isolation            (0440)
 #   /etc/vdsm-hook-bridge-isolation/bridge-isolation.conf
-#   /usr/lib/systemd/system/bridge-isolation-{reconcile,firewalld,nftables}.service
+#   /usr/lib/systemd/system/bridge-isolation-{reconcile,watch,nftables}.service
 #   /usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset
 #   /usr/share/man/man8/bridge-isolation.8                  (generated from the CLI)
 #   /usr/share/bash-completion/completions/bridge-isolation (generated from the CLI)
@@ -19,7 +19,10 @@
 #
 # Installing by hand (not from the RPM), enable the units afterwards:
 #   systemctl daemon-reload && systemctl preset bridge-isolation-reconcile.service \
-#       bridge-isolation-firewalld.service bridge-isolation-nftables.service
+#       bridge-isolation-watch.service bridge-isolation-nftables.service
+# Over release 0.1, whose bridge-isolation-firewalld.service is folded into
+# bridge-isolation-watch.service, this removes that unit (and its enablement link) from DIR;
+# on a running host also stop it first: systemctl disable --now bridge-isolation-firewalld.service
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,8 +67,16 @@ done
 
 install -m 0440 "$here/sudoers" "$destdir/etc/sudoers.d/50_vdsm_hook_bridge_isolation"
 install -m 0644 "$here/bridge-isolation.conf" "$destdir/etc/vdsm-hook-bridge-isolation/bridge-isolation.conf"
-for unit in bridge-isolation-reconcile.service bridge-isolation-firewalld.service bridge-isolation-nftables.service; do
+for unit in bridge-isolation-reconcile.service bridge-isolation-watch.service bridge-isolation-nftables.service; do
     install -m 0644 "$here/$unit" "$destdir/usr/lib/systemd/system/$unit"
+done
+# Release 0.1's firewalld listener must not run beside the watcher that replaces it.
+old_unit=bridge-isolation-firewalld.service
+for f in "$destdir/usr/lib/systemd/system/$old_unit" "$destdir/etc/systemd/system/multi-user.target.wants/$old_unit"; do
+    if [ -e "$f" ] || [ -L "$f" ]; then
+        rm -f "$f"
+        echo "$0: removed $f (folded into bridge-isolation-watch.service; on a running host: systemctl disable --now $old_unit)" >&2
+    fi
 done
 install -m 0644 "$here/85-vdsm-hook-bridge-isolation.preset" \
     "$destdir/usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset"

@@ -1,19 +1,16 @@
 //! Lifting isolation on a real kernel: `bridge-isolation release-all` (what the RPM's
-//! `%preun` runs on erase) and `bridge-isolation watch-firewalld` (what
-//! bridge-isolation-firewalld.service runs), each in a netns lab (docs/design.md §7)
-//! with its own state directory, driven through the hooks exactly as VDSM runs them.
+//! `%preun` runs on erase), in a netns lab (docs/design.md §7) with its own state
+//! directory, driven through the hooks exactly as VDSM runs them. The watcher, which
+//! release 0.1 ran as `watch-firewalld`, is tested in `tests/watch.rs`.
 
 #[allow(dead_code)] // each test binary uses some of the shared helpers
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use bridge_isolation::enforce::nftables::GROUP;
 use bridge_isolation_lab::{self as lab, domain_xml, is_vm, NicSpec};
-use common::backend::{firewalld_tests_enabled, Backend, Firewalld};
+use common::backend::Backend;
 use common::{tagged, vm_uuid, Fixture, NET};
 
 const CLI: &str = env!("CARGO_BIN_EXE_bridge-isolation");
@@ -177,106 +174,4 @@ fn release_all_removes_the_nftables_table() {
     assert!(groups().iter().all(|(_, g)| *g == 0), "{:?}", groups());
     assert!(state_files(&iso).is_empty(), "{:?}", state_files(&iso));
     iso.lab.matrix().unwrap().assert_expected(&|_, _| true);
-}
-
-/// The watcher, its stderr lines forwarded to a channel.
-struct Watcher {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Watcher {
-    fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                let l = l.clone();
-                self.seen.retain(|s| *s != l);
-                return l;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("watcher never logged {needle:?}; it logged: {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn watch_firewalld_reapplies_after_reload_and_restart() {
-    if !firewalld_tests_enabled("watch_firewalld_reapplies_after_reload_and_restart") {
-        return;
-    }
-    let iso = isolated("fwd", Backend::PortIsolation);
-    let mut fw = Firewalld::start_alone("fwd", "nftables");
-
-    let (k, v) = fw.env();
-    let mut child = iso
-        .cli_command(&["watch-firewalld"])
-        .env(k, v)
-        .env("BRIDGE_ISOLATION_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut watcher = Watcher {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
-    watcher.wait_line("watching firewalld on the system bus", Duration::from_secs(10));
-    watcher.wait_line(
-        "watcher started, firewalld is running: reconciled",
-        Duration::from_secs(30),
-    );
-
-    // Someone clears a flag behind our back; firewall-cmd --reload makes us look again.
-    iso.lab.set_port_isolated("vnet1", false).unwrap();
-    common::backend::ok(fw.cmd(&["--reload"]));
-    let line = watcher.wait_line("firewalld reloaded: reconciled", Duration::from_secs(30));
-    assert!(line.contains("1 port(s) changed"), "{line}");
-    assert!(iso.lab.port_isolated("vnet1").unwrap());
-
-    // A reload with nothing to repair changes nothing.
-    common::backend::ok(fw.cmd(&["--reload"]));
-    let line = watcher.wait_line("firewalld reloaded: reconciled", Duration::from_secs(30));
-    assert!(line.contains("0 port(s) changed"), "{line}");
-
-    // firewalld stops and starts again: both are noticed, the second once it runs.
-    iso.lab.set_port_isolated("vnet2", false).unwrap();
-    fw.stop();
-    watcher.wait_line("firewalld stopped: reconciled", Duration::from_secs(30));
-    assert!(iso.lab.port_isolated("vnet2").unwrap());
-    iso.lab.set_port_isolated("vnet2", false).unwrap();
-    fw.start_daemon();
-    let line = watcher.wait_line("firewalld started: reconciled", Duration::from_secs(60));
-    assert!(line.contains("1 port(s) changed"), "{line}");
-    assert!(iso.lab.port_isolated("vnet2").unwrap());
-    assert_eq!(
-        flags(&iso),
-        [("eth1", false), ("vnet1", true), ("vnet2", true), ("vnet3", false)]
-    );
-    assert!(
-        !watcher.seen.iter().any(|l| l.contains(" error: ")),
-        "{:#?}",
-        watcher.seen
-    );
 }

@@ -66,9 +66,11 @@ check "root helper 0755" has "$libexec/bridge-isolation-helper" -rwxr-xr-x
 check "hook binary 0755" has "$libexec/vdsm-hook-bridge-isolation" -rwxr-xr-x
 check "sudoers drop-in 0440, %config(noreplace)" has /etc/sudoers.d/50_vdsm_hook_bridge_isolation -r--r----- cn
 check "config file %config(noreplace)" has /etc/$name/bridge-isolation.conf -rw-r--r-- cn
-for unit in reconcile firewalld nftables; do
+for unit in reconcile watch nftables; do
     check "unit bridge-isolation-$unit.service" has /usr/lib/systemd/system/bridge-isolation-$unit.service -rw-r--r--
 done
+check "no bridge-isolation-firewalld.service (release 0.1's, folded into the watcher)" \
+    [ -z "$(entry /usr/lib/systemd/system/bridge-isolation-firewalld.service)" ]
 check "systemd preset" has /usr/lib/systemd/system-preset/85-$name.preset -rw-r--r--
 man=$(awk -F'|' '$6 ~ "^/usr/share/man/man8/bridge-isolation\\.8" {print $6}' <<< "$files")
 check "man page bridge-isolation(8) ($man)" has "$man" -rw-r--r-- d
@@ -174,7 +176,11 @@ check "%preun runs 'bridge-isolation release-all' on erase only" bash -c \
     "grep -q 'if \[ \$1 -eq 0 \]; then' <<< \"\$1\" && grep -q '/usr/sbin/bridge-isolation release-all' <<< \"\$1\"" _ "$preun"
 check "%preun stops and disables the units first" bash -c \
     "[ \$(grep -n 'disable --now' <<< \"\$1\" | cut -d: -f1) -lt \$(grep -n 'release-all' <<< \"\$1\" | head -n1 | cut -d: -f1) ]" _ "$preun"
-check "%post presets the units" bash -c "rpm -qp --qf '%{POSTIN}' '$rpmfile' | grep -q 'preset.*bridge-isolation-firewalld.service'"
+postin=$(rpm -qp --qf '%{POSTIN}' "$rpmfile")
+check "%post presets the units" bash -c "grep -q 'preset.*bridge-isolation-watch.service' <<< \"\$1\"" _ "$postin"
+check "%post stops and disables release 0.1's bridge-isolation-firewalld.service on upgrade" bash -c \
+    "grep -q 'if \[ \$1 -ge 2 \]' <<< \"\$1\" && grep -q 'disable --now bridge-isolation-firewalld.service' <<< \"\$1\"" _ "$postin"
+check "%post starts the watcher when enabled" bash -c "grep -q 'systemctl start bridge-isolation-watch.service' <<< \"\$1\"" _ "$postin"
 check "%post reconciles (adopts VDSM's running config at install and upgrade)" bash -c "rpm -qp --qf '%{POSTIN}' '$rpmfile' | grep -q '/usr/sbin/bridge-isolation reconcile'"
 check "%postun restarts the units on upgrade" bash -c "rpm -qp --qf '%{POSTUN}' '$rpmfile' | grep -Eq 'try-restart|mark-restart-system-units'"
 

@@ -6,11 +6,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::app::demo;
-use crate::app::firewall_watch;
 use crate::app::hook;
 use crate::app::manpage;
 use crate::app::recover;
 use crate::app::release;
+use crate::app::watch;
 use crate::error::{Error, Result};
 use crate::host::config::{self, Settings};
 use crate::host::state::{State, Store};
@@ -65,8 +65,15 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Re-apply isolation whenever firewalld reloads, starts or stops (root; runs in the
-    /// foreground, started by bridge-isolation-firewalld.service).
+    /// Keep isolation applied between the hooks (root; runs in the foreground, started by
+    /// bridge-isolation-watch.service). Repairs at once a port that joins an isolated bridge
+    /// outside VDSM's hooks (virsh, libvirt, ip link set master) and an isolation flag
+    /// cleared by hand, as the kernel reports them (rtnetlink); re-applies after firewalld
+    /// reloads, starts or stops (D-Bus); reconciles everything every watch_backstop seconds
+    /// (600) and when link notifications were lost. Acts on the network namespace it runs in.
+    Watch,
+    /// Deprecated name of `watch` (release 0.1's firewalld listener): runs the same watcher.
+    #[command(hide = true)]
     WatchFirewalld,
     /// Run the hook at POINT as VDSM would (the hook binary hands over the runs that need the
     /// firewalld or iptables backend).
@@ -93,7 +100,10 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    logging::init("cli");
+    logging::init(match cli.command {
+        Command::Watch | Command::WatchFirewalld => "watch",
+        _ => "cli",
+    });
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -201,11 +211,14 @@ fn run(command: Command) -> Result<ExitCode> {
             print!("{}", recover::recover(&settings, force)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::WatchFirewalld => {
+        Command::Watch | Command::WatchFirewalld => {
             if !config::is_root() {
-                return Err(Error::Helper("watch-firewalld must run as root".into()));
+                return Err(Error::Helper("watch must run as root".into()));
             }
-            firewall_watch::run(&settings).map(|_| ExitCode::SUCCESS)
+            if matches!(command, Command::WatchFirewalld) {
+                log::warn!("watch-firewalld is the old name of watch (which also watches the links): use watch");
+            }
+            watch::run(&settings).map(|()| ExitCode::SUCCESS)
         }
         Command::Generate(_) | Command::Hook { .. } => unreachable!("handled before"),
     }
@@ -236,6 +249,8 @@ pub struct StatusReport {
     /// How the recorded policy compares with VDSM's running network config (`config` null:
     /// none on this host).
     pub vdsm: reconcile::Comparison,
+    /// Whether the watcher (`bridge-isolation watch`) runs for this state directory.
+    pub watcher: WatcherStatus,
 }
 
 impl StatusReport {
@@ -256,6 +271,40 @@ impl StatusReport {
             })
             .chain(self.vdsm.error.iter().map(|e| format!("vdsm: {e}")))
             .collect()
+    }
+}
+
+/// The watcher, as its pid file in the state directory shows it.
+#[derive(Debug, Serialize)]
+pub struct WatcherStatus {
+    /// True while a watcher holds its pid file.
+    pub running: bool,
+    /// Its process id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When it started (UTC, `YYYYMMDDTHHMMSSZ`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+impl WatcherStatus {
+    /// The watcher of state directory `dir`.
+    pub fn of(dir: &std::path::Path) -> WatcherStatus {
+        let seen = crate::host::watcher::presence(dir);
+        WatcherStatus {
+            running: seen.is_some(),
+            pid: seen.map(|p| p.pid),
+            since: seen.map(|p| recover::utc_stamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(p.since))),
+        }
+    }
+}
+
+impl std::fmt::Display for WatcherStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.pid, &self.since) {
+            (Some(pid), Some(since)) if self.running => write!(f, "watcher: running (pid {pid}, since {since})"),
+            _ => write!(f, "watcher: not running (bridge-isolation-watch.service)"),
+        }
     }
 }
 
@@ -431,6 +480,7 @@ impl StatusReport {
                 error: Some(crate::vdsm::protocol::one_line(&e.to_string())),
                 ..reconcile::Comparison::default()
             }),
+            watcher: WatcherStatus::of(&settings.state_dir),
         })
     }
 }
@@ -443,6 +493,7 @@ impl std::fmt::Display for StatusReport {
             "backend: {} (last used: {recorded})   state: {}",
             self.backend, self.state_file
         )?;
+        writeln!(f, "{}", self.watcher)?;
         if self.bridges.is_empty() {
             writeln!(f, "no isolated networks")?;
         } else {

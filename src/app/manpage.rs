@@ -170,11 +170,11 @@ pub fn man_page() -> Result<Vec<u8>> {
     for (path, what) in [
         (
             paths::CONFIG_FILE,
-            "Configuration: backend = auto | port-isolation | nftables | iptables | firewalld; state_dir = PATH.",
+            "Configuration: backend = auto | port-isolation | nftables | iptables | firewalld; state_dir = PATH; on_failure = block | warn; watch_backstop = SECONDS.",
         ),
         (
             paths::STATE_DIR,
-            "The recorded policy (state.json) and its lock; root-owned, world-readable.",
+            "The recorded policy (state.json) and its lock, and the watcher's pid file (watch.pid, locked while it runs); root-owned, world-readable.",
         ),
         (
             "/usr/libexec/vdsm/hooks/*/50_bridge_isolation",
@@ -198,7 +198,7 @@ pub fn man_page() -> Result<Vec<u8>> {
     r += ".SH SYSTEMD UNITS\n";
     for (unit, what) in [
         ("bridge-isolation-reconcile.service", "Reconciles at boot, after vdsm-network.service has restored the networks (and after the firewall services have loaded their rules)."),
-        ("bridge-isolation-firewalld.service", "Runs bridge-isolation watch-firewalld: re-applies after firewall-cmd --reload, and when firewalld starts or stops."),
+        ("bridge-isolation-watch.service", "Runs bridge-isolation watch: repairs ports changed outside the hooks as the kernel reports them, re-applies after firewall-cmd --reload and when firewalld starts or stops, and reconciles everything every watch_backstop seconds. Replaces release 0.1's bridge-isolation-firewalld.service."),
         ("bridge-isolation-nftables.service", "Re-applies when nftables.service starts, restarts or reloads (each replaces the whole ruleset)."),
     ] {
         r += &format!(".TP\n{}\n{}\n", bold(unit), esc(what));
@@ -219,7 +219,10 @@ pub fn man_page() -> Result<Vec<u8>> {
             "Read instead of /sys/bus/pci/devices to find an SR-IOV VF's physical function.",
         ),
         ("BRIDGE_ISOLATION_LOG", "Log level: error, warn, info (default), debug."),
-        ("DBUS_SYSTEM_BUS_ADDRESS", "The system bus watch-firewalld listens on."),
+        (
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "The system bus the watcher listens on for firewalld.",
+        ),
     ] {
         r += &format!(".TP\n{}\n{}\n", bold(var), esc(what));
     }

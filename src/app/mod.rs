@@ -1,11 +1,12 @@
 //! One module per binary or subcommand, as thin as the layers below allow: the hook
-//! ([`hook`]), the root helper ([`helper`]), the admin CLI ([`cli`]) and its subcommands.
+//! ([`hook`]), the root helper ([`helper`]), the admin CLI ([`cli`]) and its subcommands,
+//! the resident watcher ([`watch`]) among them.
 
 pub mod cli;
 pub mod demo;
-pub mod firewall_watch;
 pub mod helper;
 pub mod hook;
 pub mod manpage;
 pub mod recover;
 pub mod release;
+pub mod watch;

@@ -16,6 +16,7 @@ use crate::enforce;
 use crate::error::{Error, Result};
 use crate::host::config::Settings;
 use crate::host::state::Store;
+use crate::host::watcher;
 use crate::model::backend::{BackendKind, Change};
 use crate::model::plan::{BridgePlan, Plan};
 use crate::reconcile;
@@ -129,6 +130,12 @@ fn forget(dir: &Path, released: &mut Released) -> Result<()> {
         let path = entry.path();
         if name == STATE_FILE || name == LOCK_FILE || name.starts_with(TEMP_PREFIX) {
             ours.push(path);
+        } else if name == watcher::PID_FILE {
+            // The watcher's: deleted once it has ended (the RPM stops it first), kept while
+            // it runs (it holds the file locked, and `status` reads it).
+            if watcher::is_stale(&path) {
+                ours.push(path);
+            }
         } else {
             released.foreign.push(path);
         }
@@ -187,6 +194,8 @@ mod tests {
         locked.commit().unwrap();
         std::fs::write(dir.path().join(".state.json.999999"), "{}").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "admin's").unwrap();
+        // A watcher that ended left its pid file: ours.
+        drop(watcher::Claim::take(dir.path(), |_| {}).unwrap());
         let r = release_all(&settings(dir.path(), true)).unwrap();
         assert_eq!(r.bridges, ["bi-absent0"]);
         assert!(r.changes.is_empty());
@@ -195,20 +204,25 @@ mod tests {
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [".state.json.999999", "state.json", "state.lock"]);
+        assert_eq!(names, [".state.json.999999", "state.json", "watch.pid", "state.lock"]);
         assert_eq!(r.foreign, [dir.path().join("notes.txt")]);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["notes.txt"]);
-        // Idempotent: a second run finds nothing to do.
+        // Idempotent: a second run finds nothing to do. A running watcher's pid file is
+        // ours, and kept.
+        let running = watcher::Claim::take(dir.path(), |_| {}).unwrap();
         let again = release_all(&settings(dir.path(), true)).unwrap();
         assert!(again.bridges.is_empty() && again.changes.is_empty());
-        let left: Vec<_> = std::fs::read_dir(dir.path())
+        assert_eq!(again.foreign, [dir.path().join("notes.txt")]);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left, ["notes.txt"]);
+        left.sort();
+        assert_eq!(left, ["notes.txt", "watch.pid"]);
+        drop(running);
     }
 }

@@ -443,7 +443,16 @@ impl Bus {
     /// Connects to the system bus at `address` ([`DriverSettings::system_bus`]). Every call
     /// gives up after [`CALL_TIMEOUT`].
     pub fn system(address: &str) -> Result<Bus> {
-        let conn = zbus::blocking::connection::Builder::address(address)
+        // A plain `unix:path=` address is connected here: zbus would connect it on a thread
+        // of the `blocking` crate's pool, which then stays and wakes twice a second for
+        // good, and the watcher keeping this connection must sleep when idle.
+        let builder = match address.strip_prefix("unix:path=").filter(|p| !p.contains([',', '%'])) {
+            Some(path) => std::os::unix::net::UnixStream::connect(path)
+                .map(zbus::blocking::connection::Builder::unix_stream)
+                .map_err(|e| zbus::Error::InputOutput(e.into())),
+            None => zbus::blocking::connection::Builder::address(address),
+        };
+        let conn = builder
             .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
             .map_err(|e| dbus_error(&format!("connecting to {address}"), e))?;
         Ok(Bus { conn })

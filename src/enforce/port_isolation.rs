@@ -23,22 +23,34 @@ impl PortIsolation {
         PortIsolation::default()
     }
 
-    fn set(&mut self, bridge: &str, port: &crate::model::port::Port, isolated: bool) -> Result<Change> {
-        RouteSocket::lazy(&mut self.socket)?
+    /// Sets the flag of `port` and reads it back; `None` when the port left `bridge` (or was
+    /// deleted) meanwhile: it is not a port to enforce on any more (the watcher races with
+    /// VMs going away).
+    fn set(&mut self, bridge: &str, port: &crate::model::port::Port, isolated: bool) -> Result<Option<Change>> {
+        let set = RouteSocket::lazy(&mut self.socket)?
             .set_isolated(port.ifindex, isolated)
-            .map_err(|e| Error::Kernel(format!("{bridge} port {}: {e}", port.name)))?;
-        let now = bridge::isolated(&port.name).map_err(|e| Error::io(format!("reading back {}", port.name), e))?;
+            .map_err(|e| Error::Kernel(format!("{bridge} port {}: {e}", port.name)));
+        let now = set.and_then(|()| {
+            bridge::isolated(&port.name).map_err(|e| Error::io(format!("reading back {}", port.name), e))
+        });
+        let now = match now {
+            Err(_) if !bridge::is_port_of(bridge, port) => {
+                log::debug!("{bridge} port {}: left the bridge while its flag was set", port.name);
+                return Ok(None);
+            }
+            other => other?,
+        };
         if now != Some(isolated) {
             return Err(Error::Kernel(format!(
                 "{bridge} port {}: isolated flag reads {now:?} after setting {isolated}",
                 port.name
             )));
         }
-        Ok(Change {
+        Ok(Some(Change {
             bridge: bridge.to_string(),
             port: port.name.clone(),
             isolated,
-        })
+        }))
     }
 
     fn converge(
@@ -58,7 +70,7 @@ impl PortIsolation {
                             b.bridge, p.port.name
                         )))
                     }
-                    Some(_) => changes.push(self.set(&b.bridge, &p.port, wanted)?),
+                    Some(_) => changes.extend(self.set(&b.bridge, &p.port, wanted)?),
                 }
             }
         }

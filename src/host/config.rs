@@ -180,6 +180,25 @@ pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
     /// `on_failure = block | warn`.
     pub on_failure: Option<OnFailure>,
+    /// `watch_backstop = SECONDS`: how often the watcher reconciles everything besides what
+    /// it is told changed ([`DEFAULT_WATCH_BACKSTOP`]); 0 turns it off.
+    pub watch_backstop: Option<std::time::Duration>,
+}
+
+/// The watcher's full reconcile interval when the config file names none: 10 minutes.
+pub const DEFAULT_WATCH_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The watcher's full reconcile interval set in `config_file` (`None`: off); a file that
+/// cannot be read means the default.
+pub fn watch_backstop(config_file: &Path) -> Option<std::time::Duration> {
+    let interval = match ConfigFile::read(config_file) {
+        Ok(cfg) => cfg.watch_backstop.unwrap_or(DEFAULT_WATCH_BACKSTOP),
+        Err(e) => {
+            log::warn!("{e}: watch_backstop = {}", DEFAULT_WATCH_BACKSTOP.as_secs());
+            DEFAULT_WATCH_BACKSTOP
+        }
+    };
+    Some(interval).filter(|d| !d.is_zero())
 }
 
 impl ConfigFile {
@@ -209,6 +228,12 @@ impl ConfigFile {
                 "on_failure" => {
                     cfg.on_failure = Some(value.parse().map_err(|e: Error| format!("line {}: {e}", n + 1))?)
                 }
+                "watch_backstop" => {
+                    let secs: u64 = value
+                        .parse()
+                        .map_err(|_| format!("line {}: watch_backstop must be a number of seconds", n + 1))?;
+                    cfg.watch_backstop = Some(std::time::Duration::from_secs(secs));
+                }
                 "state_dir" if value.starts_with('/') => cfg.state_dir = Some(PathBuf::from(value)),
                 "state_dir" => return Err(format!("line {}: state_dir must be an absolute path", n + 1)),
                 other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
@@ -231,7 +256,32 @@ mod tests {
                 backend: Some(BackendChoice::Auto),
                 state_dir: None,
                 on_failure: Some(OnFailure::Block),
+                watch_backstop: Some(DEFAULT_WATCH_BACKSTOP),
             }
+        );
+    }
+
+    #[test]
+    fn watch_backstop_in_seconds_zero_is_off() {
+        use std::time::Duration;
+        assert_eq!(ConfigFile::parse("").unwrap().watch_backstop, None);
+        let cfg = ConfigFile::parse("watch_backstop = 30  # seconds").unwrap();
+        assert_eq!(cfg.watch_backstop, Some(Duration::from_secs(30)));
+        assert!(ConfigFile::parse("watch_backstop = 10m")
+            .unwrap_err()
+            .contains("line 1: watch_backstop must be a number of seconds"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.conf");
+        assert_eq!(watch_backstop(&file), Some(DEFAULT_WATCH_BACKSTOP), "no file: default");
+        std::fs::write(&file, "watch_backstop = 0\n").unwrap();
+        assert_eq!(watch_backstop(&file), None);
+        std::fs::write(&file, "watch_backstop = 5\n").unwrap();
+        assert_eq!(watch_backstop(&file), Some(Duration::from_secs(5)));
+        std::fs::write(&file, "watch_backstop = soon\n").unwrap();
+        assert_eq!(
+            watch_backstop(&file),
+            Some(DEFAULT_WATCH_BACKSTOP),
+            "unreadable: default"
         );
     }
 

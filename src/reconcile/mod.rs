@@ -6,6 +6,8 @@ mod choice;
 mod fail_closed;
 mod plan;
 
+use std::collections::BTreeSet;
+
 use crate::enforce::{self, Backend, DriverSettings};
 use crate::error::{Error, Result};
 use crate::host::config::Settings;
@@ -19,7 +21,7 @@ use crate::vdsm::vnic::Report;
 pub use adopt::{adopt, compare, Comparison, Disagreement};
 pub use choice::{check_enforceable, choose_backend, select_backend};
 pub use fail_closed::blocked_list;
-pub use plan::{drift, plan, plan_for, plan_with};
+pub use plan::{drift, flags_agree, plan, plan_for, plan_with};
 
 use choice::choose;
 use fail_closed::{fail_closed, unblock};
@@ -43,17 +45,37 @@ pub struct Outcome {
 /// is logged), and the error is returned. A later successful run re-enables them. Use
 /// [`run_and_commit`] so that the record survives the error.
 pub fn run(state: &mut State, settings: &Settings) -> Result<Outcome> {
-    run_with(state, settings, true)
+    run_with(state, settings, true, None)
 }
 
 /// Like [`run`], but an enforcement failure blocks nothing: for `before_network_setup`,
 /// where the error aborts the whole setup, so nothing is recorded and no bridge changes
 /// its policy.
 pub fn run_or_abort(state: &mut State, settings: &Settings) -> Result<Outcome> {
-    run_with(state, settings, false)
+    run_with(state, settings, false, None)
 }
 
-fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> Result<Outcome> {
+/// The watcher's run: like [`run`] (same plan, backend, fail-closed and cross-host filter),
+/// on the ports `live` holds, which the watcher keeps from rtnetlink notifications, instead
+/// of a dump of the namespace; after changes, only the bridges changed are read again (into
+/// `live`) to confirm them. Trust records are not tidied here: `live` need not know the
+/// ports of bridges nobody isolates, so a full [`run`] does it.
+pub fn run_on(state: &mut State, settings: &Settings, live: &mut Snapshot) -> Result<Outcome> {
+    run_with(state, settings, true, Some(live))
+}
+
+/// [`run_on`] on the locked state, then [`Locked::commit`], as [`run_and_commit`] does.
+pub fn run_on_and_commit(locked: Locked, settings: &Settings, live: &mut Snapshot) -> Result<Outcome> {
+    commit_run(locked, settings, |state| run_on(state, settings, live))
+}
+
+/// `known`: the ports the watcher keeps ([`run_on`]); `None`: a dump of the namespace.
+fn run_with(
+    state: &mut State,
+    settings: &Settings,
+    block_on_failure: bool,
+    known: Option<&mut Snapshot>,
+) -> Result<Outcome> {
     let fail = |state: &mut State, backend: Option<&mut dyn Backend>, e: Error| {
         if block_on_failure {
             fail_closed(state, settings, backend, e)
@@ -64,26 +86,38 @@ fn run_with(state: &mut State, settings: &Settings, block_on_failure: bool) -> R
     // One port dump serves the trust records' upkeep and the first plan.
     let busy = !(state.networks.is_empty() && state.released.is_empty() && state.blocked.is_empty());
     let trusts = !(state.legacy_trusted.is_empty() && state.trusted_vnics.is_empty());
-    let live = if busy || trusts {
-        Some(bridge::snapshot()?)
-    } else {
-        None
+    let nothing = |state: &State| Outcome {
+        backend: state.backend,
+        changes: Vec::new(),
     };
-    migrate(state, live.as_ref());
-    let Some(live) = live.filter(|_| busy) else {
+    let mut dumped;
+    let (live, whole) = match known {
+        Some(live) if busy => (live, false),
         // Nothing is or was isolated: a host that never uses the property is never
         // touched, and a backend it cannot run never fails its network setups.
-        return Ok(Outcome {
-            backend: state.backend,
-            changes: Vec::new(),
-        });
+        Some(_) => return Ok(nothing(state)),
+        None => {
+            let live = if busy || trusts {
+                Some(bridge::snapshot()?)
+            } else {
+                None
+            };
+            migrate(state, live.as_ref());
+            match live.filter(|_| busy) {
+                Some(live) => {
+                    dumped = live;
+                    (&mut dumped, true)
+                }
+                None => return Ok(nothing(state)),
+            }
+        }
     };
     let driver = DriverSettings::of(settings);
     let (mut backend, why) = match choose(settings.backend, &driver) {
         Ok(chosen) => chosen,
         Err(e) => return Err(fail(state, None, e)),
     };
-    let (outcome, plan) = match enforce(state, &mut *backend, &why, &live, &driver) {
+    let (outcome, plan) = match enforce(state, &mut *backend, &why, live, whole, &driver) {
         Ok(done) => done,
         Err(e) => return Err(fail(state, Some(&mut *backend), e)),
     };
@@ -126,8 +160,17 @@ pub fn record_then_run(mut locked: Locked, settings: &Settings) -> Result<Outcom
 /// [`run`] on the locked state, then [`Locked::commit`]. When `run` fails, only its record of
 /// blocked ports and of the setup under way is written (the rest of the state stays as
 /// read, as before a failed run).
-pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome> {
-    match run(&mut locked.state, settings) {
+pub fn run_and_commit(locked: Locked, settings: &Settings) -> Result<Outcome> {
+    commit_run(locked, settings, |state| run(state, settings))
+}
+
+/// `run` on the locked state, then the commit of [`run_and_commit`].
+fn commit_run(
+    mut locked: Locked,
+    settings: &Settings,
+    run: impl FnOnce(&mut State) -> Result<Outcome>,
+) -> Result<Outcome> {
+    match run(&mut locked.state) {
         Ok(outcome) => locked.commit().map(|()| outcome),
         Err(e) => {
             // What a network hook decided about the setup under way stands too: a record
@@ -151,13 +194,16 @@ pub fn run_and_commit(mut locked: Locked, settings: &Settings) -> Result<Outcome
     }
 }
 
-/// The body of [`run`] with the chosen backend. Also returns the newest plan it made, for the
-/// cross-host filter (one port dump serves both).
+/// The body of [`run`] with the chosen backend, on the ports `live` holds. Also returns the
+/// newest plan it made, for the cross-host filter (one port dump serves both). To confirm
+/// changes it reads the ports again: the whole namespace when `whole`, else only the
+/// bridges changed (into `live`, for [`run_on`]).
 fn enforce(
     state: &mut State,
     backend: &mut dyn Backend,
     why: &str,
-    live: &Snapshot,
+    live: &mut Snapshot,
+    whole: bool,
     driver: &DriverSettings,
 ) -> Result<(Outcome, Plan)> {
     let kind = backend.kind();
@@ -191,7 +237,29 @@ fn enforce(
     }
     // Blocked ports are re-enabled only once enforcement is confirmed.
     if !changes.is_empty() || !state.blocked.is_empty() {
-        let after = self::plan(state)?;
+        let after = if whole {
+            self::plan(state)?
+        } else {
+            let changed: BTreeSet<&str> = changes
+                .iter()
+                .map(|c| c.bridge.as_str())
+                .chain(state.blocked.keys().map(String::as_str))
+                .collect();
+            bridge::refresh(live, changed)?;
+            // Only the ports this run enforced on: one that joined since is no drift of
+            // ours (its notification is queued; the watcher's next run takes it).
+            let planned: BTreeSet<(&str, u32)> = plan
+                .bridges
+                .iter()
+                .flat_map(|b| b.ports.iter().map(move |p| (b.bridge.as_str(), p.port.ifindex)))
+                .collect();
+            let mut after = plan_with(state, live, |_| true);
+            for b in &mut after.bridges {
+                b.ports
+                    .retain(|p| planned.contains(&(b.bridge.as_str(), p.port.ifindex)));
+            }
+            after
+        };
         let left = drift(&after, &backend.observe(&after)?);
         if !left.is_empty() {
             let list: Vec<String> = left.iter().map(ToString::to_string).collect();
@@ -230,7 +298,7 @@ pub fn record_and_reconcile(mut locked: Locked, report: &Report, settings: &Sett
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     use super::choice::{enforceable, first_usable};
     use super::fail_closed::ports_to_block;

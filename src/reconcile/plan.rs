@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use crate::error::Result;
 use crate::host::state::State;
 use crate::host::trust::TrustedSet;
-use crate::model::backend::Observed;
+use crate::model::backend::{BackendKind, Observed};
 use crate::model::plan::{BridgePlan, Drift, Plan, PortPlan, Role};
 use crate::model::port::{Port, Snapshot};
 use crate::sys::bridge;
@@ -77,6 +77,21 @@ pub fn plan_with(state: &State, live: &Snapshot, keep: impl Fn(&str) -> bool) ->
             .map(|bridge| bridge_plan("", bridge, None))
             .collect(),
     }
+}
+
+/// The watcher's check before it takes the lock: true when the port-isolation backend did
+/// the last run, nothing is blocked or left to lift, and every port of `bridges` that
+/// `state` isolates has the flag its role wants in `live`. Anything else (another backend,
+/// a flag that differs) is for a run under the lock to decide.
+pub fn flags_agree(state: &State, live: &Snapshot, bridges: &BTreeSet<String>) -> bool {
+    if state.backend != Some(BackendKind::PortIsolation) || !state.blocked.is_empty() || !state.released.is_empty() {
+        return false;
+    }
+    plan_with(state, live, |b| bridges.contains(b))
+        .bridges
+        .iter()
+        .flat_map(|b| &b.ports)
+        .all(|p| p.port.isolated == Some(p.role.isolated()))
 }
 
 /// Ports where what the backend enforces differs from the plan.

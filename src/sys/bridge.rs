@@ -70,46 +70,181 @@ const IFLA_BRPORT_ISOLATED: u16 = 33;
 /// In IFLA_AF_SPEC (`linux/if_bridge.h`): only a NIC driver's own answer carries it.
 const IFLA_BRIDGE_FLAGS: u16 = 0;
 
+/// What the parsers below read of one link message (`ifinfomsg` and attributes).
+#[derive(Default)]
+struct LinkMsg {
+    family: u8,
+    ifindex: u32,
+    name: Option<String>,
+    master: Option<u32>,
+    mac: Option<Mac>,
+    /// IFLA_PROTINFO's IFLA_BRPORT_ISOLATED (family AF_BRIDGE; `None` before Linux 4.18).
+    protinfo_isolated: Option<bool>,
+    /// IFLA_LINKINFO's IFLA_INFO_KIND is `bridge`: the link is a bridge.
+    bridge: bool,
+    /// IFLA_LINKINFO's bridge port data, IFLA_BRPORT_ISOLATED (family AF_UNSPEC).
+    port_isolated: Option<bool>,
+    /// IFLA_AF_SPEC carries IFLA_BRIDGE_FLAGS: a NIC driver's own answer.
+    driver: bool,
+}
+
+/// Reads `payload`; `None` when it is truncated or an attribute is malformed.
+fn read_link(payload: &[u8]) -> Option<LinkMsg> {
+    let header = payload.get(..IFINFOMSG_LEN)?;
+    let mut m = LinkMsg {
+        family: header[0],
+        ifindex: u32::from_ne_bytes([header[4], header[5], header[6], header[7]]),
+        ..LinkMsg::default()
+    };
+    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
+        let nla = nla.ok()?;
+        let value = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => m.name = Some(c_string(value)),
+            IFLA_MASTER => m.master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
+            IFLA_ADDRESS => m.mac = <[u8; 6]>::try_from(value).ok().map(Mac),
+            IFLA_PROTINFO => m.protinfo_isolated = nested(value, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1)),
+            IFLA_AF_SPEC => m.driver |= nested(value, IFLA_BRIDGE_FLAGS, |_| ()).is_some(),
+            IFLA_LINKINFO => {
+                m.bridge = nested(value, IFLA_INFO_KIND, |v| c_string(v) == "bridge") == Some(true);
+                if nested(value, IFLA_INFO_SLAVE_KIND, |v| c_string(v) == "bridge") == Some(true) {
+                    m.port_isolated = nested(value, IFLA_INFO_SLAVE_DATA, |data| {
+                        nested(data, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1))
+                    })
+                    .flatten();
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
 /// Parses the payload (`ifinfomsg` and attributes) of one RTM_NEWLINK of the dump. `None`
 /// for what is not the Linux bridge's view of a bridge or a port: another family, no name
 /// or master, or a NIC driver's own answer for its embedded switch (SR-IOV; IFLA_AF_SPEC
 /// carries IFLA_BRIDGE_FLAGS), which repeats a port without its `isolated` flag.
 fn parse_link(payload: &[u8]) -> Option<Link> {
-    let header = payload.get(..IFINFOMSG_LEN)?;
-    if header[0] != AF_BRIDGE {
+    let m = read_link(payload)?;
+    if m.family != AF_BRIDGE || m.driver {
         return None;
     }
-    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
-    let (mut name, mut master, mut mac, mut isolated) = (None, None, None, None);
-    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
-        let nla = nla.ok()?;
-        let value = nla.value();
-        match nla.kind() {
-            IFLA_IFNAME => {
-                let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-                name = Some(String::from_utf8_lossy(&value[..end]).into_owned());
-            }
-            IFLA_MASTER => master = Some(u32::from_ne_bytes(value.try_into().ok()?)),
-            IFLA_ADDRESS => mac = <[u8; 6]>::try_from(value).ok().map(Mac),
-            IFLA_PROTINFO => isolated = nested(value, IFLA_BRPORT_ISOLATED, |v| v.first() == Some(&1)),
-            IFLA_AF_SPEC if nested(value, IFLA_BRIDGE_FLAGS, |_| ()).is_some() => return None,
-            _ => {}
+    let (name, master) = (m.name?, m.master?);
+    Some(if master == m.ifindex {
+        Link::Bridge {
+            name,
+            ifindex: m.ifindex,
         }
-    }
-    let (name, master) = (name?, master?);
-    Some(if master == ifindex {
-        Link::Bridge { name, ifindex }
     } else {
         Link::Port {
             master,
             port: Port {
                 name,
-                ifindex,
-                mac,
-                isolated,
+                ifindex: m.ifindex,
+                mac: m.mac,
+                isolated: m.protinfo_isolated,
             },
         }
     })
+}
+
+/// `IFLA_LINKINFO` and what it nests (`linux/if_link.h`).
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+
+/// A link notification (RTNLGRP_LINK), as the watcher needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// RTM_DELLINK: the link was deleted or (family AF_BRIDGE) left its bridge.
+    pub deleted: bool,
+    /// The link's interface index.
+    pub ifindex: u32,
+    /// Its name, when the message carries it.
+    pub name: Option<String>,
+    /// Its master (for a bridge port, the bridge), when it has one.
+    pub master: Option<u32>,
+    /// True when the link is a bridge itself.
+    pub bridge: bool,
+}
+
+/// Parses a link notification of type `kind` (RTM_NEWLINK or RTM_DELLINK) of either family
+/// (AF_UNSPEC: any link; AF_BRIDGE: a bridge port, or a bridge as its own master).
+pub fn notice(kind: u16, payload: &[u8]) -> Option<Notice> {
+    let m = read_link(payload)?;
+    Some(Notice {
+        deleted: kind == crate::sys::netlink::RTM_DELLINK,
+        ifindex: m.ifindex,
+        bridge: m.bridge || (m.family == AF_BRIDGE && m.master == Some(m.ifindex)),
+        master: m.master.filter(|&master| master != m.ifindex && master != 0),
+        name: m.name,
+    })
+}
+
+/// A NUL-terminated (or not) attribute string.
+fn c_string(value: &[u8]) -> String {
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+/// Parses one link of an AF_UNSPEC dump: a port of the bridge with interface index
+/// `master` (its flag from IFLA_LINKINFO's bridge port data), `None` for any other link.
+fn parse_port_of(payload: &[u8], master: u32) -> Option<Port> {
+    let m = read_link(payload)?;
+    (m.master == Some(master) && master != m.ifindex).then_some(Port {
+        name: m.name?,
+        ifindex: m.ifindex,
+        mac: m.mac,
+        isolated: m.port_isolated,
+    })
+}
+
+/// The ports of bridge `bridge` (interface index `ifindex`) in one IFLA_MASTER-filtered
+/// dump, sorted by name; done again when a change interrupted it.
+pub fn ports_of(socket: &mut RouteSocket, ifindex: u32) -> Result<Vec<Port>> {
+    let mut attempt = 1;
+    loop {
+        let mut ports = Vec::new();
+        let consistent = socket.dump_links_of(ifindex, |payload| ports.extend(parse_port_of(payload, ifindex)))?;
+        if consistent || attempt == DUMP_ATTEMPTS {
+            ports.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(ports);
+        }
+        attempt += 1;
+    }
+}
+
+/// Reads the ports of `bridges` again into `live` (one filtered dump each, no dump of the
+/// namespace): the watcher's way to know a bridge it was told changed. A bridge that does
+/// not exist any more leaves `live`. The index of each comes from `if_nametoindex` (an
+/// ioctl of the calling thread's namespace, taking no RTNL lock), not from sysfs, which
+/// shows the namespace it was mounted in.
+pub fn refresh<'a>(live: &mut Snapshot, bridges: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut socket = None;
+    for name in bridges {
+        let index = index_of(name);
+        match index {
+            Some(index) => {
+                let ports = ports_of(RouteSocket::lazy(&mut socket)?, index)?;
+                live.set_ports(name, index, Some(ports));
+            }
+            None => {
+                if let Some(old) = live.bridge_index(name) {
+                    live.set_ports(name, old, None);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The interface index of link `name` in the calling thread's namespace (`if_nametoindex`).
+fn index_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// `read` of the value of attribute `kind` among the attributes nested in `value`.
@@ -152,6 +287,15 @@ pub fn ifindex(link: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// True when `port` (its name and interface index) is a port of bridge `bridge` now, as
+/// sysfs says (`master` names the bridge).
+pub fn is_port_of(bridge: &str, port: &Port) -> bool {
+    let master = std::fs::read_link(sys(&[&port.name, "master"]));
+    ifindex(&port.name) == Some(port.ifindex)
+        && sys(&[&port.name, "brport"]).is_dir()
+        && master.is_ok_and(|m| m.file_name().is_some_and(|n| n == bridge))
 }
 
 /// True when `name` is a tun/tap device (what libvirt plugs a vNIC in with).
@@ -314,6 +458,46 @@ mod tests {
     }
 
     #[test]
+    fn notices_of_either_family() {
+        // The port of PORT, as an AF_BRIDGE notification.
+        let n = notice(crate::sys::netlink::RTM_NEWLINK, &hex(PORT)).unwrap();
+        assert_eq!(
+            n,
+            Notice {
+                deleted: false,
+                ifindex: 4,
+                name: Some("vnet1".into()),
+                master: Some(2),
+                bridge: false
+            }
+        );
+        // A bridge created (AF_UNSPEC, IFLA_LINKINFO kind "bridge"), then deleted.
+        let info = nla(IFLA_LINKINFO, &nla(IFLA_INFO_KIND, b"bridge\0"));
+        let mut created = link(2, &[nla(IFLA_IFNAME, b"red\0"), info]);
+        created[0] = 0;
+        let n = notice(crate::sys::netlink::RTM_NEWLINK, &created).unwrap();
+        assert!(n.bridge && !n.deleted && n.master.is_none(), "{n:?}");
+        assert!(notice(crate::sys::netlink::RTM_DELLINK, &created).unwrap().deleted);
+        // A veth enslaved (kind veth, slave kind bridge): a port, not a bridge.
+        let info = nla(
+            IFLA_LINKINFO,
+            &[nla(IFLA_INFO_KIND, b"veth\0"), nla(IFLA_INFO_SLAVE_KIND, b"bridge\0")].concat(),
+        );
+        let mut port = link(
+            9,
+            &[
+                nla(IFLA_IFNAME, b"vnet9\0"),
+                nla(IFLA_MASTER, &2u32.to_ne_bytes()),
+                info,
+            ],
+        );
+        port[0] = 0;
+        let n = notice(crate::sys::netlink::RTM_NEWLINK, &port).unwrap();
+        assert!(!n.bridge && n.master == Some(2), "{n:?}");
+        assert_eq!(notice(crate::sys::netlink::RTM_NEWLINK, &port[..8]), None);
+    }
+
+    #[test]
     fn a_snapshot_groups_ports_by_bridge_sorted_by_name() {
         let bridge = |name: &str, ifindex| Link::Bridge {
             name: name.into(),
@@ -389,6 +573,23 @@ mod tests {
         assert_eq!(snapshot.ports("loose0"), None, "not a bridge");
         assert_eq!(snapshot.ports("vnet1"), None, "a port is no bridge");
         assert_eq!(snapshot.ports("nosuch"), None);
+
+        // One bridge read again by its filtered dump agrees with the namespace's dump.
+        let mut partial = Snapshot::default();
+        let refreshed = {
+            let handle = std::fs::File::open(format!("/run/netns/{}", lab.host_ns())).unwrap();
+            std::thread::spawn(move || {
+                // SAFETY: setns only reads the descriptor, which `handle` keeps open.
+                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                refresh(&mut partial, ["isonet", "nosuch", "loose0"]).unwrap();
+                partial
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(refreshed.ports("isonet"), Some(&want[..]));
+        assert_eq!(refreshed.ports("nosuch"), None);
 
         lab.detach_port("vnet1").unwrap();
         let names: Vec<String> = snapshot_in(lab.host_ns())

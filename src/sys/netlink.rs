@@ -114,17 +114,31 @@ impl RouteSocket {
                 .map_err(|e| Error::kernel("netlink link notifications", e))?;
             self.subscribed = true;
         }
-        self.dump_watched(&mut each)
-            .map_err(|e| e.into_error("dumping the bridge ports"))
-    }
-
-    fn dump_watched(&mut self, each: &mut dyn FnMut(&[u8])) -> std::result::Result<bool, Failure> {
         let mut link = LinkMessage::default();
         link.header.interface_family = AddressFamily::Bridge;
         link.attributes.push(LinkAttribute::ExtMask(vec![
             LinkExtentMask::Brvlan,
             LinkExtentMask::BrvlanCompressed,
         ]));
+        self.dump_watched(link, &mut each)
+            .map_err(|e| e.into_error("dumping the bridge ports"))
+    }
+
+    /// The links whose master is `master` (the ports of one bridge), in one RTM_GETLINK dump
+    /// of family AF_UNSPEC that the kernel filters on IFLA_MASTER (statistics skipped): calls
+    /// `each` with the payload of every link answered. A kernel that does not filter answers
+    /// every link; the caller keeps those of `master`. Returns false when the dump was
+    /// interrupted by a change (NLM_F_DUMP_INTR).
+    pub fn dump_links_of(&mut self, master: u32, mut each: impl FnMut(&[u8])) -> Result<bool> {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::Controller(master));
+        link.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        self.dump_watched(link, &mut each)
+            .map_err(|e| e.into_error(format!("dumping the ports of ifindex {master}")))
+    }
+
+    fn dump_watched(&mut self, link: LinkMessage, each: &mut dyn FnMut(&[u8])) -> std::result::Result<bool, Failure> {
         self.send(RouteNetlinkMessage::GetLink(link), NLM_F_REQUEST | NLM_F_DUMP)?;
         let mut consistent = true;
         loop {
@@ -221,6 +235,138 @@ impl RouteSocket {
     }
 }
 
+/// A NETLINK_ROUTE socket subscribed to the link notifications (RTNLGRP_LINK) of the
+/// caller's network namespace, for the watcher: a link created, changed, enslaved, released
+/// or deleted, in family AF_UNSPEC, and a bridge port added, changed or removed, in family
+/// AF_BRIDGE. Non-blocking; read it when [`wait_readable`] says so.
+pub struct LinkEvents {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// What one [`LinkEvents::drain`] read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Notifications read.
+    pub messages: usize,
+    /// True when the kernel dropped notifications because the socket was full (ENOBUFS):
+    /// what changed meanwhile is unknown.
+    pub lost: bool,
+}
+
+impl LinkEvents {
+    /// Opens the socket, subscribed, with a receive buffer of `buffer` bytes (forced past
+    /// `net.core.rmem_max` when the caller may, as root may).
+    pub fn open(buffer: usize) -> Result<LinkEvents> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| Error::kernel("netlink socket", e))?;
+        socket.bind_auto().map_err(|e| Error::kernel("netlink bind", e))?;
+        socket
+            .add_membership(RTNLGRP_LINK)
+            .map_err(|e| Error::kernel("netlink link notifications", e))?;
+        socket
+            .set_non_blocking(true)
+            .map_err(|e| Error::kernel("netlink non-blocking", e))?;
+        receive_buffer(&socket, buffer).map_err(|e| Error::kernel("netlink receive buffer", e))?;
+        Ok(LinkEvents {
+            socket,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// The receive buffer the kernel gave the socket (it doubles what was asked).
+    pub fn buffer(&self) -> usize {
+        self.socket.get_rx_buf_sz().unwrap_or(0)
+    }
+
+    /// Reads every notification queued, calling `each` with its type (RTM_NEWLINK or
+    /// RTM_DELLINK) and payload (`ifinfomsg` and attributes), until none is left.
+    pub fn drain(&mut self, mut each: impl FnMut(u16, &[u8])) -> Result<Drained> {
+        let mut drained = Drained::default();
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(drained),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    drained.lost = true;
+                    continue;
+                }
+                Err(e) => return Err(Error::kernel("reading link notifications", e)),
+            };
+            let mut rest = &self.buf[..n];
+            while !rest.is_empty() {
+                let Ok(message) = NetlinkBuffer::new_checked(rest) else {
+                    break;
+                };
+                let kind = message.message_type();
+                if kind == RTM_NEWLINK || kind == RTM_DELLINK {
+                    drained.messages += 1;
+                    each(kind, message.payload());
+                }
+                let len = (message.length() as usize + 3) & !3;
+                rest = &rest[len.min(rest.len())..];
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for LinkEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Gives netlink socket `socket` a receive buffer of `bytes`: forced past
+/// `net.core.rmem_max` when the caller may (CAP_NET_ADMIN), else as large as that allows.
+pub fn receive_buffer(socket: &Socket, bytes: usize) -> std::io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a valid socket with an int option value.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced == 0 {
+        Ok(())
+    } else {
+        socket.set_rx_buf_sz(size)
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passed (`None`: no limit); returns
+/// which are readable (none on a timeout or a signal).
+pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Option<std::time::Duration>) -> Result<Vec<bool>> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| {
+        // Rounded up: a timeout of 0.4 ms must not become a busy 0.
+        libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
+    });
+    // SAFETY: `polled` is a valid array of pollfd of the given length.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(Error::kernel("poll", e));
+    }
+    Ok(polled
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+        .collect())
+}
+
 /// Why a request or a dump failed: the step that failed (`send`, `recv`, `decode`; none for
 /// the kernel's own answer) and the error underneath, kept as the [`Error`]'s source.
 #[derive(Debug)]
@@ -255,10 +401,10 @@ impl Failure {
 /// 32 KiB, and an answer to a request is far smaller.
 const RECV_BUFFER: usize = 1 << 16;
 const RTNLGRP_LINK: u32 = 1;
-/// `RTM_NEWLINK`: a link, in a dump's answer.
-const RTM_NEWLINK: u16 = 16;
+/// `RTM_NEWLINK`: a link, in a dump's answer or a notification.
+pub const RTM_NEWLINK: u16 = 16;
 /// `RTM_DELLINK`: a link deleted, or a port released from its bridge (family AF_BRIDGE).
-const RTM_DELLINK: u16 = 17;
+pub const RTM_DELLINK: u16 = 17;
 
 /// `IFLA_BRPORT_STATE` in `linux/if_link.h`.
 const IFLA_BRPORT_STATE: u16 = 1;

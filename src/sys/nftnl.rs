@@ -1069,6 +1069,87 @@ impl Nfnl {
     }
 }
 
+/// `NFNLGRP_NFTABLES`: the multicast group of every committed nf_tables change.
+const NFNLGRP_NFTABLES: u32 = 7;
+/// `NFT_MSG_NEWGEN`: the end of a transaction (its attribute 1 is the generation, no table).
+const NEWGEN: u16 = 15;
+/// `NFT_MSG_TRACE`: a rule trace (another group; carries no table name at attribute 1).
+const TRACE: u16 = 17;
+
+/// A NETLINK_NETFILTER socket subscribed to nf_tables changes (NFNLGRP_NFTABLES, root): each
+/// table, chain, rule, set, element, object or flowtable added or deleted in the caller's
+/// network namespace, by anyone (`nft`, nftables.service, firewalld), once committed. For the
+/// watcher, which repairs its own tables when someone else deletes or changes them.
+/// Non-blocking; read it when it polls readable.
+pub struct TableEvents {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl TableEvents {
+    /// Opens the socket, subscribed, with a receive buffer of `buffer` bytes (forced past
+    /// `net.core.rmem_max` when the caller may).
+    pub fn open(buffer: usize) -> Result<TableEvents> {
+        let unavailable =
+            |what: &str, e| Error::kernel(format!("netfilter netlink {what} (no nfnetlink in this kernel?)"), e);
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| unavailable("socket", e))?;
+        socket.bind_auto().map_err(|e| unavailable("bind", e))?;
+        socket
+            .add_membership(NFNLGRP_NFTABLES)
+            .map_err(|e| unavailable("nf_tables notifications", e))?;
+        socket
+            .set_non_blocking(true)
+            .map_err(|e| unavailable("non-blocking", e))?;
+        crate::sys::netlink::receive_buffer(&socket, buffer).map_err(|e| unavailable("receive buffer", e))?;
+        Ok(TableEvents {
+            socket,
+            buf: vec![0; 1 << 17],
+        })
+    }
+
+    /// Reads every notification queued, calling `each` with the family and the table name
+    /// of each change; returns true when the kernel dropped notifications (ENOBUFS).
+    pub fn drain(&mut self, mut each: impl FnMut(u8, &str)) -> Result<bool> {
+        let mut lost = false;
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n.min(self.buf.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(lost),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    lost = true;
+                    continue;
+                }
+                Err(e) => return Err(Error::kernel("reading nf_tables notifications", e)),
+            };
+            for message in replies(&self.buf[..n]).map_while(std::result::Result::ok) {
+                if let Some((family, table)) = changed_table(message.ty, message.body) {
+                    each(family, &table);
+                }
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for TableEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// The family and table of an nf_tables notification of type `ty` (body: nfgenmsg, then
+/// attributes): every object names its table in attribute 1 (NFTA_TABLE_NAME,
+/// NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE, ...); the end of a transaction and
+/// traces name none.
+fn changed_table(ty: u16, body: &[u8]) -> Option<(u8, String)> {
+    if ty >> 8 != NFNL_SUBSYS_NFTABLES || matches!(ty & 0xff, NEWGEN | TRACE) {
+        return None;
+    }
+    let family = *body.first()?;
+    let table = Attrs::parse(body.get(4..)?).ok()?.string(TABLE_NAME)?;
+    Some((family, table))
+}
+
 /// Reads table `name` of `family` (root: CAP_NET_ADMIN); `None` when it does not exist.
 /// Consistent: read again while another process commits changes under it.
 pub fn read_table(family: u8, name: &str) -> Result<Option<Table>> {
@@ -1143,6 +1224,31 @@ pub fn check_base_chain(family: u8, table: &str, chain: &str, hook: u32, priorit
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn notifications_name_their_table() {
+        let mut attrs = Vec::new();
+        put_str(&mut attrs, TABLE_NAME, "bridge_isolation");
+        let deleted = message(nft_type(2), 0, 0, NFPROTO_BRIDGE, 0, &attrs);
+        let body = &deleted[HEADER..];
+        assert_eq!(
+            changed_table(nft_type(2), body),
+            Some((NFPROTO_BRIDGE, "bridge_isolation".to_string()))
+        );
+        // A rule deleted (NFTA_RULE_TABLE is attribute 1 too).
+        assert_eq!(
+            changed_table(nft_type(8), body).map(|(_, t)| t).as_deref(),
+            Some("bridge_isolation")
+        );
+        let mut gen = Vec::new();
+        put_str(&mut gen, GEN_ID, "x");
+        assert_eq!(
+            changed_table(nft_type(NEWGEN), &message(nft_type(NEWGEN), 0, 0, 0, 0, &gen)[HEADER..]),
+            None
+        );
+        assert_eq!(changed_table(0x0200, body), None, "another subsystem");
+        assert_eq!(changed_table(nft_type(0), &[]), None);
+    }
+
     use super::*;
 
     /// An attribute as the kernel writes it.

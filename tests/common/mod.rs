@@ -868,3 +868,111 @@ fn start(mut cmd: Command, dir: &TempDir) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
+
+/// `bridge-isolation watch` running in a fixture's host namespace, its stderr lines
+/// forwarded to a channel; killed when dropped.
+#[allow(dead_code)] // not every test binary uses every helper
+pub struct Watcher {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far and not yet matched by [`Watcher::wait_line`].
+    pub seen: Vec<String>,
+}
+
+#[allow(dead_code)] // not every test binary uses every helper
+impl Watcher {
+    /// Starts `bridge-isolation ARGS` (`watch`, or the old `watch-firewalld`) with the
+    /// fixture's environment, `BRIDGE_ISOLATION_LOG=info` and `extra` (which win), and
+    /// waits until it says it watches the links.
+    pub fn start(fx: &Fixture, args: &[&str], extra: &[(String, String)]) -> Watcher {
+        use std::io::BufRead;
+        let mut child = fx
+            .cli_command(args)
+            .env("BRIDGE_ISOLATION_LOG", "info")
+            .envs(extra.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the watcher");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut watcher = Watcher {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        watcher.wait_line("watching the links of this network namespace", Duration::from_secs(30));
+        watcher
+    }
+
+    /// Its process id (`ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits at most `limit` for a line containing `needle`, and takes it out of
+    /// [`Watcher::seen`]; panics with every line seen when none comes.
+    #[track_caller]
+    pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(i) = self.seen.iter().position(|l| l.contains(needle)) {
+                return self.seen.remove(i);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("the watcher never logged {needle:?}; it logged: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line logged until now (those already matched left out).
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
+    /// Sends `signal` to it.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, signal) }, 0, "kill");
+    }
+
+    /// SIGKILL, and waits for it to end.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 2 ms until it holds, for at most `limit`; panics naming `what`.
+#[allow(dead_code)] // not every test binary uses every helper
+#[track_caller]
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: still not so after {limit:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

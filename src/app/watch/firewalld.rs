@@ -1,5 +1,6 @@
-//! `bridge-isolation watch-firewalld`: re-applies isolation whenever firewalld reloads,
-//! starts or stops. Run by `bridge-isolation-firewalld.service`.
+//! firewalld, the watcher's second source of events: re-applies isolation whenever
+//! firewalld reloads, starts or stops (until release 0.1, `bridge-isolation watch-firewalld`
+//! and its own unit).
 //!
 //! Why a listener: `firewall-cmd --reload` (and `--complete-reload`, `systemctl reload
 //! firewalld`, which sends SIGHUP) is a D-Bus call handled inside the running daemon; no
@@ -11,8 +12,9 @@
 //! `RUNNING` before we reconcile. Signals arriving close together are merged.
 //!
 //! The reconcile itself is the same as `bridge-isolation reconcile` (idempotent, under the
-//! state lock): with the port-isolation backend it finds nothing to do, with a firewall
-//! backend it puts back the rules the reload removed.
+//! state lock, which serialises it with the hooks and the watcher's other thread): with the
+//! port-isolation backend it finds nothing to do, with a firewall backend it puts back the
+//! rules the reload removed.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -24,8 +26,6 @@ use zbus::Message;
 use crate::enforce::firewalld::Bus;
 use crate::error::{Error, Result};
 use crate::host::config::Settings;
-use crate::host::state::Store;
-use crate::reconcile;
 
 /// firewalld's bus name and interface.
 pub const FIREWALLD: &str = "org.fedoraproject.FirewallD1";
@@ -79,8 +79,49 @@ pub fn event(m: &Message) -> Option<Event> {
     None
 }
 
-/// Runs the watcher until the bus connection fails (systemd restarts it).
-pub fn run(settings: &Settings) -> Result<()> {
+/// The thread listening to firewalld.
+pub struct Thread {
+    handle: std::thread::JoinHandle<()>,
+    /// Times it was started.
+    starts: u32,
+}
+
+impl Thread {
+    /// Starts [`listen`] on a thread of its own.
+    pub fn spawn(settings: &Settings) -> Thread {
+        Thread::start(settings, 1)
+    }
+
+    fn start(settings: &Settings, starts: u32) -> Thread {
+        let settings = settings.clone();
+        let handle = std::thread::spawn(move || {
+            if let Err(e) = listen(&settings) {
+                // Said once; a host without a system bus would repeat it at every backstop.
+                let level = if starts == 1 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "not watching firewalld: {e}; trying again at each full reconcile"
+                );
+            }
+        });
+        Thread { handle, starts }
+    }
+
+    /// Starts it again if it ended (the bus went away, or was never there).
+    pub fn respawn_if_ended(&mut self, settings: &Settings) {
+        if self.handle.is_finished() {
+            *self = Thread::start(settings, self.starts + 1);
+        }
+    }
+}
+
+/// Listens on the system bus and reconciles after each firewalld event, until the bus
+/// connection fails (the watcher starts it again at its next backstop).
+pub fn listen(settings: &Settings) -> Result<()> {
     let bus = Bus::system(&crate::enforce::DriverSettings::of(settings).system_bus)?;
     let conn = bus.connection();
     // Nobody should call us, but a method call must not go unanswered until it times out:
@@ -168,23 +209,7 @@ fn wait_running(bus: &Bus) {
 
 /// One reconcile, as `bridge-isolation reconcile` does it; failures are logged, not fatal.
 fn reconcile_now(settings: &Settings, why: &str) {
-    let store = Store::new(&settings.state_dir);
-    let result = store.read().and_then(|state| {
-        if state.networks.is_empty() && state.released.is_empty() {
-            return Ok(None);
-        }
-        let locked = store.lock()?;
-        reconcile::adopt_and_run(locked, settings).map(Some)
-    });
-    match result {
-        Ok(None) => log::debug!("{why}: no isolated networks, nothing to re-apply"),
-        Ok(Some(o)) => log::info!(
-            "{why}: reconciled with {}: {} port(s) changed",
-            o.backend.map_or("no backend".to_string(), |b| b.to_string()),
-            o.changes.len()
-        ),
-        Err(e) => log::error!("{why}: reconcile failed: {e}"),
-    }
+    super::reconcile_all(settings, why, true);
 }
 
 #[cfg(test)]
