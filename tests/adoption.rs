@@ -8,7 +8,9 @@
 mod common;
 
 use bridge_isolation_lab::{self as lab, NetSpec, Payload};
-use common::{removed, tagged, untagged, Fixture, NET, PLAIN, UPLINK};
+use std::time::Duration;
+
+use common::{removed, tagged, untagged, wait_until, Fixture, Watcher, NET, PLAIN, UPLINK};
 use serde_json::Value;
 
 /// `verify`'s exit code and output.
@@ -171,4 +173,26 @@ fn an_invalid_vdsm_entry_lifts_nothing_and_hooks_keep_in_step() {
     // A VM hook's reconcile keeps it too.
     fx.run_vm_point("after_vm_destroy", 1, fx.engine_domain(1, PLAIN), &[]);
     fx.assert_isolation(&[]);
+}
+
+/// The watcher adopts too: started on a host whose state knows nothing while VDSM's config
+/// tags the network (the package just installed), it isolates the VM ports at once, with
+/// no hook and no `reconcile`; `status` then shows it running and nothing to adopt.
+#[test]
+fn the_watcher_adopts_at_its_start() {
+    if !lab::root_tests_enabled("the_watcher_adopts_at_its_start") {
+        return;
+    }
+    let fx = Fixture::new("biadoptw", 2);
+    fx.write_vdsm_config(&tagged("true"));
+    fx.assert_all_pass();
+    let _watcher = Watcher::start(&fx, &["watch"], &[]);
+    wait_until("the watcher isolates vnet1 and vnet2", Duration::from_secs(10), || {
+        fx.isolated_ports().len() == 2
+    });
+    fx.assert_isolated_ports(&["vnet1", "vnet2"]);
+    fx.assert_isolation(&[]);
+    let report = fx.status_json();
+    assert_eq!(report["watcher"]["running"], true, "{report:#}");
+    assert!(disagreements(&fx).is_empty());
 }
