@@ -11,7 +11,8 @@
 //!    `virsh create` and no hook;
 //! 3. from inside the guests (and the gateway and host namespaces), IPv4, IPv6 link-local
 //!    and ARP between every pair: vm4 is not isolated, it reaches vm1 and vm1 reaches it;
-//! 4. `bridge-isolation reconcile` isolates vm4 (the watcher's job once it lands);
+//! 4. the watcher (`bridge-isolation watch`) isolates vm4's tap on its own (no hook, no
+//!    reconcile), and stops after step 5;
 //! 5. vm3 gets a vNIC hot-plugged: `before_nic_hotplug`, `attach-device --live` of the
 //!    hook's output, `after_nic_hotplug`; every VM pair but those with vm2 is apart;
 //! 6. vm1's vNIC is updated as VDSM does it (link down, then up; the XML has no `<port>`):
@@ -34,7 +35,7 @@ use bridge_isolation_lab::virt::{self, Accel, GuestConsole, GuestImage, Libvirtd
 use bridge_isolation_lab::{
     self as lab, bootable_domain_xml, format_mac, interface_xml, GuestBoot, LabSpec, Matrix, NicSpec, VmSpec,
 };
-use common::{has_port_element, port_isolated_in, tagged, vm_uuid, Fixture, PLAIN, TRUSTED};
+use common::{has_port_element, port_isolated_in, tagged, vm_uuid, wait_until, Fixture, Watcher, PLAIN, TRUSTED};
 use tempfile::TempDir;
 
 /// Guest memory, MiB.
@@ -408,18 +409,17 @@ fn real_guests_are_isolated_through_the_hooks() {
     let three: Vec<(u8, String)> = ifs.iter().map(|(n, i)| (*n, i.clone())).collect();
     w.assert_matrix("vm4 started without hooks", &three, &[1]);
 
-    // 4. Until the watcher (`bridge-isolation watch`, not on main yet) isolates a tap that
-    //    appears without any hook, the admin's `reconcile` does. When the watcher lands, it
-    //    runs beside libvirtd and isolates vm4 on its own: the check above then races it,
-    //    and this step becomes waiting for vm4's flag without calling reconcile.
-    let out = w.fx.cli(&["reconcile"]);
-    assert!(
-        out.status.success(),
-        "reconcile failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // 4. The watcher (`bridge-isolation watch`, root, in the namespace libvirtd runs in)
+    //    isolates the tap that appeared without any hook, on its own: no hook, no reconcile.
+    let watcher = Watcher::start(&w.fx, &["watch"], &[]);
+    let took = wait_until("the watcher isolates vm4's tap", Duration::from_secs(20), || {
+        w.fx.lab.port_isolated(&w.tap(4)).unwrap()
+    });
     w.assert_flags(&[(1, true), (2, false), (4, true)]);
-    w.step("bridge-isolation reconcile isolated vm4");
+    w.step(&format!(
+        "the watcher isolated vm4 ({} ms after it started)",
+        took.as_millis()
+    ));
 
     // 5. vm3's vNIC is hot-plugged as VDSM does it.
     let hooked =
@@ -441,7 +441,11 @@ fn real_guests_are_isolated_through_the_hooks() {
     w.assert_flags(&[(1, true), (2, false), (3, true), (4, true)]);
     w.step("vNIC hot-plugged into vm3 through the hooks");
     let all: Vec<(u8, String)> = ifs.iter().map(|(n, i)| (*n, i.clone())).collect();
-    w.assert_matrix("after reconcile and the hotplug", &all, &[1, 3, 4]);
+    w.assert_matrix("after the watcher and the hotplug", &all, &[1, 3, 4]);
+
+    // The watcher stops here: step 6's control (a plain update-device clearing the flag, as
+    // the guests see it) is what it would repair within milliseconds.
+    drop(watcher);
 
     // 6. vm1's vNIC updated as VDSM does it: link down, then up, XML without <port>.
     let vm1_if = ifs[&1].clone();
