@@ -251,6 +251,17 @@ mod tests {
         }
     }
 
+    /// Root settings with state and VDSM's config (`netconf/`) under `dir`.
+    fn settings_in(dir: &std::path::Path) -> Settings {
+        Settings {
+            state_dir: dir.join("state"),
+            config_file: dir.join("none.conf"),
+            backend: crate::host::config::BackendChoice::Auto,
+            privileged: true,
+            vdsm_netconf: dir.join("netconf"),
+        }
+    }
+
     fn config(networks: &[(&str, Option<NetworkPolicy>)], invalid: &[&str]) -> RunningConfig {
         RunningConfig {
             dir: "/var/lib/vdsm/staging/netconf".into(),
@@ -346,13 +357,7 @@ mod tests {
             r#"{"nic": "eth4", "custom": {"bridge_isolation": "maybe"}}"#,
         )
         .unwrap();
-        let settings = Settings {
-            state_dir: dir.path().join("state"),
-            config_file: dir.path().join("none.conf"),
-            backend: crate::host::config::BackendChoice::Auto,
-            privileged: true,
-            vdsm_netconf: dir.path().join("netconf"),
-        };
+        let settings = settings_in(dir.path());
         let store = crate::host::state::Store::new(&settings.state_dir);
         let mut locked = store.lock().unwrap();
         locked.state.networks.insert("blue".into(), policy("blue", "eth2"));
@@ -386,13 +391,7 @@ mod tests {
         let nets = dir.path().join("netconf/nets");
         std::fs::create_dir_all(&nets).unwrap();
         std::fs::write(nets.join("blue"), r#"{"nic": "eth2", "bridged": true}"#).unwrap();
-        let mut settings = Settings {
-            state_dir: dir.path().join("state"),
-            config_file: dir.path().join("none.conf"),
-            backend: crate::host::config::BackendChoice::Auto,
-            privileged: true,
-            vdsm_netconf: dir.path().join("netconf"),
-        };
+        let mut settings = settings_in(dir.path());
         let store = crate::host::state::Store::new(&settings.state_dir);
         let mut locked = store.lock().unwrap();
         locked.state.networks.insert("blue".into(), policy("blue", "eth2"));
