@@ -75,16 +75,21 @@ fn ip_batch(fx: &Fixture, commands: &str) {
     );
 }
 
-/// `count` veth pairs `vbN`/`pbN` made outside the hooks, enslaved to the lab bridge.
-fn burst(fx: &Fixture, count: usize) -> Vec<String> {
-    let names: Vec<String> = (0..count).map(|i| format!("vb{i}")).collect();
-    let mut commands = String::new();
-    for (i, name) in names.iter().enumerate() {
-        commands += &format!("link add {name} type veth peer name pb{i}\n");
-        commands += &format!("link set dev {name} master {NET}\n");
-    }
-    ip_batch(fx, &commands);
-    names
+/// `count` veth pairs `vbN`/`pbN` made outside the hooks, not on any bridge; their names.
+fn taps(fx: &Fixture, count: usize) -> Vec<String> {
+    let made: String = (0..count)
+        .map(|i| format!("link add vb{i} type veth peer name pb{i}\n"))
+        .collect();
+    ip_batch(fx, &made);
+    (0..count).map(|i| format!("vb{i}")).collect()
+}
+
+/// The `ip -batch` lines putting `ports` on the lab bridge.
+fn enslaving(ports: &[String]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("link set dev {p} master {NET}\n"))
+        .collect()
 }
 
 /// How many of `ports` have their flag set, read in one `ip -d -j link show`.
@@ -277,16 +282,8 @@ fn a_burst_of_joins_is_isolated_and_nothing_blocked() {
     let mut w = Watcher::start(&fx, &["watch"], &[]);
     // 300 taps (made beforehand) joining back to back, while the watcher repairs the
     // first ones: those that join during a repair are no drift of it, and none is blocked.
-    let ports: Vec<String> = (0..300).map(|i| format!("vb{i}")).collect();
-    let made: String = (0..300)
-        .map(|i| format!("link add vb{i} type veth peer name pb{i}\n"))
-        .collect();
-    ip_batch(&fx, &made);
-    let enslave: String = ports
-        .iter()
-        .map(|p| format!("link set dev {p} master {NET}\n"))
-        .collect();
-    ip_batch(&fx, &enslave);
+    let ports = taps(&fx, 300);
+    ip_batch(&fx, &enslaving(&ports));
     let took = wait_until("the 300 ports isolated", REPAIR, || isolated_among(&fx, &ports) == 300);
     eprintln!("300 ports joined in a burst, all isolated {took:?} after the burst ended");
     assert_no_errors(&mut w);
@@ -304,7 +301,8 @@ fn lost_notifications_end_in_a_full_reconcile() {
     // The watcher stopped (SIGSTOP) while 100 ports join and their links flap: more
     // notifications than its socket holds.
     w.signal(libc::SIGSTOP);
-    let ports = burst(&fx, 100);
+    let ports = taps(&fx, 100);
+    ip_batch(&fx, &enslaving(&ports));
     let mut flaps = String::new();
     for _ in 0..15 {
         for p in &ports {
@@ -329,15 +327,8 @@ fn a_watcher_killed_in_a_burst_converges_once_restarted() {
     let w = Watcher::start(&fx, &["watch"], &[]);
     // 100 taps made beforehand, enslaved in a burst; the watcher is killed once it has
     // isolated some of them, so the rest join while no watcher runs.
-    let ports: Vec<String> = (0..100).map(|i| format!("vb{i}")).collect();
-    let made: String = (0..100)
-        .map(|i| format!("link add vb{i} type veth peer name pb{i}\n"))
-        .collect();
-    ip_batch(&fx, &made);
-    let enslave: String = ports
-        .iter()
-        .map(|p| format!("link set dev {p} master {NET}\n"))
-        .collect();
+    let ports = taps(&fx, 100);
+    let enslave = enslaving(&ports);
     let host = fx.lab.host_ns().to_string();
     let batch = std::thread::spawn(move || {
         let mut child = Command::new(lab::IP)

@@ -68,9 +68,10 @@ pub enum Command {
     /// Keep isolation applied between the hooks (root; runs in the foreground, started by
     /// bridge-isolation-watch.service). Repairs at once a port that joins an isolated bridge
     /// outside VDSM's hooks (virsh, libvirt, ip link set master) and an isolation flag
-    /// cleared by hand, as the kernel reports them (rtnetlink); re-applies after firewalld
-    /// reloads, starts or stops (D-Bus); reconciles everything every watch_backstop seconds
-    /// (600) and when link notifications were lost. Acts on the network namespace it runs in.
+    /// cleared by hand, as the kernel reports them (rtnetlink); puts our nftables tables back
+    /// when someone deletes or changes them (nf_tables notifications); re-applies after
+    /// firewalld reloads, starts or stops (D-Bus); reconciles everything every watch_backstop
+    /// seconds (600) and when notifications were lost. Acts on the network namespace it runs in.
     Watch,
     /// Deprecated name of `watch` (release 0.1's firewalld listener): runs the same watcher.
     #[command(hide = true)]
