@@ -117,20 +117,21 @@ impl Runner {
     pub fn parent() -> Option<Runner> {
         // SAFETY: getppid has no preconditions.
         let pid = u32::try_from(unsafe { libc::getppid() }).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         Some(Runner {
             pid,
-            start: stat_start_time(&stat)?,
+            start: start_time_of(pid)?,
         })
     }
 
     /// True while this very process runs (its pid is not reused: the start time matches).
     pub fn is_running(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|stat| stat_start_time(&stat))
-            == Some(self.start)
+        start_time_of(self.pid) == Some(self.start)
     }
+}
+
+/// The start time of process `pid`, if it runs.
+fn start_time_of(pid: u32) -> Option<u64> {
+    stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Field 22 (`starttime`) of a `/proc/PID/stat` line; the command name (field 2) may hold

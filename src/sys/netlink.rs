@@ -269,7 +269,7 @@ impl LinkEvents {
         receive_buffer(&socket, buffer).map_err(|e| Error::kernel("netlink receive buffer", e))?;
         Ok(LinkEvents {
             socket,
-            buf: vec![0; 1 << 16],
+            buf: vec![0; RECV_BUFFER],
         })
     }
 
