@@ -482,5 +482,6 @@ pub fn driver() -> bridge_isolation::enforce::DriverSettings {
         backend: BackendChoice::Auto,
         privileged: is_root(),
         vdsm_netconf: "/nonexistent".into(),
+        owners_dir: "/nonexistent".into(),
     })
 }

@@ -215,6 +215,10 @@ pub fn man_page() -> Result<Vec<u8>> {
             "VDSM's running network config, the directory holding nets/ (reconcile adopts it; recover rebuilds from it).",
         ),
         (
+            "BRIDGE_ISOLATION_OWNERS_DIR",
+            "The owner records of running VMs (which VM owns each port, for status).",
+        ),
+        (
             "BRIDGE_ISOLATION_SYS_PCI",
             "Read instead of /sys/bus/pci/devices to find an SR-IOV VF's physical function.",
         ),
