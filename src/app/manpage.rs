@@ -181,6 +181,10 @@ pub fn man_page() -> Result<Vec<u8>> {
             "The hook, in every hook point it serves (never after_vm_dehibernate).",
         ),
         (
+            paths::OWNERS_DIR,
+            "Which VM and vNIC each tap belongs to (VMID.json), written by the VM hooks as user vdsm, for status; display only. Made at boot by /usr/lib/tmpfiles.d/vdsm-hook-bridge-isolation.conf.",
+        ),
+        (
             paths::HELPER,
             "The root helper that VM hooks, running as user vdsm, reach through sudo.",
         ),
