@@ -26,6 +26,8 @@ pub const VERSION: u32 = 1;
 /// Largest record read, in bytes (512 vNICs fit in a quarter of it).
 const MAX_RECORD: u64 = 128 * 1024;
 const SUFFIX: &str = ".json";
+/// Age after which a temporary file is taken for one a killed writer left.
+const TEMP_FILE_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One VM's record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,12 +243,16 @@ impl OwnerDir {
                 gone.push(record.vm_id);
             }
         }
+        // A writer renames its temporary file within milliseconds: one a minute old was left
+        // by a writer that died (whose pid this process may not even see).
+        let stale = |e: &std::fs::DirEntry| {
+            let modified = e.metadata().and_then(|m| m.modified());
+            modified.is_ok_and(|t| t.elapsed().is_ok_and(|age| age > TEMP_FILE_LIFE))
+        };
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let name = e.file_name();
-                let name = name.to_string_lossy();
-                let pid = name.rsplit_once(&format!("{SUFFIX}.")).map(|(_, pid)| pid);
-                if name.starts_with('.') && pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                if name.to_string_lossy().starts_with('.') && stale(&e) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -439,15 +445,26 @@ mod tests {
         two.put(vnic("56:6f:1a:00:00:03", "vnet5", 33));
         owners.write(&one).unwrap();
         owners.write(&two).unwrap();
-        // A writer killed before its rename (pid 4194304 is above any pid_max).
-        std::fs::write(dir.path().join(format!(".{VM}.json.4194304")), "{").unwrap();
+        // A writer killed before its rename, two minutes ago; one writing now.
+        let left = dir.path().join(format!(".{VM}.json.4194304"));
+        std::fs::write(&left, "{").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let writing = format!(".{VM}.json.{}", std::process::id());
+        std::fs::write(dir.path().join(&writing), "{").unwrap();
         // vnet3 is still there; vnet5's name now belongs to another interface.
         let gone = owners.prune(|tap, index| (tap, index) == ("vnet3", 31) || (tap, index) == ("vnet5", 50));
         assert_eq!(gone, [other]);
-        let left: Vec<_> = std::fs::read_dir(dir.path())
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left, [std::ffi::OsString::from(format!("{VM}.json"))]);
+        left.sort();
+        assert_eq!(left, [writing, format!("{VM}.json")].map(std::ffi::OsString::from));
     }
 }
