@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bridge_isolation::enforce;
+use bridge_isolation::host::paths;
 use bridge_isolation::model::backend::BackendKind;
 use bridge_isolation_lab::{self as lab, domain_xml, Lab, LabSpec, NetSpec, NicSpec};
 use common::*;
@@ -309,6 +310,14 @@ fn inner(args: &[String]) -> Result<()> {
     ] {
         overlay(target, &root.join(sub), &scratch.join("ovl-work").join(sub))?;
     }
+    // The owner records' directory, as the package's tmpfiles.d entry makes it at boot, on
+    // tmpfs as /run is on a host (overlayfs on disk would make the hook's write dearer).
+    overlay("/run", &root.join("run"), &scratch.join("ovl-work").join("run"))?;
+    let run_dir = Path::new(paths::OWNERS_DIR).parent().expect("/run/...");
+    std::fs::create_dir_all(run_dir)?;
+    tmpfs(run_dir)?;
+    std::fs::create_dir_all(paths::OWNERS_DIR)?;
+    std::os::unix::fs::chown(paths::OWNERS_DIR, Some(vdsm.0), Some(vdsm.1))?;
     let pay = scratch.join("payload");
     std::fs::create_dir_all(&pay)?;
     std::fs::set_permissions(&pay, std::fs::Permissions::from_mode(0o755))?;

@@ -170,6 +170,7 @@ fn settings(kind: BackendKind, dir: &Path) -> Settings {
         backend: BackendChoice::Fixed(kind),
         privileged: true,
         vdsm_netconf: "/nonexistent".into(),
+        owners_dir: dir.join("owners"),
     }
 }
 

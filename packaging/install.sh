@@ -13,11 +13,13 @@
 #   /etc/vdsm-hook-bridge-isolation/bridge-isolation.conf
 #   /usr/lib/systemd/system/bridge-isolation-{reconcile,watch,nftables}.service
 #   /usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset
+#   /usr/lib/tmpfiles.d/vdsm-hook-bridge-isolation.conf     (/run/vdsm-hook-bridge-isolation/owners, vdsm's)
 #   /usr/share/man/man8/bridge-isolation.8                  (generated from the CLI)
 #   /usr/share/bash-completion/completions/bridge-isolation (generated from the CLI)
 #   /var/lib/vdsm-hook-bridge-isolation/                    (state, 0755)
 #
-# Installing by hand (not from the RPM), enable the units afterwards:
+# Installing by hand (not from the RPM), create the runtime directory and enable the units:
+#   systemd-tmpfiles --create vdsm-hook-bridge-isolation.conf
 #   systemctl daemon-reload && systemctl preset bridge-isolation-reconcile.service \
 #       bridge-isolation-watch.service bridge-isolation-nftables.service
 # Over release 0.1, whose bridge-isolation-firewalld.service is folded into
@@ -49,7 +51,7 @@ hooks=/usr/libexec/vdsm/hooks
 
 install -d -m 0755 "$destdir$libexec" "$destdir/usr/sbin" "$destdir/etc/sudoers.d" \
     "$destdir/etc/vdsm-hook-bridge-isolation" "$destdir/usr/lib/systemd/system" \
-    "$destdir/usr/lib/systemd/system-preset" "$destdir/usr/share/man/man8" \
+    "$destdir/usr/lib/systemd/system-preset" "$destdir/usr/lib/tmpfiles.d" "$destdir/usr/share/man/man8" \
     "$destdir/usr/share/bash-completion/completions" "$destdir/var/lib/vdsm-hook-bridge-isolation"
 install -m 0755 "$bindir/vdsm-hook-bridge-isolation" "$destdir$libexec/vdsm-hook-bridge-isolation"
 install -m 0755 "$bindir/bridge-isolation-helper" "$destdir$libexec/bridge-isolation-helper"
@@ -80,6 +82,7 @@ for f in "$destdir/usr/lib/systemd/system/$old_unit" "$destdir/etc/systemd/syste
 done
 install -m 0644 "$here/85-vdsm-hook-bridge-isolation.preset" \
     "$destdir/usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset"
+install -m 0644 "$here/tmpfiles.conf" "$destdir/usr/lib/tmpfiles.d/vdsm-hook-bridge-isolation.conf"
 
 # The man page and the completion come from the CLI definition (no root, no config read).
 generate() { # generate FILE ARGS...: writes the CLI's output to FILE, 0644, or fails

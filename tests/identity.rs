@@ -80,7 +80,7 @@ fn a_colliding_mac_never_opens_a_port() {
     let status = String::from_utf8_lossy(&fx.cli(&["status"]).stdout).into_owned();
     assert!(
         status.contains(&format!(
-            "trusted vNIC 56:6f:1a:3e:00:07 (VM {}) on tap vnet2",
+            "trusted vNIC 56:6f:1a:3e:00:07 (VM vm2, {}) on tap vnet2",
             vm_uuid(2)
         )),
         "{status}"

@@ -513,10 +513,35 @@ fn real_guests_are_isolated_through_the_hooks() {
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    // 7. Stopping libvirtd ends every qemu: their taps go with them.
+    // Who owns each port: vm1 and vm2 by their hooks' records (after_vm_start's live XML
+    // names their taps); vm3's hot-plugged vNIC (after_nic_hotplug names no tap) and vm4,
+    // which no hook saw, by the qemu process holding the tap.
+    let status = w.fx.status_json();
+    let owners: BTreeMap<String, [String; 3]> = status["bridges"][0]["ports"]
+        .as_array()
+        .expect("ports in status --json")
+        .iter()
+        .map(|p| {
+            let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            (field("port"), [field("owner"), field("vm_id"), field("vm_name")])
+        })
+        .collect();
+    for (n, source) in [(1, "hook"), (2, "hook"), (3, "qemu"), (4, "qemu")] {
+        let expected = [source.to_string(), vm_uuid(n), w.vm(n).name];
+        assert_eq!(owners[&w.tap(n)], expected, "owner of vm{n}'s tap: {status:#}");
+    }
+    w.step("status names each port's VM: vm1, vm2 from the hooks, vm3, vm4 from their qemu");
+
+    // 7. Stopping libvirtd ends every qemu: their taps go with them, and with no
+    //    after_vm_destroy, a root reconcile forgets their owner records.
     w.consoles.clear();
     w.daemon.stop().expect("stopping libvirtd");
     let ports = w.fx.lab.bridge_ports().expect("listing the bridge ports");
     assert_eq!(ports, [common::UPLINK], "taps left after libvirtd stopped");
+    let owners = w.fx.dropin_dir().join(common::OWNERS);
+    let records = || std::fs::read_dir(&owners).map(Iterator::count).unwrap_or(0);
+    assert_eq!(records(), 2, "vm1's and vm2's records, before a reconcile");
+    assert!(w.fx.cli(&["reconcile"]).status.success());
+    assert_eq!(records(), 0, "records left after the VMs died and a reconcile ran");
     w.step(&format!("done on {}", w.accel));
 }

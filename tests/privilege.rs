@@ -36,7 +36,8 @@ impl SystemInstall {
     fn new() -> SystemInstall {
         let state_dir = Path::new(paths::STATE_DIR);
         let helper_dir = Path::new(paths::HELPER).parent().unwrap();
-        for p in [state_dir, helper_dir, Path::new(SUDOERS)] {
+        let run_dir = Path::new(paths::OWNERS_DIR).parent().unwrap();
+        for p in [state_dir, helper_dir, run_dir, Path::new(SUDOERS)] {
             assert!(
                 !p.exists(),
                 "{} exists: vdsm-hook-bridge-isolation is installed on this host; run this test on a scratch machine",
@@ -45,8 +46,11 @@ impl SystemInstall {
         }
         ensure_account();
         let mut install = SystemInstall {
-            created_dirs: vec![helper_dir.to_path_buf(), state_dir.to_path_buf()],
+            created_dirs: vec![helper_dir.to_path_buf(), state_dir.to_path_buf(), run_dir.to_path_buf()],
         };
+        // The owner records' directory, made by the package's own tmpfiles.d entry.
+        let tmpfiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/tmpfiles.conf");
+        run_ok(Command::new("/usr/bin/systemd-tmpfiles").arg("--create").arg(tmpfiles));
         std::fs::create_dir_all(helper_dir).unwrap();
         std::fs::copy(env!("CARGO_BIN_EXE_bridge-isolation-helper"), paths::HELPER).unwrap();
         std::fs::set_permissions(paths::HELPER, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -169,6 +173,19 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     assert_eq!(run.codes, [(paths::HOOK_NAME.to_string(), 0)], "{}", run.stderr);
     assert!(lab.port_isolated(&vm1.tap).unwrap(), "the helper isolated vnet1 again");
     assert!(!marker.exists(), "a VM hook ran `sudo` from PATH");
+    // The hook, as vdsm, recorded who owns the tap (the environment did not move it).
+    let owners = bridge_isolation::host::owners::OwnerDir::new(paths::OWNERS_DIR);
+    let record = owners.read(&env.last().unwrap().1).unwrap().expect("an owner record");
+    assert_eq!(record.vm_name.as_deref(), Some(vm1.name.as_str()));
+    assert_eq!(
+        record.vnics.iter().map(|v| v.tap.as_str()).collect::<Vec<_>>(),
+        [vm1.tap.as_str()]
+    );
+    let file = Path::new(paths::OWNERS_DIR).join(format!("{}.json", record.vm_id));
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(file).unwrap()),
+        vdsm.uid
+    );
 
     // Steady state needs no privilege at all: with the sudoers rule gone the hook still
     // succeeds, because it spawns nothing; a real repair then fails, loudly.

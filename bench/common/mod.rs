@@ -289,6 +289,18 @@ pub fn overlay(target: &str, upper: &Path, work: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Mounts a fresh tmpfs on `target` (mode 0755).
+pub fn tmpfs(target: &Path) -> Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let tgt = c(&target.display().to_string());
+    let (src, fs, data) = (c("tmpfs"), c("tmpfs"), c("mode=0755"));
+    // SAFETY: NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, data.as_ptr().cast()) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("tmpfs on {}", target.display()));
+    }
+    Ok(())
+}
+
 /// uid and gid of `user`, if it exists.
 pub fn lookup_user(user: &str) -> Option<(u32, u32)> {
     let name = std::ffi::CString::new(user).ok()?;
@@ -482,5 +494,6 @@ pub fn driver() -> bridge_isolation::enforce::DriverSettings {
         backend: BackendChoice::Auto,
         privileged: is_root(),
         vdsm_netconf: "/nonexistent".into(),
+        owners_dir: "/nonexistent".into(),
     })
 }

@@ -13,8 +13,10 @@ use crate::app::release;
 use crate::app::watch;
 use crate::error::{Error, Result};
 use crate::host::config::{self, Settings};
+use crate::host::owners::{OwnerDir, Resolver};
 use crate::host::state::{State, Store};
 use crate::model::backend::DropCounter;
+use crate::model::owner::OwnerSource;
 use crate::model::plan::{Plan, Role};
 use crate::reconcile;
 use crate::vdsm::logging;
@@ -336,6 +338,9 @@ fn cross_host_plan(state: &State) -> Result<Plan> {
 pub struct TrustedStatus {
     /// The VM (`vmId`).
     pub vm: String,
+    /// The VM's name, when a hook recorded it or (root) its qemu process shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
     /// Its guest MAC.
     pub mac: String,
     /// The tap it is bound to; `None` for a record of the previous release not yet bound
@@ -394,6 +399,32 @@ pub struct PortStatus {
     pub expected: bool,
     /// `isolated != expected`.
     pub drift: bool,
+    /// Where its owner was found, for a VM or trusted port: `hook` (a hook's record of this
+    /// very tap), `qemu` (the qemu process holding it: root only), or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<&'static str>,
+    /// The VM it belongs to (`vmId`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    /// That VM's name, when known (control characters replaced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
+    /// The vNIC's guest MAC, when a hook recorded it (`mac` is the tap's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vnic_mac: Option<String>,
+}
+
+impl PortStatus {
+    /// What the table's VM column shows: the VM's name, else its id, else `unknown`; `-`
+    /// for the uplink.
+    pub fn vm_column(&self) -> &str {
+        match (&self.owner, &self.vm_name, &self.vm_id) {
+            (None, _, _) => "-",
+            (_, Some(name), _) => name,
+            (_, None, Some(id)) => id,
+            _ => "unknown",
+        }
+    }
 }
 
 impl StatusReport {
@@ -415,6 +446,7 @@ impl StatusReport {
         };
         let still_lifted = backend.observe(&lifted_plan)?;
         let isolated = |b: &str, p: &str| observed.iter().any(|o| o.bridge == b && o.port == p && o.isolated);
+        let mut owners = Resolver::new(&OwnerDir::new(&settings.owners_dir));
         let bridges = plan
             .bridges
             .iter()
@@ -428,6 +460,9 @@ impl StatusReport {
                     .iter()
                     .map(|p| {
                         let now = isolated(&b.bridge, &p.port.name);
+                        let owner = (p.role != Role::Uplink)
+                            .then(|| owners.owner_of(&p.port.name, p.port.ifindex))
+                            .flatten();
                         PortStatus {
                             port: p.port.name.clone(),
                             mac: p.port.mac.map(|m| m.to_string()),
@@ -435,6 +470,14 @@ impl StatusReport {
                             isolated: now,
                             expected: p.role.isolated(),
                             drift: now != p.role.isolated(),
+                            owner: (p.role != Role::Uplink).then(|| match &owner {
+                                Some(o) if o.source == OwnerSource::Hook => "hook",
+                                Some(_) => "qemu",
+                                None => "unknown",
+                            }),
+                            vnic_mac: owner.as_ref().and_then(|o| o.vnic_mac).map(|m| m.to_string()),
+                            vm_name: owner.as_ref().and_then(|o| o.vm_name.clone()),
+                            vm_id: owner.map(|o| o.vm_id),
                         }
                     })
                     .collect(),
@@ -459,12 +502,14 @@ impl StatusReport {
                 .trusted_ports()
                 .map(|(vm, p)| TrustedStatus {
                     vm: vm.to_string(),
+                    vm_name: owners.owner_of(&p.tap, p.ifindex).and_then(|o| o.vm_name),
                     mac: p.mac.to_string(),
                     tap: Some(p.tap.clone()),
                     ifindex: Some(p.ifindex),
                 })
                 .chain(state.legacy_trusted.iter().map(|(m, t)| TrustedStatus {
                     vm: t.vm.clone(),
+                    vm_name: None,
                     mac: m.to_string(),
                     tap: None,
                     ifindex: None,
@@ -500,8 +545,8 @@ impl std::fmt::Display for StatusReport {
         } else {
             writeln!(
                 f,
-                "{:<15} {:<15} {:<15} {:<17} {:<8} {:<9} {:<9} DRIFT",
-                "NETWORK", "BRIDGE", "PORT", "MAC", "ROLE", "ISOLATED", "EXPECTED"
+                "{:<15} {:<15} {:<15} {:<17} {:<8} {:<9} {:<9} {:<6} VM",
+                "NETWORK", "BRIDGE", "PORT", "MAC", "ROLE", "ISOLATED", "EXPECTED", "DRIFT"
             )?;
         }
         let yn = |b: bool| if b { "yes" } else { "no" };
@@ -515,12 +560,13 @@ impl std::fmt::Display for StatusReport {
                 let mac = p.mac.as_deref().unwrap_or("-");
                 writeln!(
                     f,
-                    "{:<15} {:<15} {:<15} {mac:<17} {role:<8} {:<9} {:<9} {drift}",
+                    "{:<15} {:<15} {:<15} {mac:<17} {role:<8} {:<9} {:<9} {drift:<6} {}",
                     b.network,
                     b.bridge,
                     p.port,
                     yn(p.isolated),
-                    yn(p.expected)
+                    yn(p.expected),
+                    p.vm_column()
                 )?;
             }
             if let Some(d) = b.drops {
@@ -535,11 +581,13 @@ impl std::fmt::Display for StatusReport {
             writeln!(f, "bridge {l}: isolation lifted, flags not yet cleared (run reconcile)")?;
         }
         for t in &self.trusted {
+            let vm = match &t.vm_name {
+                Some(name) => format!("VM {name}, {}", t.vm),
+                None => format!("VM {}", t.vm),
+            };
             match (&t.tap, t.ifindex) {
-                (Some(tap), Some(index)) => {
-                    writeln!(f, "trusted vNIC {} (VM {}) on tap {tap} (index {index})", t.mac, t.vm)?
-                }
-                _ => writeln!(f, "trusted vNIC {} (VM {}): not bound to a tap yet", t.mac, t.vm)?,
+                (Some(tap), Some(index)) => writeln!(f, "trusted vNIC {} ({vm}) on tap {tap} (index {index})", t.mac)?,
+                _ => writeln!(f, "trusted vNIC {} ({vm}): not bound to a tap yet", t.mac)?,
             }
         }
         if let Some(dir) = &self.vdsm.config {

@@ -10,6 +10,7 @@ use crate::app::helper;
 use crate::enforce;
 use crate::error::{Error, Result};
 use crate::host::config::{self, BackendChoice, OnFailure, Settings};
+use crate::host::owners::{OwnerDir, VmRecord, VnicRecord};
 use crate::host::paths;
 use crate::host::state::{PendingSetup, Runner, State, Store};
 use crate::model::backend::BackendKind;
@@ -374,14 +375,7 @@ fn vm_label(doc: &Document) -> String {
 }
 
 fn valid_vm_id(id: &str) -> bool {
-    Report {
-        vm: id.to_string(),
-        event: Event::Gone,
-        vnics: Vec::new(),
-        whole: true,
-    }
-    .validate()
-    .is_ok()
+    crate::model::owner::check_vm_id(id).is_ok()
 }
 
 fn vm_id(doc: &Document) -> Option<String> {
@@ -407,6 +401,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8], unlocked: Result<St
         }
     }
     let vm = required_vm_id(&doc)?;
+    record_owners(settings, &vm, &doc, &vnics);
     enforce(
         settings,
         &Report {
@@ -436,6 +431,43 @@ fn bridges_of(settings: &Settings, doc: &Document) -> Result<Vec<Option<String>>
         .collect())
 }
 
+/// Records which VM and vNIC each tap of `vnics` belongs to, for `status` (display only:
+/// [`crate::host::owners`]). A whole domain replaces the VM's record; a device payload adds
+/// its vNIC to it. A record that cannot be written is logged and the hook goes on.
+fn record_owners(settings: &Settings, vm: &str, doc: &Document, vnics: &[VnicFact]) {
+    if !valid_vm_id(vm) {
+        return; // The report is refused, saying why.
+    }
+    let owners = OwnerDir::new(&settings.owners_dir);
+    let mut record = match doc.vm_id {
+        Some(_) => VmRecord::new(vm, doc.vm_name.as_deref()),
+        None => owners
+            .read(vm)
+            .unwrap_or_else(|e| {
+                log::warn!("{e}: rewriting it");
+                None
+            })
+            .unwrap_or_else(|| VmRecord::new(vm, None)),
+    };
+    let before = record.clone();
+    for v in vnics {
+        // The index proves the record is about this tap, not a later one of the same name.
+        if let Some((tap, ifindex)) = v.tap.as_ref().and_then(|t| Some((t, bridge::ifindex(t)?))) {
+            record.put(VnicRecord {
+                mac: v.mac,
+                tap: tap.clone(),
+                ifindex,
+            });
+        }
+    }
+    if record.vnics.is_empty() || (doc.vm_id.is_none() && record == before) {
+        return;
+    }
+    if let Err(e) = owners.write(&record) {
+        log::warn!("{e}: bridge-isolation status cannot name VM {vm} beside its ports");
+    }
+}
+
 fn vm_gone(settings: &Settings, bytes: &[u8], unlocked: Result<State>) -> Result<()> {
     // The last XML is a courtesy: the VM id is what matters, and taps are already gone. An
     // unreadable payload still forgets the VM (by `vmId`), then is reported.
@@ -458,6 +490,11 @@ fn vm_gone(settings: &Settings, bytes: &[u8], unlocked: Result<State>) -> Result
         Ok(vm) => vm,
         Err(e) => return Err(broken.unwrap_or(e)),
     };
+    if valid_vm_id(&vm) {
+        if let Err(e) = OwnerDir::new(&settings.owners_dir).remove(&vm) {
+            log::warn!("{e}: bridge-isolation status may name VM {vm} until a root reconcile prunes it");
+        }
+    }
     enforce(
         settings,
         &Report {

@@ -181,6 +181,10 @@ pub fn man_page() -> Result<Vec<u8>> {
             "The hook, in every hook point it serves (never after_vm_dehibernate).",
         ),
         (
+            paths::OWNERS_DIR,
+            "Which VM and vNIC each tap belongs to (VMID.json), written by the VM hooks as user vdsm, for status; display only. Made at boot by /usr/lib/tmpfiles.d/vdsm-hook-bridge-isolation.conf.",
+        ),
+        (
             paths::HELPER,
             "The root helper that VM hooks, running as user vdsm, reach through sudo.",
         ),
@@ -213,6 +217,10 @@ pub fn man_page() -> Result<Vec<u8>> {
         (
             "BRIDGE_ISOLATION_VDSM_NETCONF",
             "VDSM's running network config, the directory holding nets/ (reconcile adopts it; recover rebuilds from it).",
+        ),
+        (
+            "BRIDGE_ISOLATION_OWNERS_DIR",
+            "The owner records of running VMs (which VM owns each port, for status).",
         ),
         (
             "BRIDGE_ISOLATION_SYS_PCI",

@@ -163,6 +163,7 @@ mod tests {
             backend: BackendChoice::Fixed(BackendKind::PortIsolation),
             privileged,
             vdsm_netconf: dir.join("no-vdsm"),
+            owners_dir: dir.join("owners"),
         }
     }
 

@@ -27,6 +27,9 @@ pub const ENV_CLI: &str = "BRIDGE_ISOLATION_CLI";
 /// for tests).
 pub const ENV_VDSM_NETCONF: &str = "BRIDGE_ISOLATION_VDSM_NETCONF";
 
+/// Overrides [`paths::OWNERS_DIR`], the owner records of running VMs (root only; for tests).
+pub const ENV_OWNERS_DIR: &str = "BRIDGE_ISOLATION_OWNERS_DIR";
+
 /// Set once this process has honoured the environment overrides ([`Settings::from_env`] as
 /// root); the root helper ([`Settings::system`]) never sets it.
 static OVERRIDES_HONOURED: AtomicBool = AtomicBool::new(false);
@@ -79,6 +82,8 @@ pub struct Settings {
     /// VDSM's running network config, the directory holding `nets/` (reconcile adopts what
     /// it tags).
     pub vdsm_netconf: PathBuf,
+    /// The owner records of running VMs ([`crate::host::owners`]).
+    pub owners_dir: PathBuf,
 }
 
 /// True when running as root.
@@ -104,6 +109,9 @@ impl Settings {
             let mut settings = Settings::load(&config_file, state_dir, backend, true)?;
             if let Some(dir) = dir_override(ENV_VDSM_NETCONF) {
                 settings.vdsm_netconf = dir;
+            }
+            if let Some(dir) = dir_override(ENV_OWNERS_DIR) {
+                settings.owners_dir = dir;
             }
             Ok(settings)
         } else {
@@ -131,6 +139,7 @@ impl Settings {
             backend: backend.or(file.backend).unwrap_or(BackendChoice::Auto),
             privileged,
             vdsm_netconf: PathBuf::from(paths::VDSM_NETCONF),
+            owners_dir: PathBuf::from(paths::OWNERS_DIR),
         })
     }
 }

@@ -4,6 +4,7 @@
 //! ([`watcher`]).
 
 pub mod config;
+pub mod owners;
 pub mod paths;
 pub mod state;
 pub mod trust;

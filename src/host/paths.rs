@@ -15,5 +15,11 @@ pub const VDSM_HOOKS_DIR: &str = "/usr/libexec/vdsm/hooks";
 /// The file name of our hook in every hook-point directory.
 pub const HOOK_NAME: &str = "50_bridge_isolation";
 
+/// The owner records of running VMs ([`crate::host::owners`]): on tmpfs, created at boot by
+/// the package's tmpfiles.d entry, writable by user `vdsm`.
+pub const OWNERS_DIR: &str = "/run/vdsm-hook-bridge-isolation/owners";
+/// The user VDSM runs the VM hooks as.
+pub const VDSM_USER: &str = "vdsm";
+
 /// VDSM's running network config: `nets/NAME` holds each network's setupNetworks attributes.
 pub const VDSM_NETCONF: &str = "/var/lib/vdsm/staging/netconf";

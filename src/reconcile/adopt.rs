@@ -259,6 +259,7 @@ mod tests {
             backend: crate::host::config::BackendChoice::Auto,
             privileged: true,
             vdsm_netconf: dir.join("netconf"),
+            owners_dir: dir.join("owners"),
         }
     }
 

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use crate::enforce::{self, Backend, DriverSettings};
 use crate::error::{Error, Result};
 use crate::host::config::Settings;
+use crate::host::owners::OwnerDir;
 use crate::host::state::{Locked, State, Store};
 use crate::model::backend::{BackendKind, Change};
 use crate::model::plan::{BridgePlan, Plan};
@@ -278,10 +279,16 @@ fn enforce(
 }
 
 /// Root, under the lock, outside the network hooks: [`adopt`]s what VDSM's running config
-/// asks, then [`record_then_run`] (a network it lifts opens only once that is on disk).
+/// asks, then [`record_then_run`] (a network it lifts opens only once that is on disk);
+/// then forgets the owner records of VMs whose taps are all gone.
 pub fn adopt_and_run(mut locked: Locked, settings: &Settings) -> Result<Outcome> {
     adopt(&mut locked, settings)?;
-    record_then_run(locked, settings)
+    let outcome = record_then_run(locked, settings);
+    let owners = OwnerDir::new(&settings.owners_dir);
+    for vm in owners.prune(|tap, index| bridge::ifindex(tap) == Some(index)) {
+        log::info!("VM {vm}: its taps are gone (no after_vm_destroy ran): owner record forgotten");
+    }
+    outcome
 }
 
 /// Root, under the lock: records `report` (trusted vNICs bound to their taps, see
@@ -339,6 +346,7 @@ mod tests {
             backend: BackendChoice::Auto,
             privileged: false,
             vdsm_netconf: "/nonexistent".into(),
+            owners_dir: "/nonexistent".into(),
         });
         let none = |k: BackendKind| enforce::open(k, &driver).and_then(|_| Err::<(), _>(Error::Kernel("no".into())));
         let err = first_usable(BackendKind::ALL, none).unwrap_err().to_string();
@@ -358,6 +366,7 @@ mod tests {
             backend: choice,
             privileged: false,
             vdsm_netconf: "/nonexistent".into(),
+            owners_dir: "/nonexistent".into(),
         };
         for kind in BackendKind::ALL {
             assert_eq!(

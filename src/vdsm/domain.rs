@@ -137,6 +137,9 @@ impl Interface {
 pub struct Document {
     /// The `<uuid>` of the domain, when the payload is a whole domain.
     pub vm_id: Option<String>,
+    /// The `<name>` of the domain, when the payload is a whole domain: shown beside its
+    /// ports by `bridge-isolation status`, never acted on.
+    pub vm_name: Option<String>,
     /// Every interface, in document order.
     pub interfaces: Vec<Interface>,
     /// `bridge_isolation_trusted` from the oVirt metadata, by guest MAC.
@@ -433,6 +436,9 @@ impl Parser {
             "uuid" if depth == 1 && self.stack[0] == "domain" && self.doc.vm_id.is_none() => {
                 self.doc.vm_id = Some(text.to_string())
             }
+            "name" if depth == 1 && self.stack[0] == "domain" && self.doc.vm_name.is_none() => {
+                self.doc.vm_name = Some(text.to_string())
+            }
             n if n == PROP_TRUSTED && self.stack.iter().any(|n| n == "metadata") => {
                 if let Some(mac) = self.meta_mac {
                     let trusted = policy::parse_flag(text).map_err(|e| format!("{PROP_TRUSTED} of {mac}: {e}"))?;
@@ -574,6 +580,7 @@ mod tests {
     fn parses_a_domain() {
         let doc = parse(START.as_bytes()).unwrap();
         assert_eq!(doc.vm_id.as_deref(), Some("4d3a1f52-8a0b-4c8e-9a8f-2f7b3d1c0e11"));
+        assert_eq!(doc.vm_name.as_deref(), Some("web01"));
         let bridges: Vec<_> = doc.interfaces.iter().map(|i| i.on_bridge().unwrap()).collect();
         assert_eq!(bridges, ["red", "red", "ovirtmgmt", "blue"]);
         assert_eq!(doc.interfaces[0].mac, Some(mac("56:6f:1a:00:00:01")));

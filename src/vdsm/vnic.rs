@@ -60,18 +60,7 @@ pub const MAX_VNICS: usize = 512;
 impl Report {
     /// Checks the report is well formed: a sane VM id, valid tap names, a bounded list.
     pub fn validate(&self) -> Result<()> {
-        let ok_id = !self.vm.is_empty()
-            && self.vm.len() <= 64
-            && self
-                .vm
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !ok_id {
-            return Err(Error::Payload(format!(
-                "invalid vmId {}",
-                crate::model::ifname::quoted(&self.vm)
-            )));
-        }
+        crate::model::owner::check_vm_id(&self.vm).map_err(Error::Payload)?;
         if self.vnics.len() > MAX_VNICS {
             return Err(Error::Payload(format!("{} vNICs in one report", self.vnics.len())));
         }

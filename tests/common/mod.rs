@@ -181,8 +181,12 @@ fn base_env(state: &Path, dropins: &Path, backend: Backend) -> Vec<(String, Stri
             "BRIDGE_ISOLATION_VDSM_NETCONF".to_string(),
             path(&dropins.join(VDSM_NETCONF)),
         ),
+        ("BRIDGE_ISOLATION_OWNERS_DIR".to_string(), path(&dropins.join(OWNERS))),
     ]
 }
+
+/// The owner records of a fixture's VMs, under its drop-in directory.
+pub const OWNERS: &str = "owners";
 
 /// VDSM's running network config of a fixture, under its drop-in directory: absent (no
 /// VDSM on this host) until a test writes into it ([`Fixture::write_vdsm_config`]).

@@ -131,6 +131,10 @@ impl Demo<'_> {
                 config::ENV_CONFIG.to_string(),
                 self.state.join("none.conf").display().to_string(),
             ),
+            (
+                config::ENV_OWNERS_DIR.to_string(),
+                self.state.join("owners").display().to_string(),
+            ),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let run = lab::run_hook_point(self.lab.host_ns(), self.hooks, point, payload, &env).map_err(lab_error)?;
@@ -154,6 +158,7 @@ impl Demo<'_> {
             .arg("status")
             .env(config::ENV_STATE_DIR, self.state)
             .env(config::ENV_CONFIG, self.state.join("none.conf"))
+            .env(config::ENV_OWNERS_DIR, self.state.join("owners"))
             .output()
             .map_err(|e| Error::io("running status", e))?;
         print!(
