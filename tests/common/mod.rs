@@ -234,6 +234,17 @@ impl Fixture {
         Fixture::create(spec, backend, firewalld)
     }
 
+    /// Like [`Fixture::with_backend`], never with a private firewalld: for a test that runs
+    /// its own (tests/sandbox.rs: the machine's firewalld.service in a systemd container).
+    /// With the firewalld backend both `bridge-nf-call-*` sysctls start at 0 all the same.
+    pub fn without_private_firewalld(tag: &str, vms: u8, backend: Backend) -> Fixture {
+        let fx = Fixture::create(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms), backend, None);
+        if backend == Backend::Firewalld {
+            fx.set_br_netfilter(false);
+        }
+        fx
+    }
+
     fn create(spec: &LabSpec, backend: Backend, firewalld: Option<&str>) -> Fixture {
         assert_eq!(spec.bridge, NET);
         let lab = Lab::create(spec).expect("creating the lab");

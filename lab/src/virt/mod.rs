@@ -79,7 +79,7 @@ pub fn obstacle() -> Option<String> {
 
 /// Makes the process `command` starts get SIGKILL when the thread that started it ends,
 /// so that nothing it runs outlives a killed test.
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
     unsafe {
         command.pre_exec(|| {
