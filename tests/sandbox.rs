@@ -26,7 +26,7 @@ use std::time::Duration;
 use bridge_isolation_lab::container::{self, Container};
 use bridge_isolation_lab::{self as lab, NetSpec};
 use common::backend::Backend;
-use common::{wait_until, Fixture, NET, UPLINK};
+use common::{install_package, wait_until, Fixture, NET, UPLINK};
 
 /// The boot-time reconcile.
 const RECONCILE: &str = "bridge-isolation-reconcile.service";
@@ -75,7 +75,7 @@ fn enabled(test: &str) -> bool {
 fn host(tag: &str, vms: u8, backend: Backend) -> Host {
     let fx = Fixture::without_private_firewalld(tag, vms, backend);
     let machine = Container::boot(fx.lab.host_ns(), fx.lab.host_ns(), |root| {
-        install(root);
+        install_package(root);
         set_backend(root, backend);
         vdsm_config(root);
         if backend == Backend::Firewalld {
@@ -89,23 +89,6 @@ fn host(tag: &str, vms: u8, backend: Backend) -> Host {
     })
     .unwrap_or_else(|e| panic!("booting the machine: {e:#}"));
     Host { machine, fx }
-}
-
-/// `packaging/install.sh --destdir ROOT` with this build's binaries.
-fn install(root: &Path) {
-    let bindir = Path::new(env!("CARGO_BIN_EXE_bridge-isolation")).parent().unwrap();
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh"))
-        .arg("--destdir")
-        .arg(root)
-        .arg("--bindir")
-        .arg(bindir)
-        .output()
-        .expect("running packaging/install.sh");
-    assert!(
-        out.status.success(),
-        "install.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Sets `backend = NAME` in the installed config file.
@@ -205,10 +188,12 @@ impl Host {
     fn assert_watcher_sandboxed(&self) {
         let pid = self.show(WATCH, "MainPID");
         assert_ne!(pid, "0", "the watcher is not running:\n{}", self.machine.journal(WATCH));
-        let status = self
-            .machine
-            .exec_ok("/usr/bin/cat", &[&format!("/proc/{pid}/status")])
-            .unwrap();
+        let proc_file = |name: &str| {
+            self.machine
+                .exec_ok("/usr/bin/cat", &[&format!("/proc/{pid}/{name}")])
+                .unwrap()
+        };
+        let status = proc_file("status");
         let field = |name: &str| {
             status
                 .lines()
@@ -226,10 +211,7 @@ impl Host {
         assert_eq!(decode_caps(&field("CapBnd")), unit_caps, "the watcher's bounding set");
         assert_eq!(field("NoNewPrivs"), "1");
         assert_eq!(field("Seccomp"), "2", "a seccomp filter");
-        let mounts = self
-            .machine
-            .exec_ok("/usr/bin/cat", &[&format!("/proc/{pid}/mountinfo")])
-            .unwrap();
+        let mounts = proc_file("mountinfo");
         // The topmost mount on `point` (the last listed) decides.
         let options = |point: &str| {
             mounts
@@ -268,6 +250,17 @@ impl Host {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// What every backend must do under the sandbox: the reconcile unit isolates the VMs
+    /// (adopting VDSM's tag), the watcher runs sandboxed and isolates VM 3, plugged by hand.
+    fn isolates_with_both_units(&mut self) {
+        self.run(RECONCILE);
+        self.fx.assert_isolation(&[]);
+        self.start_watcher();
+        self.assert_watcher_sandboxed();
+        self.plug_and_wait(3);
+        self.fx.assert_isolation(&[]);
+    }
+
     /// Plugs VM `n` by hand (no hook) and waits until the watcher has isolated it.
     fn plug_and_wait(&mut self, n: u8) {
         let vm = self.fx.vm(n);
@@ -299,14 +292,8 @@ fn port_isolation_under_the_units_sandbox() {
         return;
     }
     let mut host = host("sbxpi", 2, Backend::PortIsolation);
-    host.run(RECONCILE);
-    host.fx.assert_isolated_ports(&["vnet1", "vnet2"]);
-    host.fx.assert_isolation(&[]);
-    host.start_watcher();
-    host.assert_watcher_sandboxed();
-    host.plug_and_wait(3);
+    host.isolates_with_both_units();
     host.fx.assert_isolated_ports(&["vnet1", "vnet2", "vnet3"]);
-    host.fx.assert_isolation(&[]);
 }
 
 #[test]
@@ -315,12 +302,7 @@ fn nftables_under_the_units_sandbox() {
         return;
     }
     let mut host = host("sbxnft", 2, Backend::Nftables);
-    host.run(RECONCILE);
-    host.fx.assert_isolation(&[]);
-    host.start_watcher();
-    host.assert_watcher_sandboxed();
-    host.plug_and_wait(3);
-    host.fx.assert_isolation(&[]);
+    host.isolates_with_both_units();
     // nftables.service (re)loading its ruleset: the watcher's nf_tables notifications.
     let flushed = Command::new(lab::IP)
         .args(["netns", "exec", host.fx.lab.host_ns(), lab::NFT, "flush", "ruleset"])
@@ -342,18 +324,13 @@ fn firewalld_under_the_units_sandbox() {
     }
     let mut host = host("sbxfw", 2, Backend::Firewalld);
     host.run("firewalld.service");
-    host.run(RECONCILE);
-    host.fx.assert_isolation(&[]);
-    host.start_watcher();
+    host.isolates_with_both_units();
     // Its firewalld listener: the system bus (AF_UNIX) from inside the sandbox.
     wait_until("the watcher on the system bus", REPAIR, || {
         host.machine
             .journal(WATCH)
             .contains("watching firewalld on the system bus")
     });
-    host.assert_watcher_sandboxed();
-    host.plug_and_wait(3);
-    host.fx.assert_isolation(&[]);
 }
 
 #[test]
@@ -368,18 +345,13 @@ fn iptables_needs_its_dropin() {
     assert!(journal.contains("br_netfilter"), "{journal}");
     assert_eq!(host.fx.br_netfilter(), [false, false]);
     host.link_iptables_dropin();
-    host.run(RECONCILE);
+    host.isolates_with_both_units();
     assert_eq!(host.fx.br_netfilter(), [true, true]);
     let persisted = host
         .machine
         .root()
         .join("etc/sysctl.d/99-vdsm-hook-bridge-isolation.conf");
     assert!(persisted.exists(), "{} missing", persisted.display());
-    host.fx.assert_isolation(&[]);
-    host.start_watcher();
-    host.assert_watcher_sandboxed();
-    host.plug_and_wait(3);
-    host.fx.assert_isolation(&[]);
 }
 
 #[test]
@@ -418,7 +390,7 @@ fn units_verify_and_their_exposure_is_documented() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path());
+    install_package(dir.path());
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/verify-units.sh"))
         .arg(dir.path())
         .output()

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::tools::{run, run_ok, show};
-use crate::virt::die_with_parent;
+use crate::virt::{children_of, die_with_parent};
 
 /// systemd-container's `systemd-nspawn`.
 pub const NSPAWN: &str = "/usr/bin/systemd-nspawn";
@@ -140,8 +140,7 @@ impl Container {
         let child = command.spawn().context("starting systemd-nspawn")?;
         let nspawn = child.id();
         machine.nspawn = Some(child);
-        machine.init = machine.wait_for_init(nspawn)?;
-        machine.wait_until_booted()?;
+        machine.wait_until_booted(nspawn)?;
         machine.make_like_a_host()?;
         Ok(machine)
     }
@@ -199,45 +198,35 @@ impl Container {
         std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
     }
 
-    /// The machine's systemd: the child of nspawn running [`SYSTEMD`].
-    fn wait_for_init(&mut self, nspawn: u32) -> Result<u32> {
+    /// Waits for the machine's systemd (the child of nspawn running [`SYSTEMD`]), then for
+    /// it to report the boot done (`running`, or `degraded` when a unit of the machine's own
+    /// failed, which concerns no test); fails when nspawn exits or [`BOOT_TIMEOUT`] passes.
+    fn wait_until_booted(&mut self, nspawn: u32) -> Result<()> {
         let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut state = "no systemd yet".to_string();
         loop {
-            if let Some(pid) = children(nspawn).into_iter().find(|&pid| runs_systemd(pid)) {
-                return Ok(pid);
+            if self.init == 0 {
+                let init = children_of(nspawn).into_iter().find(|&pid| runs_systemd(pid));
+                self.init = init.map_or(0, |pid| pid as u32);
+            }
+            if self.init != 0 {
+                let out = self.systemctl(&["is-system-running"])?;
+                state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if state == "running" || state == "degraded" {
+                    return Ok(());
+                }
             }
             if let Some(status) = self.nspawn.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("systemd-nspawn exited ({status}):\n{}", self.console());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "no systemd in machine {} after {BOOT_TIMEOUT:?}:\n{}",
+                    "machine {} not booted after {BOOT_TIMEOUT:?} ({state}):\n{}",
                     self.name,
                     self.console()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until systemd reports the boot done (`running`, or `degraded` when a unit of
-    /// the machine's own failed, which concerns no test).
-    fn wait_until_booted(&self) -> Result<()> {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        loop {
-            let out = self.systemctl(&["is-system-running"])?;
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if state == "running" || state == "degraded" {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "machine {} not booted after {BOOT_TIMEOUT:?} ({state:?}):\n{}",
-                    self.name,
-                    self.console()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -301,26 +290,8 @@ fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The processes whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| parent_of(child) == Some(pid))
-        .collect()
-}
-
-/// The parent of process `pid` (`/proc/PID/stat`, field 4, after the command's last `)`).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Whether process `pid` runs systemd (nspawn's own forks run nspawn until they exec it).
-fn runs_systemd(pid: u32) -> bool {
+fn runs_systemd(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "systemd"))
 }
 
@@ -329,13 +300,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_parents_and_children() {
-        let me = std::process::id();
-        // SAFETY: getppid has no preconditions.
-        let parent = unsafe { libc::getppid() } as u32;
-        assert_eq!(parent_of(me), Some(parent));
-        assert!(children(parent).contains(&me));
-        assert_eq!(parent_of(u32::MAX), None);
-        assert!(!runs_systemd(me));
+    fn tells_systemd_from_other_programs() {
+        assert!(!runs_systemd(std::process::id() as i32));
+        assert!(!runs_systemd(-1));
     }
 }

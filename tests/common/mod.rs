@@ -44,12 +44,24 @@ fn install_hook_tree() -> PathBuf {
     let root = base.join(format!("hook-tree-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).expect("creating the hook tree directory");
+    install_package(&root);
+    extern "C" fn remove_own_tree() {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hook-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(root);
+    }
+    // SAFETY: registers a plain function without captures to run at process exit.
+    unsafe { libc::atexit(remove_own_tree) };
+    root.join("usr/libexec/vdsm/hooks")
+}
+
+/// Runs `packaging/install.sh --destdir ROOT` with this build's binaries, asserting success.
+pub fn install_package(root: &Path) {
     let bindir = Path::new(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"))
         .parent()
         .expect("binaries live in a directory");
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh"))
         .arg("--destdir")
-        .arg(&root)
+        .arg(root)
         .arg("--bindir")
         .arg(bindir)
         .output()
@@ -60,13 +72,6 @@ fn install_hook_tree() -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    extern "C" fn remove_own_tree() {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hook-tree-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(root);
-    }
-    // SAFETY: registers a plain function without captures to run at process exit.
-    unsafe { libc::atexit(remove_own_tree) };
-    root.join("usr/libexec/vdsm/hooks")
 }
 
 /// Deletes `hook-tree-<pid>` directories whose process no longer runs.

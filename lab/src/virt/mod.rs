@@ -36,6 +36,7 @@ use std::process::Command;
 
 pub use accel::{Accel, QEMU};
 pub use console::GuestConsole;
+pub(crate) use daemon::children_of;
 pub use daemon::{Libvirtd, LIBVIRTD, PRIVATE_DIRS, STOCK_NWFILTERS, VIRSH};
 pub use image::{GuestImage, BUSYBOX, DPKG_DEB, GUEST_SCRIPT, KERNEL_DEB_VAR, KERNEL_METAPACKAGE};
 pub use probe::{measure, write_script, Place, Station, GUEST_PROTOCOLS};
