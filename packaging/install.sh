@@ -12,6 +12,9 @@
 #   /etc/sudoers.d/50_vdsm_hook_bridge_isolation            (0440)
 #   /etc/vdsm-hook-bridge-isolation/bridge-isolation.conf
 #   /usr/lib/systemd/system/bridge-isolation-{reconcile,watch,nftables}.service
+#   /usr/lib/systemd/system/bridge-isolation-.service.d/50-sandbox.conf (the units' sandbox)
+#   /usr/share/vdsm-hook-bridge-isolation/sandbox-iptables.conf (the iptables backend's
+#                                                           addition to it, linked by hand)
 #   /usr/lib/systemd/system-preset/85-vdsm-hook-bridge-isolation.preset
 #   /usr/lib/tmpfiles.d/vdsm-hook-bridge-isolation.conf     (/run/vdsm-hook-bridge-isolation/owners, vdsm's)
 #   /usr/share/man/man8/bridge-isolation.8                  (generated from the CLI)
@@ -52,6 +55,7 @@ hooks=/usr/libexec/vdsm/hooks
 install -d -m 0755 "$destdir$libexec" "$destdir/usr/sbin" "$destdir/etc/sudoers.d" \
     "$destdir/etc/vdsm-hook-bridge-isolation" "$destdir/usr/lib/systemd/system" \
     "$destdir/usr/lib/systemd/system-preset" "$destdir/usr/lib/tmpfiles.d" "$destdir/usr/share/man/man8" \
+    "$destdir/usr/lib/systemd/system/bridge-isolation-.service.d" "$destdir/usr/share/vdsm-hook-bridge-isolation" \
     "$destdir/usr/share/bash-completion/completions" "$destdir/var/lib/vdsm-hook-bridge-isolation"
 install -m 0755 "$bindir/vdsm-hook-bridge-isolation" "$destdir$libexec/vdsm-hook-bridge-isolation"
 install -m 0755 "$bindir/bridge-isolation-helper" "$destdir$libexec/bridge-isolation-helper"
@@ -72,6 +76,10 @@ install -m 0644 "$here/bridge-isolation.conf" "$destdir/etc/vdsm-hook-bridge-iso
 for unit in bridge-isolation-reconcile.service bridge-isolation-watch.service bridge-isolation-nftables.service; do
     install -m 0644 "$here/$unit" "$destdir/usr/lib/systemd/system/$unit"
 done
+# One sandbox for every bridge-isolation-*.service unit (a unit-name prefix drop-in), and
+# the iptables backend's addition to it, which an administrator links in (docs/security.md).
+install -m 0644 "$here/sandbox.conf" "$destdir/usr/lib/systemd/system/bridge-isolation-.service.d/50-sandbox.conf"
+install -m 0644 "$here/sandbox-iptables.conf" "$destdir/usr/share/vdsm-hook-bridge-isolation/sandbox-iptables.conf"
 # Release 0.1's firewalld listener must not run beside the watcher that replaces it.
 old_unit=bridge-isolation-firewalld.service
 for f in "$destdir/usr/lib/systemd/system/$old_unit" "$destdir/etc/systemd/system/multi-user.target.wants/$old_unit"; do

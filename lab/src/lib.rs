@@ -41,6 +41,12 @@
 //! initramfs on Debian's kernel), driven through VDSM's hook points, judged from inside
 //! the guests: see the [`virt`] module.
 //!
+//! # A systemd machine in the lab ([`container`])
+//!
+//! The machine's own OS tree booted by `systemd-nspawn` (systemd as PID 1, overlay root) in
+//! a lab's host namespace, so that unit files run with their sandbox as on a host: see the
+//! [`container`] module.
+//!
 //! # Use from a test
 //!
 //! ```ignore
@@ -65,6 +71,7 @@
 //! lab.destroy()?;
 //! ```
 
+pub mod container;
 mod domxml;
 mod entropy;
 mod fabric;

@@ -69,6 +69,10 @@ check "config file %config(noreplace)" has /etc/$name/bridge-isolation.conf -rw-
 for unit in reconcile watch nftables; do
     check "unit bridge-isolation-$unit.service" has /usr/lib/systemd/system/bridge-isolation-$unit.service -rw-r--r--
 done
+check "the units' sandbox, a drop-in for every bridge-isolation-*.service" \
+    has "/usr/lib/systemd/system/bridge-isolation-.service.d/50-sandbox.conf" -rw-r--r--
+check "the iptables backend's addition to the sandbox (linked in by hand)" \
+    has "/usr/share/$name/sandbox-iptables.conf" -rw-r--r--
 check "no bridge-isolation-firewalld.service (release 0.1's, folded into the watcher)" \
     [ -z "$(entry /usr/lib/systemd/system/bridge-isolation-firewalld.service)" ]
 check "systemd preset" has /usr/lib/systemd/system-preset/85-$name.preset -rw-r--r--
@@ -130,22 +134,12 @@ no_lab() {
 check "no test lab in the packaged CLI (built without the demo feature)" no_lab
 check "man page names the packaged README.md and docs/" bash -c \
     "zcat -f '$payload$man' | grep -qF '${readme//-/\\-}' && zcat -f '$payload$man' | grep -qF '${docdir//-/\\-}/'"
-if command -v systemd-analyze >/dev/null; then
-    # Verify copies whose ExecStart= points into the payload (the real path is not installed here).
-    mkdir -p "$payload/units"
-    for u in "$payload"/usr/lib/systemd/system/*.service; do
-        sed "s|/usr/sbin/bridge-isolation|$payload/usr/sbin/bridge-isolation|" "$u" > "$payload/units/${u##*/}"
-    done
-    # It exits 0 on unknown keys and bad values (it only prints them): no output is the test.
-    verify=$(systemd-analyze verify --man=no "$payload"/units/bridge-isolation-*.service 2>&1)
-    rc=$?
-    units_ok() { [ "$rc" -eq 0 ] && [ -z "$verify" ]; }
-    check "systemd-analyze verify: the units are valid${verify:+ ($verify)}" units_ok
-    check "every unit has an [Install] section the preset enables" bash -c \
-        "for u in '$payload'/units/*.service; do grep -q '^WantedBy=' \"\$u\" && grep -qx \"enable \${u##*/}\" '$payload/usr/lib/systemd/system-preset/85-$name.preset' || exit 1; done"
-else
-    echo "check-rpm: systemd-analyze is not installed: unit files not verified"
-fi
+# The units with their sandbox, as shipped and with the iptables backend's drop-in:
+# systemd-analyze verify (any message fails), offline on the payload.
+units_ok() { "$top/packaging/verify-units.sh" "$payload" | sed 's/^/  /'; }
+check "systemd-analyze verify: the units and their sandbox drop-ins are valid" units_ok
+check "every unit has an [Install] section the preset enables" bash -c \
+    "for u in '$payload'/usr/lib/systemd/system/bridge-isolation-*.service; do grep -q '^WantedBy=' \"\$u\" && grep -qx \"enable \${u##*/}\" '$payload/usr/lib/systemd/system-preset/85-$name.preset' || exit 1; done"
 check "GPL-2.0 text in LICENSE" grep -q "GNU GENERAL PUBLIC LICENSE" "$payload$license"
 tag=$(rpm -qp --qf '%{LICENSE}' "$rpmfile")
 missing=$(sed 's/: .*//' "$payload$deps" | tr -c 'A-Za-z0-9.+-' '\n' | grep -vxE 'AND|OR|WITH|' | sort -u |

@@ -204,6 +204,7 @@ pub fn man_page() -> Result<Vec<u8>> {
         ("bridge-isolation-reconcile.service", "Reconciles at boot, after vdsm-network.service has restored the networks (and after the firewall services have loaded their rules)."),
         ("bridge-isolation-watch.service", "Runs bridge-isolation watch: repairs ports changed outside the hooks and our nftables tables changed by others as the kernel reports them, re-applies after firewall-cmd --reload and when firewalld starts or stops, and reconciles everything every watch_backstop seconds. Replaces release 0.1's bridge-isolation-firewalld.service."),
         ("bridge-isolation-nftables.service", "Re-applies when nftables.service starts, restarts or reloads (each replaces the whole ruleset)."),
+        ("bridge-isolation-.service.d/50-sandbox.conf", "The sandbox of all three (systemctl cat shows it): read-only file system but the state directory, CAP_NET_ADMIN only, netlink and local sockets only. The iptables backend needs /usr/share/vdsm-hook-bridge-isolation/sandbox-iptables.conf linked into /etc/systemd/system/bridge-isolation-.service.d/ too (security.md)."),
     ] {
         r += &format!(".TP\n{}\n{}\n", bold(unit), esc(what));
     }

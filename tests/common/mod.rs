@@ -44,12 +44,24 @@ fn install_hook_tree() -> PathBuf {
     let root = base.join(format!("hook-tree-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).expect("creating the hook tree directory");
+    install_package(&root);
+    extern "C" fn remove_own_tree() {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hook-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(root);
+    }
+    // SAFETY: registers a plain function without captures to run at process exit.
+    unsafe { libc::atexit(remove_own_tree) };
+    root.join("usr/libexec/vdsm/hooks")
+}
+
+/// Runs `packaging/install.sh --destdir ROOT` with this build's binaries, asserting success.
+pub fn install_package(root: &Path) {
     let bindir = Path::new(env!("CARGO_BIN_EXE_vdsm-hook-bridge-isolation"))
         .parent()
         .expect("binaries live in a directory");
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh"))
         .arg("--destdir")
-        .arg(&root)
+        .arg(root)
         .arg("--bindir")
         .arg(bindir)
         .output()
@@ -60,13 +72,6 @@ fn install_hook_tree() -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    extern "C" fn remove_own_tree() {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hook-tree-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(root);
-    }
-    // SAFETY: registers a plain function without captures to run at process exit.
-    unsafe { libc::atexit(remove_own_tree) };
-    root.join("usr/libexec/vdsm/hooks")
 }
 
 /// Deletes `hook-tree-<pid>` directories whose process no longer runs.
@@ -236,6 +241,17 @@ impl Fixture {
     pub fn from_spec_with(spec: &LabSpec, backend: Backend) -> Fixture {
         let firewalld = (backend == Backend::Firewalld).then_some("nftables");
         Fixture::create(spec, backend, firewalld)
+    }
+
+    /// Like [`Fixture::with_backend`], never with a private firewalld: for a test that runs
+    /// its own (tests/sandbox.rs: the machine's firewalld.service in a systemd container).
+    /// With the firewalld backend both `bridge-nf-call-*` sysctls start at 0 all the same.
+    pub fn without_private_firewalld(tag: &str, vms: u8, backend: Backend) -> Fixture {
+        let fx = Fixture::create(&LabSpec::new(&lab::unique_prefix(tag)).with_vms(vms), backend, None);
+        if backend == Backend::Firewalld {
+            fx.set_br_netfilter(false);
+        }
+        fx
     }
 
     fn create(spec: &LabSpec, backend: Backend, firewalld: Option<&str>) -> Fixture {

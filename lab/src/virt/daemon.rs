@@ -270,7 +270,7 @@ fn copy_stock_nwfilters(dest: &Path) -> Result<()> {
 }
 
 /// The processes whose parent is `parent`, from `/proc/*/stat`.
-fn children_of(parent: u32) -> Vec<i32> {
+pub(crate) fn children_of(parent: u32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

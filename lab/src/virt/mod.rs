@@ -36,6 +36,7 @@ use std::process::Command;
 
 pub use accel::{Accel, QEMU};
 pub use console::GuestConsole;
+pub(crate) use daemon::children_of;
 pub use daemon::{Libvirtd, LIBVIRTD, PRIVATE_DIRS, STOCK_NWFILTERS, VIRSH};
 pub use image::{GuestImage, BUSYBOX, DPKG_DEB, GUEST_SCRIPT, KERNEL_DEB_VAR, KERNEL_METAPACKAGE};
 pub use probe::{measure, write_script, Place, Station, GUEST_PROTOCOLS};
@@ -79,7 +80,7 @@ pub fn obstacle() -> Option<String> {
 
 /// Makes the process `command` starts get SIGKILL when the thread that started it ends,
 /// so that nothing it runs outlives a killed test.
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
     unsafe {
         command.pre_exec(|| {
