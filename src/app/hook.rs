@@ -15,6 +15,7 @@ use crate::host::paths;
 use crate::host::state::{PendingSetup, Runner, State, Store};
 use crate::model::backend::BackendKind;
 use crate::model::policy::{self, NetworkChange, NetworkPolicy, PROP_TRUSTED};
+use crate::model::port::Snapshot;
 use crate::reconcile;
 use crate::sys::bridge;
 use crate::vdsm::domain::{self, Document, PortWish};
@@ -401,7 +402,18 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8], unlocked: Result<St
         }
     }
     let vm = required_vm_id(&doc)?;
-    record_owners(settings, &vm, &doc, &vnics);
+    // The unprivileged steady path checks the kernel with this one dump; root dumps under
+    // its lock.
+    let live = if settings.privileged {
+        None
+    } else {
+        Some(bridge::snapshot()?)
+    };
+    let ifindex = |tap: &str| match &live {
+        Some(live) => live.port(tap).map(|p| p.ifindex),
+        None => bridge::ifindex(tap),
+    };
+    record_owners(settings, &vm, &doc, &vnics, ifindex);
     enforce(
         settings,
         &Report {
@@ -412,6 +424,7 @@ fn vnics_up(point: Point, settings: &Settings, bytes: &[u8], unlocked: Result<St
         },
         &bridges,
         unlocked,
+        live,
     )
 }
 
@@ -433,8 +446,15 @@ fn bridges_of(settings: &Settings, doc: &Document) -> Result<Vec<Option<String>>
 
 /// Records which VM and vNIC each tap of `vnics` belongs to, for `status` (display only:
 /// [`crate::host::owners`]). A whole domain replaces the VM's record; a device payload adds
-/// its vNIC to it. A record that cannot be written is logged and the hook goes on.
-fn record_owners(settings: &Settings, vm: &str, doc: &Document, vnics: &[VnicFact]) {
+/// its vNIC to it; `ifindex` gives a tap's interface index. A record that cannot be written
+/// is logged and the hook goes on.
+fn record_owners(
+    settings: &Settings,
+    vm: &str,
+    doc: &Document,
+    vnics: &[VnicFact],
+    ifindex: impl Fn(&str) -> Option<u32>,
+) {
     if !valid_vm_id(vm) {
         return; // The report is refused, saying why.
     }
@@ -452,7 +472,7 @@ fn record_owners(settings: &Settings, vm: &str, doc: &Document, vnics: &[VnicFac
     let before = record.clone();
     for v in vnics {
         // The index proves the record is about this tap, not a later one of the same name.
-        if let Some((tap, ifindex)) = v.tap.as_ref().and_then(|t| Some((t, bridge::ifindex(t)?))) {
+        if let Some((tap, ifindex)) = v.tap.as_ref().and_then(|t| Some((t, ifindex(t)?))) {
             record.put(VnicRecord {
                 mac: v.mac,
                 tap: tap.clone(),
@@ -505,6 +525,7 @@ fn vm_gone(settings: &Settings, bytes: &[u8], unlocked: Result<State>) -> Result
         },
         &BTreeSet::new(),
         unlocked,
+        None,
     )?;
     broken.map_or(Ok(()), Err)
 }
@@ -516,8 +537,14 @@ fn required_vm_id(doc: &Document) -> Result<String> {
 /// Records `report` and makes the kernel match. Root does it here; an unprivileged hook
 /// checks the recorded state and the kernel (an rtnetlink dump) and asks the root helper
 /// only when something must change, so the steady path spawns nothing. `unlocked` is the
-/// state as this run read it without the lock.
-fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>, unlocked: Result<State>) -> Result<()> {
+/// state as this run read it without the lock; `live`, when given, a dump taken since.
+fn enforce(
+    settings: &Settings,
+    report: &Report,
+    bridges: &BTreeSet<String>,
+    unlocked: Result<State>,
+    live: Option<Snapshot>,
+) -> Result<()> {
     report.validate()?;
     if settings.privileged {
         return reconcile::record_and_reconcile(Store::new(&settings.state_dir).lock()?, report, settings);
@@ -535,7 +562,10 @@ fn enforce(settings: &Settings, report: &Report, bridges: &BTreeSet<String>, unl
     // Blocked ports (fail-closed) wait for a root reconcile to re-enable them; format-1
     // trust records wait for root to bind them.
     if state.blocked.is_empty() && state.legacy_trusted.is_empty() && !trusted_router {
-        let live = bridge::snapshot()?;
+        let live = match live {
+            Some(live) => live,
+            None => bridge::snapshot()?,
+        };
         if report.recorded_in(&state, &live) {
             let plan = reconcile::plan_with(&state, &live, |b| bridges.contains(b));
             if plan.bridges.is_empty() {

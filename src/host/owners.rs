@@ -158,25 +158,34 @@ impl OwnerDir {
     }
 
     /// Writes `record` atomically (a temporary file renamed over the old one), creating the
-    /// directory when root may (see [`OwnerDir::ensure`]).
+    /// directory when root may (see [`OwnerDir::ensure`]). Few system calls: a VM hook as
+    /// `vdsm` does this at every VM start.
     pub fn write(&self, record: &VmRecord) -> Result<()> {
         let path = self.file(&record.vm_id)?;
-        self.ensure()?;
         let tmp = self
             .dir
             .join(format!(".{}{SUFFIX}.{}", record.vm_id, std::process::id()));
         let err = |what: &str, e: std::io::Error| Error::state(&path, what, e);
         let mut text = serde_json::to_vec(record).expect("a record serializes");
         text.push(b'\n');
-        let _ = std::fs::remove_file(&tmp);
-        let written = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&text))
-            .map_err(|e| err("writing", e))
+        // Truncated, not exclusive: a file of this name is a dead writer's (same pid).
+        let create = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+        };
+        let file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.ensure().and_then(|()| create().map_err(|e| err("writing", e)))
+            }
+            opened => opened.map_err(|e| err("writing", e)),
+        };
+        let written = file
+            .and_then(|mut f| f.write_all(&text).map_err(|e| err("writing", e)))
             .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| err("renaming", e)));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
