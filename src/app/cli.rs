@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::app::demo;
 use crate::app::hook;
 use crate::app::manpage;
+use crate::app::metrics;
 use crate::app::recover;
 use crate::app::release;
 use crate::app::watch;
@@ -44,6 +45,18 @@ pub enum Command {
     /// Exit non-zero, listing each drift, when the kernel differs from the policy or the
     /// policy from VDSM's running network config.
     Verify,
+    /// Print the metrics (Prometheus text exposition, names bridge_isolation_*): per
+    /// isolated bridge its ports by role and isolation, drift, blocked ports, frames
+    /// dropped where the backend counts them; the last successful reconcile, the watcher,
+    /// disagreements with VDSM's running network config. The watcher and every root
+    /// reconcile also write them into node_exporter's textfile collector directory
+    /// (metrics_textfile_dir) when it exists.
+    Metrics {
+        /// Write them into the textfile collector directory instead of stdout, when it
+        /// exists (root; the watcher's unit does it when the watcher stops).
+        #[arg(long)]
+        textfile: bool,
+    },
     /// Build a disposable netns lab, run the hooks as VDSM does, and show the
     /// reachability matrix before and after isolation (root).
     Demo(demo::DemoArgs),
@@ -182,11 +195,24 @@ fn run(command: Command) -> Result<ExitCode> {
             if !config::is_root() {
                 return Err(Error::Helper("reconcile must run as root".into()));
             }
-            let outcome = reconcile::adopt_and_run(store.lock()?, &settings)?;
+            let outcome = reconcile::adopt_and_run(store.lock()?, &settings);
+            metrics::write_textfile(&settings);
+            let outcome = outcome?;
             match outcome.backend {
                 Some(backend) => println!("{backend}: {} port(s) changed", outcome.changes.len()),
                 None => println!("no isolated networks: nothing to do"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { textfile: false } => {
+            print!("{}", metrics::text(&settings));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { textfile: true } => {
+            if !config::is_root() {
+                return Err(Error::Helper("metrics --textfile must run as root".into()));
+            }
+            metrics::write_textfile(&settings);
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(&args).map(|_| ExitCode::SUCCESS),
@@ -209,7 +235,9 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Recover { force } => {
-            print!("{}", recover::recover(&settings, force)?);
+            let recovered = recover::recover(&settings, force);
+            metrics::write_textfile(&settings);
+            print!("{}", recovered?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch | Command::WatchFirewalld => {
