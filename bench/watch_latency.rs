@@ -22,6 +22,12 @@
 //!   started (past the one wake-up each of its start-up D-Bus calls' 60 s timeouts makes):
 //!   its CPU time and context switches (every thread, /proc), against its backstop (600 s).
 //! - **memory**: the watcher's VmRSS and VmHWM after all that.
+//! - **metrics**: the watcher writes its metrics into a textfile collector directory of this
+//!   run (as on a host with node_exporter; BENCH_WATCH_TEXTFILE=0: none), 1 s after a
+//!   repair, so the joins above run beside those writes; after the burst (its ports still
+//!   on the bridge), this program times what one write costs (`metrics::write_textfile`,
+//!   as the watcher calls it: the report gathered, rendered, written, fsynced, renamed),
+//!   and the gathering and rendering alone, 50 times each.
 //!
 //! Rounds are spaced by 2-7 ms (varying), so each join finds the watcher asleep, as a tap
 //! joining on a host does; the p99 is of at least 200 rounds.
@@ -83,6 +89,7 @@ impl Drop for Daemons {
 fn outer() -> Result<()> {
     let rounds = env_num("BENCH_WATCH_ROUNDS", 250).max(200);
     let burst = env_num("BENCH_WATCH_BURST", 500);
+    let textfile = env_num("BENCH_WATCH_TEXTFILE", 1) != 0;
     let idle = Duration::from_secs(env_num("BENCH_WATCH_IDLE", 60) as u64);
     println!("{NAME}: load average at start {}", loadavg());
     let ns = Netns::add(&format!("{TAG}-{}-host", std::process::id()))?;
@@ -129,6 +136,10 @@ fn outer() -> Result<()> {
     }
     let cli = bin_dir().join("bridge-isolation");
     let log = scratch.path().join("watch.log");
+    let textfile_dir = scratch.path().join("textfile_collector");
+    if textfile {
+        std::fs::create_dir(&textfile_dir)?;
+    }
     let watcher = Command::new(IP)
         .args(["netns", "exec", &ns.name])
         .arg(&cli)
@@ -137,6 +148,7 @@ fn outer() -> Result<()> {
         .env("BRIDGE_ISOLATION_CONFIG", "/nonexistent")
         .env("BRIDGE_ISOLATION_BACKEND", "port-isolation")
         .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+        .env("BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR", &textfile_dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
@@ -159,9 +171,16 @@ fn outer() -> Result<()> {
     );
 
     let name = ns.name.clone();
-    let figures = std::thread::spawn(move || -> Result<Figures> {
+    let (state, prom) = (state_dir.clone(), textfile_dir.clone());
+    let (figures, metrics) = std::thread::spawn(move || -> Result<(Figures, Option<[Latency; 2]>)> {
         enter_netns(&name)?;
-        measure(rounds, burst, pid)
+        let figures = measure(rounds, burst, pid)?;
+        let metrics = if textfile {
+            Some(metrics_cost(&state, &prom)?)
+        } else {
+            None
+        };
+        Ok((figures, metrics))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
@@ -259,8 +278,52 @@ fn outer() -> Result<()> {
         verdict(hwm <= 8 * 1024)
     );
     println!("| repair lines the watcher logged | {repairs} | one per port repaired |");
+    match metrics {
+        Some([write, gather]) => println!(
+            "| metrics (textfile collector directory on; {burst} + 2 ports on the bridge): one textfile write / gathering and rendering alone, {} times: median / p99 | **{}** / {}; {} / {} | written 1 s after a repair, never before it |",
+            write.n,
+            ms(write.median),
+            ms(write.p99),
+            ms(gather.median),
+            ms(gather.p99)
+        ),
+        None => println!("| metrics | not written (BENCH_WATCH_TEXTFILE=0) | |"),
+    }
     println!("\n{NAME}: load average at end {}", loadavg());
     Ok(())
+}
+
+/// What the watcher's metrics cost, in this namespace, for the state in `state_dir`: 50
+/// writes into `textfile_dir` as the watcher makes them, then 50 gatherings and renderings
+/// alone (no file).
+fn metrics_cost(state_dir: &Path, textfile_dir: &Path) -> Result<[Latency; 2]> {
+    use bridge_isolation::app::metrics;
+    // The overrides the watcher got; this thread alone runs now.
+    std::env::set_var("BRIDGE_ISOLATION_STATE_DIR", state_dir);
+    std::env::set_var("BRIDGE_ISOLATION_CONFIG", "/nonexistent");
+    std::env::set_var("BRIDGE_ISOLATION_BACKEND", "port-isolation");
+    std::env::set_var("BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR", textfile_dir);
+    let settings = bridge_isolation::host::config::Settings::from_env()?;
+    let path = textfile_dir.join(metrics::TEXTFILE);
+    let mut write = Vec::new();
+    let mut gather = Vec::new();
+    for _ in 0..50 {
+        check_stop()?;
+        let before = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let t = Instant::now();
+        metrics::write_textfile(&settings);
+        write.push(t.elapsed().as_secs_f64());
+        if std::fs::metadata(&path).and_then(|m| m.modified()).ok() == before {
+            bail!("{} was not rewritten", path.display());
+        }
+        let t = Instant::now();
+        let text = metrics::render(&metrics::Metrics::gather(&settings).families());
+        gather.push(t.elapsed().as_secs_f64());
+        if !text.contains("bridge_isolation_ports{") {
+            bail!("no port figures in the metrics:\n{text}");
+        }
+    }
+    Ok([latency(write), latency(gather)])
 }
 
 /// Latencies of one kind, in seconds.

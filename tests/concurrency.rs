@@ -375,7 +375,7 @@ fn serial_then_concurrent(fx: &Fixture, initial: &[u8], backend: BackendKind, en
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         files.sort();
-        assert_eq!(files, ["state.json", "state.lock"], "{what}");
+        assert_eq!(files, ["reconciled", "state.json", "state.lock"], "{what}");
         eprintln!(
             "{what}: 48 concurrent hooks in {took:?} (serial: {serial_time:?}); {} reads of state.json",
             reads.load(Ordering::Relaxed)

@@ -135,10 +135,17 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
         ("BRIDGE_ISOLATION_STATE_DIR", evil.join("state").display().to_string()),
         ("BRIDGE_ISOLATION_BACKEND", "nftables".to_string()),
         ("BRIDGE_ISOLATION_CONFIG", evil.join("none.conf").display().to_string()),
+        (
+            "BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR",
+            evil.join("prom").display().to_string(),
+        ),
+        ("BRIDGE_ISOLATION_OWNERS_DIR", evil.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // Where root would write the metrics if the helper heeded the environment.
+    std::fs::create_dir(evil.join("prom")).unwrap();
 
     let lab = Lab::create(&LabSpec::new(&lab::unique_prefix("priv")).with_vms(2)).unwrap();
     let net = lab.spec().bridge.clone();
@@ -185,6 +192,11 @@ fn vm_hooks_as_vdsm_repair_only_through_sudo_and_ignore_their_environment() {
     assert_eq!(
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(file).unwrap()),
         vdsm.uid
+    );
+    assert_eq!(
+        std::fs::read_dir(evil.join("prom")).unwrap().count(),
+        0,
+        "the helper wrote metrics where the hook's environment said"
     );
 
     // Steady state needs no privilege at all: with the sudoers rule gone the hook still

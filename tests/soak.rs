@@ -81,7 +81,7 @@ fn vm_cycles_and_network_toggles_leak_nothing() {
     let rules0 = ruleset(&fx);
     assert_eq!(
         entries(fx.state_dir()),
-        BTreeSet::from(["state.json".into(), "state.lock".into()])
+        BTreeSet::from(["reconciled".into(), "state.json".into(), "state.lock".into()])
     );
     assert!(flags0.iter().all(|(p, &f)| f == (p != UPLINK)), "{flags0:?}");
 
@@ -184,7 +184,7 @@ fn vm_cycles_and_network_toggles_leak_nothing() {
     assert_eq!(fx.port_flags(), flags0, "port flags after the soak");
     assert_eq!(
         entries(fx.state_dir()),
-        BTreeSet::from(["state.json".into(), "state.lock".into()])
+        BTreeSet::from(["reconciled".into(), "state.json".into(), "state.lock".into()])
     );
     assert_eq!(entries(private_tmp.path()), BTreeSet::new(), "files left in TMPDIR");
     let tmp = ours_in_tmp();

@@ -70,7 +70,7 @@ fn release_all_lifts_every_flag_and_forgets_the_state() {
     let iso = isolated("rel", Backend::PortIsolation);
     let vms_apart = |a: &str, b: &str| !(is_vm(a) && is_vm(b)) || a == "vm3" || b == "vm3";
     iso.lab.matrix().unwrap().assert_expected(&vms_apart);
-    assert_eq!(state_files(&iso), ["state.json", "state.lock"]);
+    assert_eq!(state_files(&iso), ["reconciled", "state.json", "state.lock"]);
 
     // Not root: refused, nothing changed.
     let (code, _, err) = output(

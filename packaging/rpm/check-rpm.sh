@@ -89,9 +89,10 @@ check "%license LICENSE.dependencies" has "$deps" -rw-r--r-- l
 readme=$(awk -F'|' '$6 ~ "^/usr/share/doc/.*/README.md$" {print $6}' <<< "$files")
 check "%doc README.md" has "$readme" -rw-r--r-- d
 # The administrator's documents the README links to and the man page names: every docs/*.md
-# of the tree, and nothing else, in /usr/share/doc/NAME/docs/.
+# of the tree and the alert rules (docs/alerts.yml), and nothing else, in
+# /usr/share/doc/NAME/docs/.
 docdir=${readme%/README.md}/docs
-expected_docs=$(cd "$top/docs" && for f in *.md; do echo "$docdir/$f"; done | sort)
+expected_docs=$(cd "$top/docs" && for f in *.md *.yml; do echo "$docdir/$f"; done | sort)
 packaged_docs=$(awk -F'|' -v d="$docdir/" 'index($6, d) == 1 {print $6}' <<< "$files" | sort)
 docs_match() { [ -n "$readme" ] && [ "$expected_docs" = "$packaged_docs" ]; }
 check "%doc docs: exactly the $(wc -l <<< "$expected_docs") files of docs/ in $docdir" docs_match

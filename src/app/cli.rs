@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::app::demo;
 use crate::app::hook;
 use crate::app::manpage;
+use crate::app::metrics;
 use crate::app::recover;
 use crate::app::release;
 use crate::app::watch;
@@ -46,6 +47,18 @@ pub enum Command {
     /// Exit non-zero, listing each drift, when the kernel differs from the policy or the
     /// policy from VDSM's running network config.
     Verify,
+    /// Print the metrics (Prometheus text exposition, names bridge_isolation_*): per
+    /// isolated bridge its ports by role and isolation, drift, blocked ports, frames
+    /// dropped where the backend counts them; the last successful reconcile, the watcher,
+    /// disagreements with VDSM's running network config. The watcher and every root
+    /// reconcile also write them into node_exporter's textfile collector directory
+    /// (metrics_textfile_dir) when it exists.
+    Metrics {
+        /// Write them into the textfile collector directory instead of stdout, when it
+        /// exists (root; the watcher's unit does it when the watcher stops).
+        #[arg(long)]
+        textfile: bool,
+    },
     /// Build a disposable netns lab, run the hooks as VDSM does, and show the
     /// reachability matrix before and after isolation (root).
     Demo(demo::DemoArgs),
@@ -126,7 +139,7 @@ fn run(command: Command) -> Result<ExitCode> {
     let store = Store::new(&settings.state_dir);
     match command {
         Command::Status { json } => {
-            let report = StatusReport::gather(&settings, &store.read()?)?;
+            let report = StatusReport::gather(&settings, &store.read()?, true)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
             } else {
@@ -136,7 +149,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Verify => {
             let state = store.read()?;
-            let report = StatusReport::gather(&settings, &state)?;
+            let report = StatusReport::gather(&settings, &state, false)?;
             let drifts: Vec<String> = report
                 .bridges
                 .iter()
@@ -184,11 +197,24 @@ fn run(command: Command) -> Result<ExitCode> {
             if !config::is_root() {
                 return Err(Error::Helper("reconcile must run as root".into()));
             }
-            let outcome = reconcile::adopt_and_run(store.lock()?, &settings)?;
+            let outcome = reconcile::adopt_and_run(store.lock()?, &settings);
+            metrics::write_textfile(&settings);
+            let outcome = outcome?;
             match outcome.backend {
                 Some(backend) => println!("{backend}: {} port(s) changed", outcome.changes.len()),
                 None => println!("no isolated networks: nothing to do"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { textfile: false } => {
+            print!("{}", metrics::text(&settings));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { textfile: true } => {
+            if !config::is_root() {
+                return Err(Error::Helper("metrics --textfile must run as root".into()));
+            }
+            metrics::write_textfile(&settings);
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(&args).map(|_| ExitCode::SUCCESS),
@@ -211,7 +237,9 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Recover { force } => {
-            print!("{}", recover::recover(&settings, force)?);
+            let recovered = recover::recover(&settings, force);
+            metrics::write_textfile(&settings);
+            print!("{}", recovered?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch | Command::WatchFirewalld => {
@@ -428,8 +456,10 @@ impl PortStatus {
 }
 
 impl StatusReport {
-    /// Reads the kernel and builds the report for `state`.
-    pub fn gather(settings: &Settings, state: &State) -> Result<StatusReport> {
+    /// Reads the kernel and builds the report for `state`; with `owners`, finds the VM of
+    /// each port too (`status` shows them; `verify` and the metrics need none, and for a
+    /// port no hook recorded, root walks /proc).
+    pub fn gather(settings: &Settings, state: &State, owners: bool) -> Result<StatusReport> {
         let plan: Plan = reconcile::plan(state)?;
         let mut backend = reconcile::select_backend(settings)?;
         if backend.needs_root_to_observe() && !config::is_root() {
@@ -446,7 +476,8 @@ impl StatusReport {
         };
         let still_lifted = backend.observe(&lifted_plan)?;
         let isolated = |b: &str, p: &str| observed.iter().any(|o| o.bridge == b && o.port == p && o.isolated);
-        let mut owners = Resolver::new(&OwnerDir::new(&settings.owners_dir));
+        let mut owners = owners.then(|| Resolver::new(&OwnerDir::new(&settings.owners_dir)));
+        let mut owner_of = |tap: &str, ifindex: u32| owners.as_mut().and_then(|o| o.owner_of(tap, ifindex));
         let bridges = plan
             .bridges
             .iter()
@@ -461,7 +492,7 @@ impl StatusReport {
                     .map(|p| {
                         let now = isolated(&b.bridge, &p.port.name);
                         let owner = (p.role != Role::Uplink)
-                            .then(|| owners.owner_of(&p.port.name, p.port.ifindex))
+                            .then(|| owner_of(&p.port.name, p.port.ifindex))
                             .flatten();
                         PortStatus {
                             port: p.port.name.clone(),
@@ -502,7 +533,7 @@ impl StatusReport {
                 .trusted_ports()
                 .map(|(vm, p)| TrustedStatus {
                     vm: vm.to_string(),
-                    vm_name: owners.owner_of(&p.tap, p.ifindex).and_then(|o| o.vm_name),
+                    vm_name: owner_of(&p.tap, p.ifindex).and_then(|o| o.vm_name),
                     mac: p.mac.to_string(),
                     tap: Some(p.tap.clone()),
                     ifindex: Some(p.ifindex),

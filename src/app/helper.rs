@@ -75,5 +75,7 @@ fn serve() -> Result<()> {
     report.validate()?;
     // The installed paths and config only: nothing from the caller's environment.
     let settings = Settings::system(true)?;
-    crate::reconcile::record_and_reconcile(Store::new(&settings.state_dir).lock()?, &report, &settings)
+    let done = crate::reconcile::record_and_reconcile(Store::new(&settings.state_dir).lock()?, &report, &settings);
+    crate::app::metrics::write_textfile(&settings);
+    done
 }

@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use crate::app::helper;
+use crate::app::metrics;
 use crate::enforce;
 use crate::error::{Error, Result};
 use crate::host::config::{self, BackendChoice, OnFailure, Settings};
@@ -120,18 +121,22 @@ pub fn run(point: Point) -> Result<()> {
     if !enforce::daemon_backends_linked() && needs_daemon_backends(&settings, unlocked.as_ref().ok()) {
         return hand_over(point);
     }
-    match point {
+    let done = match point {
         Point::BeforeNetworkSetup | Point::AfterNetworkSetup | Point::AfterNetworkSetupFail => {
             network_setup(point, &settings, &payload.bytes)
         }
         Point::BeforeVmStart | Point::BeforeNicHotplug | Point::BeforeUpdateDevice => {
-            rewrite(point, &settings, &payload)
+            return rewrite(point, &settings, &payload);
         }
         Point::AfterVmStart | Point::AfterVmMigrateDestination | Point::AfterNicHotplug | Point::AfterUpdateDevice => {
             vnics_up(point, &settings, &payload.bytes, unlocked)
         }
         Point::AfterVmDestroy => vm_gone(&settings, &payload.bytes, unlocked),
-    }
+    };
+    // Every other point reconciles when root (its lock released by now): the metrics
+    // follow, whether it succeeded or not (blocked ports show).
+    metrics::write_textfile(&settings);
+    done
 }
 
 /// True when this run may need a daemon backend ([`BackendKind::needs_daemon`]), which the

@@ -170,11 +170,15 @@ pub fn man_page() -> Result<Vec<u8>> {
     for (path, what) in [
         (
             paths::CONFIG_FILE,
-            "Configuration: backend = auto | port-isolation | nftables | iptables | firewalld; state_dir = PATH; on_failure = block | warn; watch_backstop = SECONDS.",
+            "Configuration: backend = auto | port-isolation | nftables | iptables | firewalld; state_dir = PATH; on_failure = block | warn; watch_backstop = SECONDS; metrics_textfile_dir = PATH.",
         ),
         (
             paths::STATE_DIR,
-            "The recorded policy (state.json) and its lock, and the watcher's pid file (watch.pid, locked while it runs); root-owned, world-readable.",
+            "The recorded policy (state.json) and its lock, the watcher's pid file (watch.pid, locked while it runs), and reconciled, whose modification time is the end of the last successful reconcile; root-owned, world-readable.",
+        ),
+        (
+            "/var/lib/node_exporter/textfile_collector/bridge_isolation.prom",
+            "The metrics, written by the watcher and every root reconcile when the directory (metrics_textfile_dir) exists, for node_exporter's textfile collector.",
         ),
         (
             "/usr/libexec/vdsm/hooks/*/50_bridge_isolation",
@@ -202,7 +206,7 @@ pub fn man_page() -> Result<Vec<u8>> {
     r += ".SH SYSTEMD UNITS\n";
     for (unit, what) in [
         ("bridge-isolation-reconcile.service", "Reconciles at boot, after vdsm-network.service has restored the networks (and after the firewall services have loaded their rules)."),
-        ("bridge-isolation-watch.service", "Runs bridge-isolation watch: repairs ports changed outside the hooks and our nftables tables changed by others as the kernel reports them, re-applies after firewall-cmd --reload and when firewalld starts or stops, and reconciles everything every watch_backstop seconds. Replaces release 0.1's bridge-isolation-firewalld.service."),
+        ("bridge-isolation-watch.service", "Runs bridge-isolation watch: repairs ports changed outside the hooks and our nftables tables changed by others as the kernel reports them, re-applies after firewall-cmd --reload and when firewalld starts or stops, and reconciles everything every watch_backstop seconds. When it stops, bridge-isolation metrics --textfile records that in the metrics. Replaces release 0.1's bridge-isolation-firewalld.service."),
         ("bridge-isolation-nftables.service", "Re-applies when nftables.service starts, restarts or reloads (each replaces the whole ruleset)."),
         ("bridge-isolation-.service.d/50-sandbox.conf", "The sandbox of all three (systemctl cat shows it): read-only file system but the state directory, CAP_NET_ADMIN only, netlink and local sockets only. The iptables backend needs /usr/share/vdsm-hook-bridge-isolation/sandbox-iptables.conf linked into /etc/systemd/system/bridge-isolation-.service.d/ too (security.md)."),
     ] {
@@ -222,6 +226,10 @@ pub fn man_page() -> Result<Vec<u8>> {
         (
             "BRIDGE_ISOLATION_OWNERS_DIR",
             "The owner records of running VMs (which VM owns each port, for status).",
+        ),
+        (
+            "BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR",
+            "The textfile collector directory the metrics are written into, instead of metrics_textfile_dir.",
         ),
         (
             "BRIDGE_ISOLATION_SYS_PCI",
@@ -250,8 +258,8 @@ pub fn man_page() -> Result<Vec<u8>> {
         esc("/usr/share/doc/vdsm-hook-bridge-isolation/README.md"),
         esc(
             "/usr/share/doc/vdsm-hook-bridge-isolation/docs/ (install.md, configuration.md, \
-             backends.md, cross-host.md, security.md, troubleshooting.md, how-it-works.md, \
-             benchmarks.md, design.md)"
+             backends.md, cross-host.md, security.md, troubleshooting.md, monitoring.md and \
+             alerts.yml, how-it-works.md, benchmarks.md, design.md)"
         )
     );
     out.extend_from_slice(r.as_bytes());

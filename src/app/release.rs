@@ -6,8 +6,9 @@
 //! isolation was lifted but not yet cleared) is handed to the `remove` of the backend
 //! recorded as having done the work, and of the backend that would act now if that is
 //! another one, and each then applies the empty policy; the kernel is read back, and only
-//! when nothing is left enforced are the state file, its lock and any leftover temporary
-//! file deleted. On any failure the state is kept, so a second run (or `reconcile`) still
+//! when nothing is left enforced are the state file, its lock, the last reconcile's stamp
+//! and any leftover temporary file deleted, and the metrics in node_exporter's textfile
+//! collector directory. On any failure the state is kept, so a second run (or `reconcile`) still
 //! knows what to undo.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use crate::enforce;
 use crate::error::{Error, Result};
 use crate::host::config::Settings;
 use crate::host::state::Store;
-use crate::host::watcher;
+use crate::host::{reconciled, watcher};
 use crate::model::backend::{BackendKind, Change};
 use crate::model::plan::{BridgePlan, Plan};
 use crate::reconcile;
@@ -36,7 +37,8 @@ pub struct Released {
     pub backends: Vec<BackendKind>,
     /// Ports whose enforcement was removed.
     pub changes: Vec<Change>,
-    /// Files deleted from the state directory.
+    /// Files deleted: ours in the state directory, the metrics in the textfile collector
+    /// directory.
     pub removed: Vec<PathBuf>,
     /// Files of the state directory that are not ours and were left alone.
     pub foreign: Vec<PathBuf>,
@@ -115,6 +117,8 @@ pub fn release_all(settings: &Settings) -> Result<Released> {
     }
 
     forget(&settings.state_dir, &mut released)?;
+    // node_exporter would go on exporting the last metrics written, for ever.
+    released.removed.extend(crate::app::metrics::remove_textfile(settings)?);
     // The lock file is gone; the descriptor is released when `locked` drops here.
     drop(locked);
     Ok(released)
@@ -128,7 +132,7 @@ fn forget(dir: &Path, released: &mut Released) -> Result<()> {
         let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if name == STATE_FILE || name == LOCK_FILE || name.starts_with(TEMP_PREFIX) {
+        if name == STATE_FILE || name == LOCK_FILE || name == reconciled::FILE || name.starts_with(TEMP_PREFIX) {
             ours.push(path);
         } else if name == watcher::PID_FILE {
             // The watcher's: deleted once it has ended (the RPM stops it first), kept while
@@ -195,9 +199,22 @@ mod tests {
         locked.commit().unwrap();
         std::fs::write(dir.path().join(".state.json.999999"), "{}").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "admin's").unwrap();
-        // A watcher that ended left its pid file: ours.
+        // A watcher that ended left its pid file: ours; so is the last reconcile's stamp.
         drop(watcher::Claim::take(dir.path(), |_| {}).unwrap());
-        let r = release_all(&settings(dir.path(), true)).unwrap();
+        reconciled::mark(dir.path());
+        // The metrics in the textfile collector directory go too (the config names one of
+        // this test's own; the default is the machine's).
+        let conf = tempfile::tempdir().unwrap();
+        let prom = conf.path().join("textfile_collector");
+        std::fs::create_dir(&prom).unwrap();
+        std::fs::write(prom.join(crate::app::metrics::TEXTFILE), "# metrics\n").unwrap();
+        let config_file = conf.path().join("c.conf");
+        std::fs::write(&config_file, format!("metrics_textfile_dir = {}\n", prom.display())).unwrap();
+        let settings = Settings {
+            config_file,
+            ..settings(dir.path(), true)
+        };
+        let r = release_all(&settings).unwrap();
         assert_eq!(r.bridges, ["bi-absent0"]);
         assert!(r.changes.is_empty());
         let names: Vec<String> = r
@@ -205,7 +222,18 @@ mod tests {
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [".state.json.999999", "state.json", "watch.pid", "state.lock"]);
+        assert_eq!(
+            names,
+            [
+                ".state.json.999999",
+                "reconciled",
+                "state.json",
+                "watch.pid",
+                "state.lock",
+                "bridge_isolation.prom"
+            ]
+        );
+        assert_eq!(std::fs::read_dir(&prom).unwrap().count(), 0);
         assert_eq!(r.foreign, [dir.path().join("notes.txt")]);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -215,7 +243,7 @@ mod tests {
         // Idempotent: a second run finds nothing to do. A running watcher's pid file is
         // ours, and kept.
         let running = watcher::Claim::take(dir.path(), |_| {}).unwrap();
-        let again = release_all(&settings(dir.path(), true)).unwrap();
+        let again = release_all(&settings).unwrap();
         assert!(again.bridges.is_empty() && again.changes.is_empty());
         assert_eq!(again.foreign, [dir.path().join("notes.txt")]);
         let mut left: Vec<_> = std::fs::read_dir(dir.path())

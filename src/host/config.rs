@@ -30,6 +30,10 @@ pub const ENV_VDSM_NETCONF: &str = "BRIDGE_ISOLATION_VDSM_NETCONF";
 /// Overrides [`paths::OWNERS_DIR`], the owner records of running VMs (root only; for tests).
 pub const ENV_OWNERS_DIR: &str = "BRIDGE_ISOLATION_OWNERS_DIR";
 
+/// Overrides the node_exporter textfile collector directory the metrics are written into
+/// (root only; for tests, which must not write into the machine's).
+pub const ENV_METRICS_TEXTFILE_DIR: &str = "BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR";
+
 /// Set once this process has honoured the environment overrides ([`Settings::from_env`] as
 /// root); the root helper ([`Settings::system`]) never sets it.
 static OVERRIDES_HONOURED: AtomicBool = AtomicBool::new(false);
@@ -192,6 +196,35 @@ pub struct ConfigFile {
     /// `watch_backstop = SECONDS`: how often the watcher reconciles everything besides what
     /// it is told changed ([`DEFAULT_WATCH_BACKSTOP`]); 0 turns it off.
     pub watch_backstop: Option<std::time::Duration>,
+    /// `metrics_textfile_dir = /path`: node_exporter's textfile collector directory, where
+    /// the watcher and every root reconcile write the metrics when it exists
+    /// ([`DEFAULT_METRICS_TEXTFILE_DIR`]); an empty value (an empty path here) turns it off.
+    pub metrics_textfile_dir: Option<PathBuf>,
+}
+
+/// node_exporter's textfile collector directory when the config file names none (that of
+/// the EL packages of node_exporter).
+pub const DEFAULT_METRICS_TEXTFILE_DIR: &str = "/var/lib/node_exporter/textfile_collector";
+
+/// The textfile collector directory the metrics go to (`None`: off): the root override
+/// [`ENV_METRICS_TEXTFILE_DIR`], else the config file's `metrics_textfile_dir`, else
+/// [`DEFAULT_METRICS_TEXTFILE_DIR`] (also when the file cannot be read).
+pub fn metrics_textfile_dir(config_file: &Path) -> Option<PathBuf> {
+    if let Some(dir) = dir_override(ENV_METRICS_TEXTFILE_DIR) {
+        return Some(dir);
+    }
+    let dir = match ConfigFile::read(config_file) {
+        Ok(cfg) => cfg.metrics_textfile_dir,
+        Err(e) => {
+            log::warn!("{e}: metrics_textfile_dir = {DEFAULT_METRICS_TEXTFILE_DIR}");
+            None
+        }
+    };
+    match dir {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(dir),
+        None => Some(PathBuf::from(DEFAULT_METRICS_TEXTFILE_DIR)),
+    }
 }
 
 /// The watcher's full reconcile interval when the config file names none: 10 minutes.
@@ -243,6 +276,15 @@ impl ConfigFile {
                         .map_err(|_| format!("line {}: watch_backstop must be a number of seconds", n + 1))?;
                     cfg.watch_backstop = Some(std::time::Duration::from_secs(secs));
                 }
+                "metrics_textfile_dir" if value.is_empty() || value.starts_with('/') => {
+                    cfg.metrics_textfile_dir = Some(PathBuf::from(value));
+                }
+                "metrics_textfile_dir" => {
+                    return Err(format!(
+                        "line {}: metrics_textfile_dir must be an absolute path, or empty (off)",
+                        n + 1
+                    ))
+                }
                 "state_dir" if value.starts_with('/') => cfg.state_dir = Some(PathBuf::from(value)),
                 "state_dir" => return Err(format!("line {}: state_dir must be an absolute path", n + 1)),
                 other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
@@ -266,8 +308,28 @@ mod tests {
                 state_dir: None,
                 on_failure: Some(OnFailure::Block),
                 watch_backstop: Some(DEFAULT_WATCH_BACKSTOP),
+                metrics_textfile_dir: None,
             }
         );
+    }
+
+    #[test]
+    fn metrics_textfile_dir_defaults_to_node_exporters_and_empty_is_off() {
+        let default = Some(PathBuf::from(DEFAULT_METRICS_TEXTFILE_DIR));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.conf");
+        assert_eq!(metrics_textfile_dir(&file), default, "no file: default");
+        std::fs::write(&file, "metrics_textfile_dir = /srv/prom  # node_exporter\n").unwrap();
+        assert_eq!(metrics_textfile_dir(&file), Some(PathBuf::from("/srv/prom")));
+        std::fs::write(&file, "metrics_textfile_dir =\n").unwrap();
+        assert_eq!(metrics_textfile_dir(&file), None, "empty: off");
+        std::fs::write(&file, "metrics_textfile_dir = \"\"\n").unwrap();
+        assert_eq!(metrics_textfile_dir(&file), None, "empty: off");
+        std::fs::write(&file, "metrics_textfile_dir = prom\n").unwrap();
+        assert_eq!(metrics_textfile_dir(&file), default, "unreadable: default");
+        assert!(ConfigFile::parse("metrics_textfile_dir = prom")
+            .unwrap_err()
+            .contains("line 1: metrics_textfile_dir must be an absolute path, or empty (off)"));
     }
 
     #[test]

@@ -109,7 +109,10 @@ fn run_with(
                     dumped = live;
                     (&mut dumped, true)
                 }
-                None => return Ok(nothing(state)),
+                None => {
+                    succeeded(settings);
+                    return Ok(nothing(state));
+                }
             }
         }
     };
@@ -126,7 +129,18 @@ fn run_with(
     // Cross-host isolation (bridge_isolation_peer_macs, bridge_isolation_uplink_macs): a
     // table of its own, beside the backend.
     crate::enforce::cross_host::reconcile(state, &plan, &driver)?;
+    if whole {
+        succeeded(settings);
+    }
     Ok(outcome)
+}
+
+/// Notes that a reconcile of the whole namespace (not a watcher's repair of some bridges)
+/// succeeded: the kernel matches the policy ([`crate::host::reconciled`]; root only).
+fn succeeded(settings: &Settings) {
+    if settings.privileged {
+        crate::host::reconciled::mark(&settings.state_dir);
+    }
 }
 
 /// Root, under the lock: carries format-1 records over (trusted vNICs bound to their taps,

@@ -186,12 +186,21 @@ fn base_env(state: &Path, dropins: &Path, backend: Backend) -> Vec<(String, Stri
             "BRIDGE_ISOLATION_VDSM_NETCONF".to_string(),
             path(&dropins.join(VDSM_NETCONF)),
         ),
+        (
+            "BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR".to_string(),
+            path(&dropins.join(TEXTFILE_DIR)),
+        ),
         ("BRIDGE_ISOLATION_OWNERS_DIR".to_string(), path(&dropins.join(OWNERS))),
     ]
 }
 
 /// The owner records of a fixture's VMs, under its drop-in directory.
 pub const OWNERS: &str = "owners";
+
+/// node_exporter's textfile collector directory of a fixture, under its drop-in directory:
+/// absent (no metrics written) until a test creates it ([`Fixture::textfile_dir`]), so no
+/// test writes into the machine's.
+const TEXTFILE_DIR: &str = "textfile_collector";
 
 /// VDSM's running network config of a fixture, under its drop-in directory: absent (no
 /// VDSM on this host) until a test writes into it ([`Fixture::write_vdsm_config`]).
@@ -621,6 +630,12 @@ impl Fixture {
     /// `nets/`; `BRIDGE_ISOLATION_VDSM_NETCONF`).
     pub fn vdsm_netconf(&self) -> PathBuf {
         self.dropins.path().join(VDSM_NETCONF)
+    }
+
+    /// The textfile collector directory the hooks, the CLI and the watcher write the
+    /// metrics into once it exists (`BRIDGE_ISOLATION_METRICS_TEXTFILE_DIR`; not created).
+    pub fn textfile_dir(&self) -> PathBuf {
+        self.dropins.path().join(TEXTFILE_DIR)
     }
 
     /// Updates VDSM's running config as VDSM does after applying the setupNetworks `request`

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
+use std::time::Instant;
 
 use crate::host::config::{BackendChoice, Settings};
 use crate::host::state::{State, Store};
@@ -44,6 +45,9 @@ pub struct Links<'a> {
     stamp: Option<Stamp>,
     /// The bridges notifications touched since the last repair.
     dirty: BTreeSet<String>,
+    /// When the metrics are due after a repair ([`super::METRICS_DELAY`]); `None` when
+    /// written since the last one.
+    metrics_due: Option<Instant>,
 }
 
 impl<'a> Links<'a> {
@@ -56,13 +60,16 @@ impl<'a> Links<'a> {
             state: State::default(),
             stamp: None,
             dirty: BTreeSet::new(),
+            metrics_due: None,
         }
     }
 
     /// Reconciles everything (a dump of the namespace, under the lock), then reads the
     /// ports again for the notifications to come.
     pub fn full(&mut self, why: &str) {
+        // It writes the metrics.
         super::reconcile_all(self.settings, why, false);
+        self.metrics_due = None;
         match bridge::snapshot() {
             Ok(live) => self.live = live,
             Err(e) => log::error!("{why}: reading the bridges: {e}"),
@@ -138,6 +145,21 @@ impl<'a> Links<'a> {
         match repaired {
             Ok(o) => log::debug!("{what}: {} port(s) changed", o.changes.len()),
             Err(e) => log::error!("repairing after a change of {what}: {e}"),
+        }
+        self.metrics_due
+            .get_or_insert_with(|| Instant::now() + super::METRICS_DELAY);
+    }
+
+    /// When the metrics are due after the repairs since they were last written.
+    pub fn metrics_due(&self) -> Option<Instant> {
+        self.metrics_due
+    }
+
+    /// Writes the metrics if they are due ([`Links::metrics_due`]).
+    pub fn write_metrics_if_due(&mut self) {
+        if self.metrics_due.is_some_and(|t| Instant::now() >= t) {
+            self.metrics_due = None;
+            crate::app::metrics::write_textfile(self.settings);
         }
     }
 

@@ -34,6 +34,10 @@
 //!
 //! Each repair logs one line per port (bridge, port, isolated or opened), from the reconcile.
 //!
+//! Metrics ([`metrics`]) go to node_exporter's textfile collector directory, when it exists,
+//! after every full reconcile, and [`METRICS_DELAY`] after the first repair since the last
+//! write: a burst of repairs costs one write, and none delays the repair of a port.
+//!
 //! One watcher per state directory: it holds `watch.pid` there locked for as long as it runs
 //! ([`crate::host::watcher`]), which `status` reads; a second one waits for the first to go.
 
@@ -43,6 +47,7 @@ mod links;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use crate::app::metrics;
 use crate::enforce;
 use crate::error::Result;
 use crate::host::config::{self, Settings};
@@ -55,6 +60,9 @@ use crate::sys::nftnl::{self, TableEvents};
 /// The receive buffer asked for the link notifications: a burst of 500 taps joining sends
 /// about 3000 notifications of 1-2 KiB (the kernel doubles what is asked).
 pub const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// How long after a repair the metrics are written (once for all the repairs meanwhile).
+pub const METRICS_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the watcher until it fails (systemd restarts it).
 pub fn run(settings: &Settings) -> Result<()> {
@@ -87,7 +95,8 @@ pub fn run(settings: &Settings) -> Result<()> {
     let mut bus = firewalld::Thread::spawn(settings);
     let mut next = backstop.map(|b| Instant::now() + b);
     loop {
-        let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+        let wake = [next, links.metrics_due()].into_iter().flatten().min();
+        let timeout = wake.map(|t| t.saturating_duration_since(Instant::now()));
         let fds: Vec<_> = std::iter::once(events.as_raw_fd())
             .chain(tables.as_ref().map(AsRawFd::as_raw_fd))
             .collect();
@@ -116,6 +125,7 @@ pub fn run(settings: &Settings) -> Result<()> {
                 next = Some(Instant::now() + every);
             }
         }
+        links.write_metrics_if_due();
     }
 }
 
@@ -142,7 +152,11 @@ pub(crate) fn reconcile_all(settings: &Settings, why: &str, always: bool) {
         reconcile::adopt_and_run(store.lock()?, settings).map(Some)
     });
     match result {
-        Ok(None) => log::debug!("{why}: no isolated networks, nothing to re-apply"),
+        Ok(None) => {
+            // Nothing to enforce, and that was checked: a successful reconcile too.
+            crate::host::reconciled::mark(&settings.state_dir);
+            log::debug!("{why}: no isolated networks, nothing to re-apply");
+        }
         Ok(Some(o)) => {
             let level = if always || !o.changes.is_empty() {
                 log::Level::Info
@@ -158,4 +172,5 @@ pub(crate) fn reconcile_all(settings: &Settings, why: &str, always: bool) {
         }
         Err(e) => log::error!("{why}: reconcile failed: {e}"),
     }
+    metrics::write_textfile(settings);
 }
