@@ -157,9 +157,10 @@ impl OwnerDir {
         record.checked(vm).map(Some).map_err(err)
     }
 
-    /// Writes `record` atomically (a temporary file renamed over the old one), creating the
-    /// directory when root may (see [`OwnerDir::ensure`]). Few system calls: a VM hook as
-    /// `vdsm` does this at every VM start.
+    /// Writes `record` atomically (a temporary file renamed over the old one) unless the file
+    /// already says the same, creating the directory when root may (see
+    /// [`OwnerDir::ensure`]). Few system calls: a VM hook as `vdsm` does this at every VM
+    /// start.
     pub fn write(&self, record: &VmRecord) -> Result<()> {
         let path = self.file(&record.vm_id)?;
         let tmp = self
@@ -168,6 +169,11 @@ impl OwnerDir {
         let err = |what: &str, e: std::io::Error| Error::state(&path, what, e);
         let mut text = serde_json::to_vec(record).expect("a record serializes");
         text.push(b'\n');
+        // Written only when it changes: a hook run again for a running VM (a replayed
+        // migration, an update) reads it and stops there.
+        if std::fs::read(&path).is_ok_and(|old| old == text) {
+            return Ok(());
+        }
         // Truncated, not exclusive: a file of this name is a dead writer's (same pid).
         let create = || {
             OpenOptions::new()
@@ -392,6 +398,10 @@ mod tests {
         assert_eq!((owner.vm_id.as_str(), owner.source), (VM, OwnerSource::Hook));
         assert!(!by_tap.contains_key(&("vnet4".to_string(), 32)));
 
+        let inode = std::fs::metadata(owners.path().join(format!("{VM}.json"))).unwrap().ino();
+        owners.write(&record).unwrap();
+        let same = std::fs::metadata(owners.path().join(format!("{VM}.json"))).unwrap().ino();
+        assert_eq!(same, inode, "an unchanged record is not written again");
         let left: Vec<_> = std::fs::read_dir(owners.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
