@@ -131,12 +131,7 @@ impl OwnerDir {
             path: self.dir.clone(),
             reason,
         })?;
-        // O_NONBLOCK: a FIFO planted in its place must not hang a hook.
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-        {
+        let file = match open_record(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::state(&path, "opening", e)),
@@ -171,7 +166,7 @@ impl OwnerDir {
         text.push(b'\n');
         // Written only when it changes: a hook run again for a running VM (a replayed
         // migration, an update) reads it and stops there.
-        if std::fs::read(&path).is_ok_and(|old| old == text) {
+        if self.bytes_of(&path).is_some_and(|old| old == text) {
             return Ok(());
         }
         // Truncated, not exclusive: a file of this name is a dead writer's (same pid).
@@ -197,6 +192,18 @@ impl OwnerDir {
             let _ = std::fs::remove_file(&tmp);
         }
         written
+    }
+
+    /// The bytes of record file `path`, when it is a regular file no larger than a record
+    /// (not following a link, not waiting on a FIFO: root reads a directory vdsm writes).
+    fn bytes_of(&self, path: &Path) -> Option<Vec<u8>> {
+        let file = open_record(path).ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_RECORD + 1).read_to_end(&mut bytes).ok()?;
+        Some(bytes)
     }
 
     /// Removes the record of VM `vm`; none is fine.
@@ -338,6 +345,15 @@ impl Resolver {
     }
 }
 
+/// Opens record file `path` for reading, not following a link and, for a FIFO planted in its
+/// place, not waiting for a writer (it then fails the regular-file check).
+fn open_record(path: &Path) -> std::io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// The users whose records count: root, user `vdsm`, and this process's.
 fn trusted_writer(uid: u32) -> bool {
     static VDSM: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
@@ -398,9 +414,13 @@ mod tests {
         assert_eq!((owner.vm_id.as_str(), owner.source), (VM, OwnerSource::Hook));
         assert!(!by_tap.contains_key(&("vnet4".to_string(), 32)));
 
-        let inode = std::fs::metadata(owners.path().join(format!("{VM}.json"))).unwrap().ino();
+        let inode = std::fs::metadata(owners.path().join(format!("{VM}.json")))
+            .unwrap()
+            .ino();
         owners.write(&record).unwrap();
-        let same = std::fs::metadata(owners.path().join(format!("{VM}.json"))).unwrap().ino();
+        let same = std::fs::metadata(owners.path().join(format!("{VM}.json")))
+            .unwrap()
+            .ino();
         assert_eq!(same, inode, "an unchanged record is not written again");
         let left: Vec<_> = std::fs::read_dir(owners.path())
             .unwrap()
@@ -450,6 +470,32 @@ mod tests {
         std::fs::write(&path, " ".repeat(MAX_RECORD as usize + 1)).unwrap();
         assert!(owners.read(VM).unwrap_err().to_string().contains("larger than"));
         assert!(owners.all().is_empty(), "what does not read is skipped");
+    }
+
+    #[test]
+    fn a_planted_link_or_fifo_is_replaced_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let owners = OwnerDir::new(dir.path());
+        let mut record = VmRecord::new(VM, Some("web01"));
+        record.put(vnic("56:6f:1a:00:00:01", "vnet3", 31));
+        let path = dir.path().join(format!("{VM}.json"));
+        // A link to a file saying the same is not taken for the record.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(
+            &elsewhere,
+            [serde_json::to_vec(&record).unwrap(), b"\n".to_vec()].concat(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        owners.write(&record).unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        // A FIFO does not hang the writer.
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        owners.write(&record).unwrap();
+        assert_eq!(owners.read(VM).unwrap(), Some(record));
     }
 
     #[test]
