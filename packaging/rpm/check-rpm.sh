@@ -78,7 +78,6 @@ check "no bridge-isolation-firewalld.service (release 0.1's, folded into the wat
 check "systemd preset" has /usr/lib/systemd/system-preset/85-$name.preset -rw-r--r--
 check "tmpfiles.d entry" has /usr/lib/tmpfiles.d/$name.conf -rw-r--r--
 check "owner records' directory, vdsm's (tmpfiles.d)" grep -qx 'd /run/vdsm-hook-bridge-isolation/owners 0755 vdsm kvm -' "$top/packaging/tmpfiles.conf"
-check "%ghost runtime directory" has /run/vdsm-hook-bridge-isolation drwxr-xr-x g
 man=$(awk -F'|' '$6 ~ "^/usr/share/man/man8/bridge-isolation\\.8" {print $6}' <<< "$files")
 check "man page bridge-isolation(8) ($man)" has "$man" -rw-r--r-- d
 check "bash completion" has /usr/share/bash-completion/completions/bridge-isolation -rw-r--r--
