@@ -116,21 +116,33 @@ impl OwnerDir {
 
     /// The record of VM `vm`; `None` when there is none (or no directory).
     pub fn read(&self, vm: &str) -> Result<Option<VmRecord>> {
-        let path = self.file(vm)?;
-        let err = |reason: String| Error::State {
-            path: path.clone(),
-            reason,
-        };
+        if !self.checked_dir()? {
+            return Ok(None);
+        }
+        self.read_in_checked_dir(vm)
+    }
+
+    /// Checks the directory as [`check_owner`] does; `false` when there is none.
+    fn checked_dir(&self) -> Result<bool> {
         match std::fs::symlink_metadata(&self.dir) {
-            Ok(meta) if meta.is_dir() => check_owner(&meta),
+            Ok(meta) if meta.is_dir() => check_owner(&meta).map(|()| true),
             Ok(_) => Err("not a directory".to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.to_string()),
         }
         .map_err(|reason| Error::State {
             path: self.dir.clone(),
             reason,
-        })?;
+        })
+    }
+
+    /// [`OwnerDir::read`] once the directory is checked.
+    fn read_in_checked_dir(&self, vm: &str) -> Result<Option<VmRecord>> {
+        let path = self.file(vm)?;
+        let err = |reason: String| Error::State {
+            path: path.clone(),
+            reason,
+        };
         let file = match open_record(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -217,6 +229,14 @@ impl OwnerDir {
 
     /// Every record that reads; each that does not is logged and skipped (display only).
     pub fn all(&self) -> Vec<VmRecord> {
+        match self.checked_dir() {
+            Ok(true) => {}
+            Ok(false) => return Vec::new(),
+            Err(e) => {
+                log::warn!("owner records skipped: {e}");
+                return Vec::new();
+            }
+        }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -224,7 +244,7 @@ impl OwnerDir {
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
                 let vm = name.strip_suffix(SUFFIX).filter(|vm| check_vm_id(vm).is_ok())?;
-                match self.read(vm) {
+                match self.read_in_checked_dir(vm) {
                     Ok(record) => record,
                     Err(e) => {
                         log::warn!("owner record skipped: {e}");
