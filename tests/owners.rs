@@ -73,20 +73,12 @@ fn status_names_the_vm_and_vnic_of_each_port() {
     fx.start_vm(2, TRUSTED);
     // A second vNIC hotplugged into VM 1 (VM 3's tap and MAC, VM 1's vmId), as VDSM does it:
     // after_nic_hotplug names no tap, and the lab has no qemu process to tell.
-    let nic = fx.engine_nic(3, PLAIN);
-    let rewritten = fx
-        .run_vm_point("before_nic_hotplug", 1, interface_xml(&nic), &[])
-        .payload_text();
-    fx.lab.add_vm(&fx.vm(3)).expect("plugging the hotplugged vNIC");
-    fx.lab
-        .set_port_isolated(&fx.vm(3).tap, common::port_isolated_in(&rewritten))
-        .unwrap();
-    fx.run_vm_point("after_nic_hotplug", 1, rewritten, &[]);
+    fx.hotplug_into(1, 3, PLAIN);
     assert_eq!(owner_of(&ports(&fx)[&fx.vm(3).tap])[0], "unknown");
     // An updateDevice of it: its XML names the tap.
     let live = NicSpec {
         tap: Some(fx.vm(3).tap),
-        ..nic
+        ..fx.engine_nic(3, PLAIN)
     };
     fx.run_vm_point("after_update_device", 1, interface_xml(&live), &[]);
     // Plugged by hand (plain `ip link set master`): no hook, no qemu process.
@@ -176,4 +168,58 @@ fn a_destroyed_vm_leaves_no_record_and_a_stale_one_names_nobody() {
     fx.lab.remove_vm(&fx.vm(3).name).unwrap();
     reconcile(&fx);
     assert!(record_files(&fx).is_empty(), "{:?}", record_files(&fx));
+}
+
+/// Unmounts the tmpfs it names when dropped (also when an assertion fails).
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/bin/umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The owner records' file system full (ENOSPC): the hooks still start the VM isolated and
+/// exit 0, say once why `status` cannot name it, and `status` shows `unknown` there.
+#[test]
+fn a_full_owner_directory_fails_nothing() {
+    if !lab::root_tests_enabled("a_full_owner_directory_fails_nothing") {
+        return;
+    }
+    let mut fx = Fixture::new("biownfull", 0);
+    let dir = owners_dir(&fx);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("/usr/bin/mount")
+        .args(["-t", "tmpfs", "-o", "size=4k,mode=0755", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a 4 KiB tmpfs on {}", dir.display());
+    let _unmount = Mounted(dir.clone());
+    let filler = std::fs::write(dir.join(".filler"), vec![0u8; 64 * 1024]);
+    assert_eq!(filler.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+
+    fx.network_setup(&tagged("true"));
+    fx.start_vm(1, PLAIN);
+    fx.start_vm(2, PLAIN);
+    fx.assert_isolation(&[]);
+    assert!(
+        record_files(&fx).iter().all(|f| f.starts_with('.')),
+        "{:?}",
+        record_files(&fx)
+    );
+
+    let live = NicSpec {
+        tap: Some(fx.vm(1).tap),
+        ..fx.engine_nic(1, PLAIN)
+    };
+    let xml = bridge_isolation_lab::domain_xml(&fx.vm(1).name, &vm_uuid(1), &[live]);
+    let run = fx.run_vm_point("after_vm_start", 1, xml, &[]);
+    let said: Vec<&str> = run.stderr.lines().filter(|l| l.contains("cannot name VM")).collect();
+    assert_eq!(said.len(), 1, "{}", run.stderr);
+    assert!(said[0].contains("No space left on device"), "{}", run.stderr);
+    assert_eq!(owner_of(&ports(&fx)[&fx.vm(1).tap])[0], "unknown");
 }

@@ -392,13 +392,19 @@ impl Fixture {
     /// properties in the env), the tap created as the rewritten XML says, then
     /// `after_nic_hotplug` on that XML. Returns the rewritten XML.
     pub fn hotplug(&mut self, n: u8, profile: Profile) -> String {
-        let nic = self.engine_nic(n, profile);
-        let env = nic.device_env();
+        self.hotplug_into(n, n, profile)
+    }
+
+    /// Like [`Fixture::hotplug`], with VM `nic`'s vNIC (its tap and MAC) plugged into VM `vm`
+    /// (the hooks get VM `vm`'s vmId): a VM's second vNIC.
+    pub fn hotplug_into(&mut self, vm: u8, nic: u8, profile: Profile) -> String {
+        let spec = self.engine_nic(nic, profile);
+        let env = spec.device_env();
         let rewritten = self
-            .run_vm_point("before_nic_hotplug", n, interface_xml(&nic), &env)
+            .run_vm_point("before_nic_hotplug", vm, interface_xml(&spec), &env)
             .payload_text();
-        self.plug(n, port_isolated_in(&rewritten));
-        self.run_vm_point("after_nic_hotplug", n, rewritten.clone(), &env);
+        self.plug(nic, port_isolated_in(&rewritten));
+        self.run_vm_point("after_nic_hotplug", vm, rewritten.clone(), &env);
         rewritten
     }
 
